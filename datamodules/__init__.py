@@ -1,0 +1,6 @@
+"""LightningDataModules: ImageNet-style folders, CIFAR, and the embedded Fashion-MNIST default."""
+from datamodules.base import ClassificationDataModule, DataError
+from datamodules.cifar import CIFARData
+from datamodules.image_folder import ImageFolderData
+
+__all__ = ["CIFARData", "ClassificationDataModule", "DataError", "ImageFolderData"]

@@ -1,0 +1,103 @@
+"""CIFAR-10 / CIFAR-100 in torchvision's on-disk format (python pickles), standard augmentation."""
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Callable, Literal, Optional
+
+import numpy as np
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision import datasets, transforms
+
+from datamodules.base import ClassificationDataModule, DataError
+
+_STATS = {
+    "cifar10": (10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), datasets.CIFAR10),
+    "cifar100": (100, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), datasets.CIFAR100),
+}
+_FILES = {
+    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "labels"),
+    "cifar100": ("cifar-100-python", ["train"], ["test"], "fine_labels"),
+}
+
+
+class CIFARPickles(Dataset):
+    """Reads the official python-pickle batches (the files torchvision downloads) into memory."""
+
+    def __init__(self, root: Path, variant: str, train: bool, transform: Optional[Callable] = None):
+        folder, train_files, test_files, label_key = _FILES[variant]
+        images, labels = [], []
+        for name in train_files if train else test_files:
+            path = root / folder / name
+            if not path.is_file():
+                raise DataError(f"{variant} file '{path}' not found: set data.download=true or point data.data_dir at it.")
+            try:
+                with open(path, "rb") as handle:
+                    batch = pickle.load(handle, encoding="latin1")
+                images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+                labels.extend(int(v) for v in batch[label_key])
+            except (pickle.UnpicklingError, KeyError, ValueError, EOFError) as err:
+                raise DataError(f"{variant} file '{path}' is corrupt ({type(err).__name__}): delete it and download again.") from None
+        self.images = np.concatenate(images)
+        self.labels = labels
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int):
+        image = Image.fromarray(self.images[index])
+        return (self.transform(image) if self.transform else image), self.labels[index]
+
+
+class CIFARData(ClassificationDataModule):
+    """CIFAR-10/100 from ``data_dir`` (``cifar-10-batches-py`` / ``cifar-100-python``).
+
+    Train: 4-pixel padded random crop + horizontal flip; val and test: the official test split.
+    """
+
+    def __init__(
+        self,
+        data_dir: str = "data",
+        variant: Literal["cifar10", "cifar100"] = "cifar100",
+        download: bool = False,
+        batch_size: int = 128,
+        num_workers: int = 4,
+    ):
+        super().__init__(batch_size, num_workers)
+        if variant not in _STATS:
+            raise DataError(f"Unknown CIFAR variant '{variant}': use 'cifar10' or 'cifar100'.")
+        self.data_dir = Path(data_dir)
+        self.variant = variant
+        self.download = download
+        self._num_classes, self._mean, self._std, self._downloader = _STATS[variant]
+
+    @property
+    def num_classes(self) -> int:
+        return self._num_classes
+
+    @property
+    def in_chans(self) -> int:
+        return 3
+
+    @property
+    def mean(self) -> tuple[float, ...]:
+        return self._mean
+
+    @property
+    def std(self) -> tuple[float, ...]:
+        return self._std
+
+    def prepare_data(self) -> None:
+        if self.download:
+            for train in (True, False):
+                self._downloader(str(self.data_dir), train=train, download=True)
+
+    def build_datasets(self):
+        normalize = [transforms.ToTensor(), transforms.Normalize(self._mean, self._std)]
+        train_tf = transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(), *normalize])
+        eval_tf = transforms.Compose(normalize)
+        train = CIFARPickles(self.data_dir, self.variant, train=True, transform=train_tf)
+        test = CIFARPickles(self.data_dir, self.variant, train=False, transform=eval_tf)
+        return train, test, test

@@ -1,0 +1,80 @@
+"""Plain supervised training on hard labels: teachers and student inits where no pretrained weights exist."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import lightning as L
+import torch.nn.functional as F
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+from lightning_modules.metrics import top1_accuracy, topk_accuracy
+from lightning_modules.model_loading import ModelSource, create_model
+from lightning_modules.optim import OptimizerName, ScheduleName, build_optimizer, build_scheduler
+
+
+class Classifier(L.LightningModule):
+    """Cross-entropy on hard labels; its checkpoints load as teacher or student weights in ``MealV2``.
+
+    The data normalization is stored in the hyperparameters so a teacher built from this
+    checkpoint later sees inputs normalized exactly as in training.
+    """
+
+    def __init__(
+        self,
+        model: ModelSource,
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        data_mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
+        data_std: Sequence[float] = IMAGENET_DEFAULT_STD,
+        optimizer: OptimizerName = "sgd",
+        lr: float = 0.1,
+        momentum: float = 0.9,
+        weight_decay: float = 5e-4,
+        label_smoothing: float = 0.0,
+        schedule: ScheduleName = "cosine",
+        milestones: list[int] = [30, 60, 90],
+        gamma: float = 0.1,
+    ):
+        super().__init__()
+        source = ModelSource.coerce(model)
+        model = source.to_dict()  # plain dict in the hyperparameters: weights_only-loadable checkpoints
+        data_mean, data_std = [float(v) for v in data_mean], [float(v) for v in data_std]
+        self.save_hyperparameters()
+        self.model, _ = create_model(source, num_classes, in_chans)
+        self.train_top1 = top1_accuracy(num_classes)
+        self.val_metrics = topk_accuracy(num_classes, "val/")
+        self.test_metrics = topk_accuracy(num_classes, "test/")
+
+    def forward(self, images):
+        return self.model(images)
+
+    def training_step(self, batch, batch_idx):
+        images, labels = batch
+        logits = self.model(images)
+        loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.hparams.label_smoothing)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
+        self.train_top1(logits.detach(), labels)
+        self.log("train/top1", self.train_top1, on_step=False, on_epoch=True)
+        self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=False, on_epoch=True)
+        return loss
+
+    def _evaluate(self, batch, stage: str, metrics) -> None:
+        images, labels = batch
+        logits = self.model(images)
+        self.log(f"{stage}/loss", F.cross_entropy(logits.float(), labels), on_epoch=True, prog_bar=True)
+        metrics(logits, labels)
+        self.log_dict(metrics, on_epoch=True, prog_bar=True)
+
+    def validation_step(self, batch, batch_idx):
+        self._evaluate(batch, "val", self.val_metrics)
+
+    def test_step(self, batch, batch_idx):
+        self._evaluate(batch, "test", self.test_metrics)
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        optimizer = build_optimizer([{"params": list(self.model.parameters())}], hp.optimizer, hp.lr, hp.momentum, hp.weight_decay)
+        scheduler = build_scheduler(optimizer, hp.schedule, hp.milestones, hp.gamma, self.trainer.max_epochs)
+        if scheduler is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}

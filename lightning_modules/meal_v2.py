@@ -1,0 +1,222 @@
+"""MEAL V2: distill a frozen teacher ensemble into a student, with a discriminator on the logits.
+
+The whole training step is `distillation_losses` below; read it top to bottom.
+"""
+from __future__ import annotations
+
+from typing import Literal, Optional, Sequence
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.data.mixup import cutmix_bbox_and_lam
+
+from lightning_modules.discriminator import Discriminator, reverse_gradient
+from lightning_modules.losses import discriminator_loss, ensemble_soft_targets, soft_cross_entropy
+from lightning_modules.metrics import top1_accuracy, topk_accuracy
+from lightning_modules.model_loading import ModelSource, create_model, expected_normalization
+from lightning_modules.optim import ScheduleName, build_optimizer, build_scheduler
+from lightning_modules.teachers import FrozenTeacher, TeacherEnsemble
+
+DiscriminatorMode = Literal["official", "adversarial", "none"]
+
+
+class MealV2(L.LightningModule):
+    """Frozen teacher ensemble -> student, trained on the teachers' averaged probabilities only.
+
+    Args:
+        teachers: the frozen ensemble; each a timm name plus its weights (hub or local file).
+        student: the trainable network; a pretrained init is critical (paper, Sec. 4).
+        num_classes, in_chans, data_mean, data_std: the data's; linked from the DataModule by the CLI.
+        discriminator: ``official`` (student and discriminator minimize the same BCE, as released),
+            ``adversarial`` (gradient reversal: the student learns to fool it), or ``none``.
+        lr, d_lr: learning rates of the student and discriminator groups (d_lr defaults to lr,
+            which is what the released code effectively runs).
+        momentum, weight_decay: SGD; the paper uses weight decay 0 (soft labels regularize).
+        schedule, milestones, gamma: per-epoch LR schedule (paper: step, [100], 0.1 over 180 epochs).
+        cutmix_prob, cutmix_alpha: CutMix on the images only; targets stay the teachers' predictions.
+        hard_label_weight: ablation only; adds this weight times the hard-label cross-entropy.
+    """
+
+    def __init__(
+        self,
+        teachers: list[ModelSource],
+        student: ModelSource,
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        data_mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
+        data_std: Sequence[float] = IMAGENET_DEFAULT_STD,
+        discriminator: DiscriminatorMode = "official",
+        lr: float = 0.01,
+        d_lr: Optional[float] = None,
+        momentum: float = 0.9,
+        weight_decay: float = 0.0,
+        schedule: ScheduleName = "step",
+        milestones: list[int] = [100],
+        gamma: float = 0.1,
+        cutmix_prob: float = 0.0,
+        cutmix_alpha: float = 1.0,
+        hard_label_weight: float = 0.0,
+    ):
+        super().__init__()
+        if discriminator not in ("official", "adversarial", "none"):
+            raise ValueError(f"discriminator must be 'official', 'adversarial' or 'none', got '{discriminator}'.")
+        teacher_sources = [ModelSource.coerce(t) for t in teachers]
+        student_source = ModelSource.coerce(student)
+        # Plain dicts in the hyperparameters keep checkpoints loadable with weights_only=True.
+        teachers = [t.to_dict() for t in teacher_sources]
+        student = student_source.to_dict()
+        data_mean, data_std = [float(v) for v in data_mean], [float(v) for v in data_std]
+        self.save_hyperparameters()
+
+        self.teachers = TeacherEnsemble(
+            [self._build_teacher(source, num_classes, in_chans, data_mean, data_std) for source in teacher_sources]
+        )
+        self.student, _ = create_model(student_source, num_classes, in_chans)
+        self.discriminator = Discriminator(num_classes) if discriminator != "none" else None
+
+        self.train_agreement = top1_accuracy(num_classes)  # student top-1 == ensemble top-1
+        self.train_top1 = top1_accuracy(num_classes)
+        self.val_metrics = topk_accuracy(num_classes, "val/")
+        self.test_metrics = topk_accuracy(num_classes, "test/")
+        self.teacher_metrics = torch.nn.ModuleList(topk_accuracy(num_classes) for _ in range(len(self.teachers) + 1))
+        self._teacher_eval_pending = True
+        # Teachers are rebuilt from their sources, never stored in checkpoints (see state_dict).
+        self.strict_loading = False
+
+    @staticmethod
+    def _build_teacher(source, num_classes, in_chans, data_mean, data_std) -> FrozenTeacher:
+        model, hparams = create_model(source, num_classes, in_chans)
+        mean, std = expected_normalization(source, model, hparams, data_mean, data_std)
+        return FrozenTeacher(model, data_mean, data_std, mean, std)
+
+    # ----------------------------------------------------------------------------------------------
+    # The training step
+    # ----------------------------------------------------------------------------------------------
+    def distillation_losses(self, images: torch.Tensor, labels: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
+        """All MEAL V2 losses on one batch; ``labels`` are used only by the hard-label ablation."""
+        teacher_logits = self.teachers(images)  # [K, B, C], no gradient, eval mode
+        soft_targets = ensemble_soft_targets(teacher_logits)  # mean of probabilities, fp32
+        student_logits = self.student(images)
+        kd = soft_cross_entropy(student_logits, soft_targets)
+
+        d_loss = kd.new_zeros(())
+        if self.discriminator is not None:
+            student_rows = reverse_gradient(student_logits) if self.hparams.discriminator == "adversarial" else student_logits
+            teacher_rows = teacher_logits.mean(dim=0).to(student_rows.dtype)
+            d_loss = discriminator_loss(self.discriminator(torch.cat([student_rows, teacher_rows], dim=0)))
+
+        total = kd + d_loss
+        if self.hparams.hard_label_weight > 0:
+            if labels is None:
+                raise ValueError("hard_label_weight > 0 needs the labels: pass them to distillation_losses.")
+            total = total + self.hparams.hard_label_weight * F.cross_entropy(student_logits.float(), labels)
+        return {
+            "kd": kd,
+            "discriminator": d_loss,
+            "total": total,
+            "student_logits": student_logits,
+            "soft_targets": soft_targets,
+        }
+
+    def training_step(self, batch, batch_idx):
+        images, labels = batch
+        mixed = self.hparams.cutmix_prob > 0 and np.random.rand() < self.hparams.cutmix_prob
+        if mixed:
+            images = self._cutmix(images)
+        out = self.distillation_losses(images, labels)
+
+        self.log("train/kd_loss", out["kd"], on_step=True, on_epoch=True, prog_bar=True)
+        self.log("train/discriminator_loss", out["discriminator"], on_step=True, on_epoch=True)
+        self.log("train/loss", out["total"], on_step=True, on_epoch=True)
+        predictions = out["student_logits"].detach()
+        self.train_agreement(predictions, out["soft_targets"].argmax(dim=-1))
+        self.log("train/agreement", self.train_agreement, on_step=False, on_epoch=True)
+        if not mixed:
+            self.train_top1(predictions, labels)
+            self.log("train/top1", self.train_top1, on_step=False, on_epoch=True)
+        self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=False, on_epoch=True)
+        return out["total"]
+
+    def _cutmix(self, images: torch.Tensor) -> torch.Tensor:
+        """Paste a random box from a shuffled copy of the batch (timm's box sampling)."""
+        lam = np.random.beta(self.hparams.cutmix_alpha, self.hparams.cutmix_alpha)
+        (y0, y1, x0, x1), _ = cutmix_bbox_and_lam(images.shape, lam, correct_lam=True)
+        permutation = torch.randperm(images.shape[0], device=images.device)
+        mixed = images.clone()
+        mixed[:, :, y0:y1, x0:x1] = images[permutation, :, y0:y1, x0:x1]
+        return mixed
+
+    # ----------------------------------------------------------------------------------------------
+    # Evaluation: the student on hard labels, and once per run the teachers' own ceiling
+    # ----------------------------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        self._teacher_eval_pending = True
+
+    def _evaluate(self, batch, stage: str, metrics) -> None:
+        images, labels = batch
+        logits = self.student(images)
+        self.log(f"{stage}/loss", F.cross_entropy(logits.float(), labels), on_epoch=True, prog_bar=True)
+        metrics(logits, labels)
+        self.log_dict(metrics, on_epoch=True, prog_bar=True)
+        if self._teacher_eval_pending and not self.trainer.sanity_checking:
+            teacher_logits = self.teachers(images)
+            for metric, logits_k in zip(self.teacher_metrics, teacher_logits):
+                metric.update(logits_k, labels)
+            self.teacher_metrics[-1].update(ensemble_soft_targets(teacher_logits), labels)
+
+    def validation_step(self, batch, batch_idx):
+        self._evaluate(batch, "val", self.val_metrics)
+
+    def test_step(self, batch, batch_idx):
+        self._evaluate(batch, "test", self.test_metrics)
+
+    def _log_teacher_ceiling(self, stage: str) -> None:
+        if not self._teacher_eval_pending or self.trainer.sanity_checking:
+            return
+        names = [f"teacher{k}" for k in range(len(self.teachers))] + ["ensemble"]
+        for name, metric in zip(names, self.teacher_metrics):
+            for key, value in metric.compute().items():
+                self.log(f"{stage}/{name}_{key}", value)
+            metric.reset()
+        self._teacher_eval_pending = False
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_teacher_ceiling("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_teacher_ceiling("test")
+
+    # ----------------------------------------------------------------------------------------------
+    # Optimizer and checkpoints
+    # ----------------------------------------------------------------------------------------------
+    def configure_optimizers(self):
+        hp = self.hparams
+        groups = [{"params": list(self.student.parameters()), "lr": hp.lr, "name": "student"}]
+        if self.discriminator is not None:
+            d_lr = hp.d_lr if hp.d_lr is not None else hp.lr
+            groups.append({"params": list(self.discriminator.parameters()), "lr": d_lr, "name": "discriminator"})
+        optimizer = build_optimizer(groups, "sgd", hp.lr, hp.momentum, hp.weight_decay)
+        scheduler = build_scheduler(optimizer, hp.schedule, hp.milestones, hp.gamma, self.trainer.max_epochs)
+        if scheduler is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+    def state_dict(self, *args, destination=None, prefix: str = "", keep_vars: bool = False):
+        """Student and discriminator only: the frozen teachers are rebuilt from their sources."""
+        full = super().state_dict(*args, destination=destination, prefix=prefix, keep_vars=keep_vars)
+        for key in [k for k in full if k.startswith(prefix + "teachers.")]:
+            del full[key]
+        return full
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        stored = checkpoint.get("state_dict", {})
+        missing = [k for k in self.state_dict() if k not in stored]
+        if missing:
+            raise RuntimeError(
+                f"Checkpoint lacks {len(missing)} student/discriminator weights (e.g. '{missing[0]}'): "
+                "it was written by another model or configuration; use the matching config or a MealV2 checkpoint."
+            )
+

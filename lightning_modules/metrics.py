@@ -1,0 +1,18 @@
+"""Top-1 / top-5 accuracy collections (torchmetrics) with the project's metric names."""
+from __future__ import annotations
+
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy
+
+
+def top1_accuracy(num_classes: int) -> MulticlassAccuracy:
+    """Micro-averaged top-1 accuracy."""
+    return MulticlassAccuracy(num_classes, top_k=1, average="micro")
+
+
+def topk_accuracy(num_classes: int, prefix: str = "") -> MetricCollection:
+    """``{prefix}top1`` and, where there are at least 5 classes, ``{prefix}top5`` (micro-averaged)."""
+    metrics = {"top1": top1_accuracy(num_classes)}
+    if num_classes >= 5:
+        metrics["top5"] = MulticlassAccuracy(num_classes, top_k=5, average="micro")
+    return MetricCollection(metrics, prefix=prefix)

@@ -1,0 +1,157 @@
+"""Build a timm model from a name plus a weight source: the hub, a local file, or nothing."""
+from __future__ import annotations
+
+import difflib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import timm
+import torch
+from torch import nn
+
+from lightning_modules import cifar_resnets  # noqa: F401  (registers the small-image backbones)
+
+
+@dataclass
+class ModelSource:
+    """Which architecture to build and where its weights come from.
+
+    name: a timm model name (``resnet50.a1_in1k``, ``cifar_resnet56``, ...).
+    pretrained: download the hub weights of ``name`` (needs network access).
+    checkpoint: a local weights file: plain state_dict (.pt/.pth/.bin), .safetensors,
+        or a Lightning checkpoint of ``Classifier`` (its model) or ``MealV2`` (its student).
+    mean/std: the input normalization the weights expect; read from the checkpoint or
+        timm's pretrained config when left empty.
+    model_kwargs: extra keyword arguments for ``timm.create_model`` (e.g. drop_path_rate).
+    """
+
+    name: str
+    pretrained: bool = False
+    checkpoint: Optional[str] = None
+    mean: Optional[tuple[float, ...]] = None
+    std: Optional[tuple[float, ...]] = None
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def coerce(cls, value: Union["ModelSource", dict, str]) -> "ModelSource":
+        """Accept the dataclass, its dict form (as stored in checkpoints) or a bare model name."""
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, str):
+            return cls(name=value)
+        if isinstance(value, dict):
+            return cls(**value)
+        raise TypeError(f"Expected a model source (name / dict / ModelSource), got {type(value).__name__}")
+
+    def to_dict(self) -> dict:
+        """A plain-dict form that `torch.load(weights_only=True)` accepts inside checkpoints."""
+        data = asdict(self)
+        for key in ("mean", "std"):
+            if data[key] is not None:
+                data[key] = [float(v) for v in data[key]]
+        return data
+
+
+class ModelLoadingError(ValueError):
+    """A model or its weights could not be built from the given source."""
+
+
+def check_model_name(name: str) -> None:
+    """Raise a one-line error naming close matches when timm does not know ``name``."""
+    arch = name.split(".")[0]
+    if timm.is_model(arch):
+        return
+    close = difflib.get_close_matches(arch, timm.list_models(), n=5, cutoff=0.6)
+    hint = f" Did you mean: {', '.join(close)}?" if close else " See timm.list_models() for the known names."
+    raise ModelLoadingError(f"Unknown timm model '{name}'.{hint}")
+
+
+def read_state_dict(path: Union[str, Path]) -> tuple[dict[str, torch.Tensor], dict]:
+    """Return (state_dict, hyper_parameters) from a weights file of any supported kind."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelLoadingError(f"Checkpoint file '{path}' does not exist: fix the path or train that model first.")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path)), {}
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch/safetensors raise many different types on corrupt files
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelLoadingError(
+            f"Cannot read checkpoint '{path}' ({first_line}): it is corrupt or not a weights file; re-create or re-download it."
+        ) from None
+    if not isinstance(blob, dict):
+        raise ModelLoadingError(f"Checkpoint '{path}' holds a {type(blob).__name__}, not a state_dict: save model.state_dict().")
+    if "pytorch-lightning_version" in blob or ("state_dict" in blob and "hyper_parameters" in blob):
+        return _model_weights_from_lightning(blob["state_dict"], path), dict(blob.get("hyper_parameters", {}))
+    for key in ("state_dict", "model", "state_dict_ema"):
+        if key in blob and isinstance(blob[key], dict):
+            blob = blob[key]
+            break
+    return {k.removeprefix("module."): v for k, v in blob.items() if isinstance(v, torch.Tensor)}, {}
+
+
+def _model_weights_from_lightning(state_dict: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:
+    for prefix in ("model.", "student."):
+        weights = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+        if weights:
+            return weights
+    raise ModelLoadingError(
+        f"Lightning checkpoint '{path}' has no 'model.' (Classifier) or 'student.' (MealV2) weights: it is from another project."
+    )
+
+
+def create_model(source: ModelSource, num_classes: int, in_chans: int = 3) -> tuple[nn.Module, dict]:
+    """Build the model and load its weights; returns (model, hyper_parameters of the checkpoint)."""
+    check_model_name(source.name)
+    hparams: dict = {}
+    if source.checkpoint:
+        state_dict, hparams = read_state_dict(source.checkpoint)
+        model = timm.create_model(source.name, pretrained=False, num_classes=num_classes, in_chans=in_chans, **source.model_kwargs)
+        _load_strict(model, state_dict, source)
+    else:
+        model = timm.create_model(
+            source.name, pretrained=source.pretrained, num_classes=num_classes, in_chans=in_chans, **source.model_kwargs
+        )
+    return model, hparams
+
+
+def _load_strict(model: nn.Module, state_dict: dict[str, torch.Tensor], source: ModelSource) -> None:
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    if missing or unexpected:
+        raise ModelLoadingError(
+            f"Checkpoint '{source.checkpoint}' does not fit '{source.name}': "
+            f"{len(missing)} missing keys (e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]}); "
+            "check the model name."
+        )
+    for key, tensor in state_dict.items():
+        if tensor.shape != expected[key].shape:
+            raise ModelLoadingError(
+                f"Checkpoint '{source.checkpoint}' does not fit '{source.name}': '{key}' has shape {tuple(tensor.shape)}, "
+                f"the model needs {tuple(expected[key].shape)}; check num_classes / in_chans of the data and the checkpoint."
+            )
+    model.load_state_dict(state_dict, strict=True)
+
+
+def expected_normalization(
+    source: ModelSource, model: nn.Module, hparams: dict, data_mean: tuple[float, ...], data_std: tuple[float, ...]
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The (mean, std) the model's weights were trained with.
+
+    Order: explicit in the source; recorded in a Lightning checkpoint; timm's pretrained config
+    when the weights come from the hub or a hub-format file; else the data's own normalization.
+    """
+    if source.mean is not None and source.std is not None:
+        return tuple(source.mean), tuple(source.std)
+    if hparams.get("data_mean") is not None and hparams.get("data_std") is not None:
+        return tuple(hparams["data_mean"]), tuple(hparams["data_std"])
+    if source.pretrained or (source.checkpoint and not hparams):
+        cfg = timm.data.resolve_model_data_config(model)
+        if len(cfg["mean"]) == len(data_mean):
+            return tuple(cfg["mean"]), tuple(cfg["std"])
+    return tuple(data_mean), tuple(data_std)

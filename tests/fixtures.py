@@ -1,0 +1,64 @@
+"""Tiny data sets in the real on-disk formats and tiny weight files, written by the tests themselves."""
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import timm
+import torch
+from PIL import Image
+
+import lightning_modules  # noqa: F401  (registers the small-image backbones)
+
+COLORS = [(220, 40, 40), (40, 200, 40), (40, 40, 220), (200, 200, 40), (200, 40, 200)]
+
+
+def class_image(rng: np.random.Generator, label: int, size: int) -> np.ndarray:
+    """A noisy image whose dominant color identifies its class, so tiny models can learn it."""
+    base = np.array(COLORS[label % len(COLORS)], dtype=np.float32)
+    noise = rng.normal(0, 40, size=(size, size, 3))
+    return np.clip(base + noise, 0, 255).astype(np.uint8)
+
+
+def write_image_folder(root: Path, num_classes: int = 3, train_per_class: int = 8, val_per_class: int = 4, size: int = 40) -> Path:
+    """``root/{train,val}/class_k/*.jpg`` as ImageNet is laid out."""
+    rng = np.random.default_rng(0)
+    for split, count in (("train", train_per_class), ("val", val_per_class)):
+        for label in range(num_classes):
+            folder = root / split / f"class_{label}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for index in range(count):
+                Image.fromarray(class_image(rng, label, size)).save(folder / f"{index}.JPEG", quality=90)
+    return root
+
+
+def write_cifar(root: Path, variant: str = "cifar10", train_count: int = 32, test_count: int = 16) -> Path:
+    """Python-pickle batches in torchvision's CIFAR layout (one train batch file per official name)."""
+    rng = np.random.default_rng(0)
+    num_classes = 10 if variant == "cifar10" else 100
+    label_key = "labels" if variant == "cifar10" else "fine_labels"
+
+    def batch(count: int) -> dict:
+        labels = rng.integers(0, 4, size=count) % num_classes
+        data = np.stack([class_image(rng, int(y), 32).transpose(2, 0, 1).reshape(-1) for y in labels])
+        return {"data": data, label_key: labels.tolist()}
+
+    if variant == "cifar10":
+        folder, files = root / "cifar-10-batches-py", {**{f"data_batch_{i}": train_count // 5 for i in range(1, 6)}, "test_batch": test_count}
+    else:
+        folder, files = root / "cifar-100-python", {"train": train_count, "test": test_count}
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, count in files.items():
+        with open(folder / name, "wb") as handle:
+            pickle.dump(batch(count), handle)
+    return root
+
+
+def write_weights(path: Path, name: str, num_classes: int, in_chans: int = 3, seed: int = 0) -> Path:
+    """A plain state_dict file of a randomly initialized timm model."""
+    torch.manual_seed(seed)
+    model = timm.create_model(name, num_classes=num_classes, in_chans=in_chans)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), path)
+    return path
