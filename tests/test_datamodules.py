@@ -1,0 +1,73 @@
+"""DataModules on tiny fixtures in the real on-disk formats."""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+from fixtures import write_cifar, write_image_folder
+from torchvision import transforms
+
+from datamodules import CIFARData, DataError, ImageFolderData
+
+
+def test_image_folder_uses_the_method_transforms(tmp_path):
+    data = ImageFolderData(str(write_image_folder(tmp_path, num_classes=2, size=40)), image_size=224, batch_size=2, num_workers=0)
+    data.setup("fit")
+    train_ops = [type(t).__name__ for t in data.train_set.transform.transforms]
+    assert train_ops[:2] == ["RandomResizedCropAndInterpolation", "RandomHorizontalFlip"]
+    assert "ColorJitter" not in train_ops
+    resize, crop = data.val_set.transform.transforms[:2]
+    assert isinstance(resize, transforms.Resize) and resize.size == 256
+    assert isinstance(crop, transforms.CenterCrop) and crop.size == (224, 224)
+    images, labels = next(iter(data.train_dataloader()))
+    assert images.shape == (2, 3, 224, 224) and labels.dtype == torch.int64
+    assert (data.num_classes, data.in_chans) == (2, 3)
+
+
+def test_image_folder_resolution_380_resizes_to_434(tmp_path):
+    data = ImageFolderData(str(write_image_folder(tmp_path, num_classes=2, size=40)), image_size=380, crop_pct=380 / 434, num_workers=0)
+    data.setup("validate")
+    assert data.val_set.transform.transforms[0].size == 434
+
+
+def test_image_folder_missing_root_is_one_line_error(tmp_path):
+    with pytest.raises(DataError, match="does not exist: set data.data_dir"):
+        ImageFolderData(str(tmp_path / "nowhere"))
+
+
+def test_image_folder_missing_split_or_empty_class_is_refused(tmp_path):
+    root = write_image_folder(tmp_path / "a", num_classes=2)
+    shutil.rmtree(root / "val")
+    with pytest.raises(DataError, match="Missing split folder"):
+        ImageFolderData(str(root))
+    root = write_image_folder(tmp_path / "b", num_classes=2)
+    for image in (root / "train" / "class_1").iterdir():
+        image.unlink()
+    data = ImageFolderData(str(root), num_workers=0)
+    with pytest.raises(DataError, match="class_1' has no images"):
+        data.setup("fit")
+
+
+def test_image_folder_split_class_mismatch_is_refused(tmp_path):
+    root = write_image_folder(tmp_path, num_classes=3)
+    shutil.rmtree(root / "val" / "class_2")
+    with pytest.raises(DataError, match="differ"):
+        ImageFolderData(str(root))
+
+
+@pytest.mark.parametrize("variant, classes", [("cifar10", 10), ("cifar100", 100)])
+def test_cifar_reads_the_python_pickles(tmp_path, variant, classes):
+    data = CIFARData(str(write_cifar(tmp_path, variant, train_count=20, test_count=10)), variant=variant, batch_size=5, num_workers=0)
+    data.setup("fit")
+    assert (len(data.train_set), len(data.val_set), data.num_classes) == (20, 10, classes)
+    images, labels = next(iter(data.train_dataloader()))
+    assert images.shape == (5, 3, 32, 32)
+    ops = [type(t).__name__ for t in data.train_set.transform.transforms]
+    assert ops[:2] == ["RandomCrop", "RandomHorizontalFlip"] and data.train_set.transform.transforms[0].padding == 4
+
+
+def test_cifar_missing_files_say_how_to_get_them(tmp_path):
+    data = CIFARData(str(tmp_path), variant="cifar10", num_workers=0)
+    with pytest.raises(DataError, match="download=true"):
+        data.setup("fit")

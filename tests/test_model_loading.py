@@ -1,0 +1,93 @@
+"""Teacher and student weights from local files of every supported kind, and clear errors."""
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import pytest
+import timm
+import torch
+from fixtures import write_weights
+from safetensors.torch import save_file
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_modules import Classifier, MealV2
+from lightning_modules.model_loading import ModelLoadingError, ModelSource, create_model
+
+
+def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_plain_state_dict_and_safetensors_load_bit_exactly(tmp_path):
+    path = write_weights(tmp_path / "w.pth", "cifar_resnet20", 7)
+    reference = timm.create_model("cifar_resnet20", num_classes=7)
+    reference.load_state_dict(torch.load(path))
+    save_file(reference.state_dict(), str(tmp_path / "w.safetensors"))
+    for file in (path, tmp_path / "w.safetensors"):
+        model, _ = create_model(ModelSource("cifar_resnet20", checkpoint=str(file)), num_classes=7)
+        assert _same_weights(model, reference)
+
+
+def test_classifier_checkpoint_loads_as_teacher_with_its_normalization(tmp_path):
+    mean, std = (0.3, 0.3, 0.3), (0.2, 0.2, 0.2)
+    classifier = Classifier(model={"name": "cifar_resnet20"}, num_classes=5, data_mean=mean, data_std=std)
+    loader = DataLoader(TensorDataset(torch.randn(8, 3, 16, 16), torch.randint(0, 5, (8,))), batch_size=4)
+    trainer = pl.Trainer(max_epochs=1, logger=False, default_root_dir=tmp_path, enable_checkpointing=False)
+    trainer.fit(classifier, loader)
+    trainer.save_checkpoint(tmp_path / "classifier.ckpt")
+
+    meal = MealV2(
+        teachers=[{"name": "cifar_resnet20", "checkpoint": str(tmp_path / "classifier.ckpt")}],
+        student={"name": "cifar_resnet20", "checkpoint": str(tmp_path / "classifier.ckpt")},
+        num_classes=5,
+    )
+    teacher = meal.teachers.members[0]
+    assert _same_weights(teacher.model, classifier.model) and _same_weights(meal.student, classifier.model)
+    imagenet_mean, imagenet_std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+    torch.testing.assert_close(teacher.scale.flatten(), imagenet_std / torch.tensor(std))
+    torch.testing.assert_close(teacher.shift.flatten(), (imagenet_mean - torch.tensor(mean)) / torch.tensor(std))
+
+
+def test_meal_checkpoint_student_loads_as_a_new_student(tmp_path):
+    meal = MealV2(teachers=["cifar_resnet20"], student={"name": "test_efficientnet"}, num_classes=5)
+    torch.save({"state_dict": meal.state_dict(), "hyper_parameters": dict(meal.hparams), "pytorch-lightning_version": "2.6"}, tmp_path / "m.ckpt")
+    student, _ = create_model(ModelSource("test_efficientnet", checkpoint=str(tmp_path / "m.ckpt")), num_classes=5)
+    assert _same_weights(student, meal.student)
+
+
+def test_unknown_model_name_suggests_close_names():
+    with pytest.raises(ModelLoadingError, match=r"Unknown timm model 'resnet5O'.*resnet50"):
+        create_model(ModelSource("resnet5O"), num_classes=10)
+
+
+def test_checkpoint_with_another_head_is_refused(tmp_path):
+    path = write_weights(tmp_path / "w.pt", "cifar_resnet20", 10)
+    with pytest.raises(ModelLoadingError, match=r"'fc.weight' has shape \(10, 64\).*\(100, 64\).*num_classes"):
+        create_model(ModelSource("cifar_resnet20", checkpoint=str(path)), num_classes=100)
+
+
+def test_checkpoint_of_another_architecture_is_refused(tmp_path):
+    path = write_weights(tmp_path / "w.pt", "cifar_resnet20", 10)
+    with pytest.raises(ModelLoadingError, match="does not fit 'test_resnet'.*missing keys"):
+        create_model(ModelSource("test_resnet", checkpoint=str(path)), num_classes=10)
+
+
+@pytest.mark.parametrize("content", [b"not a checkpoint at all", b"PK\x03\x04garbage"])
+def test_corrupt_checkpoint_is_refused_in_one_line(tmp_path, content):
+    path = tmp_path / "broken.pt"
+    path.write_bytes(content)
+    with pytest.raises(ModelLoadingError, match="corrupt or not a weights file") as info:
+        create_model(ModelSource("cifar_resnet20", checkpoint=str(path)), num_classes=10)
+    assert "\n" not in str(info.value)
+
+
+def test_foreign_lightning_checkpoint_is_refused(tmp_path):
+    path = tmp_path / "other.ckpt"
+    torch.save({"state_dict": {"encoder.weight": torch.zeros(2)}, "pytorch-lightning_version": "2.6"}, path)
+    with pytest.raises(ModelLoadingError, match="from another project"):
+        create_model(ModelSource("cifar_resnet20", checkpoint=str(path)), num_classes=10)
+
+
+def test_missing_checkpoint_file_is_refused(tmp_path):
+    with pytest.raises(ModelLoadingError, match="does not exist"):
+        create_model(ModelSource("cifar_resnet20", checkpoint=str(tmp_path / "nope.pt")), num_classes=10)
