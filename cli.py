@@ -37,7 +37,8 @@ class MealCLI(LightningCLI):
             parser.link_arguments(source, target, apply_on="instantiate")
 
 
-def main(args=None) -> MealCLI:
+def main(args=None, run: bool = True) -> MealCLI:
+    """Parse ``args`` (default: sys.argv) and run the subcommand; ``run=False`` only instantiates."""
     return MealCLI(
         model_class=None,
         datamodule_class=ClassificationDataModule,
@@ -45,6 +46,8 @@ def main(args=None) -> MealCLI:
         subclass_mode_data=True,
         save_config_kwargs={"overwrite": True},
         args=args,
+        run=run,
+        auto_configure_optimizers=False,  # the optimizer knobs live in the modules
     )
 
 

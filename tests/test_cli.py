@@ -55,3 +55,27 @@ def test_fit_on_cifar_pickles(tmp_path, monkeypatch):
     metrics = cli.trainer.callback_metrics
     assert {"train/kd_loss", "train/discriminator_loss", "train/loss", "train/agreement", "val/top1"} <= set(metrics)
     assert cli.model.student.num_classes == 10
+
+
+def test_rerun_into_the_same_run_directory_works(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    root = write_image_folder(tmp_path / "imagenet", num_classes=5, train_per_class=2, val_per_class=1, size=40)
+    data = {"class_path": "ImageFolderData", "init_args": {"data_dir": str(root), "image_size": 32, "batch_size": 4, "num_workers": 0}}
+    config = meal_config(tmp_path, data, num_classes=5)
+    args = ["fit", "--config", str(config), "--trainer.logger.init_args.version=main", "--trainer.max_epochs=1"]
+    main(args)
+    main(args)
+    assert (tmp_path / "runs" / "meal" / "main" / "config.yaml").is_file()
+
+
+def test_print_config_shows_every_knob(tmp_path, capsys):
+    root = write_image_folder(tmp_path / "imagenet", num_classes=5, train_per_class=1, val_per_class=1)
+    with pytest.raises(SystemExit):
+        main(["fit", "--model=MealV2", "--model.teachers=[{name: cifar_resnet20}]", "--model.student.name=cifar_resnet20",
+              "--data=ImageFolderData", f"--data.data_dir={root}", "--print_config"])
+    printed = yaml.safe_load(capsys.readouterr().out)
+    knobs = printed["model"]["init_args"]
+    assert {"teachers", "student", "discriminator", "lr", "d_lr", "weight_decay", "schedule", "milestones", "cutmix_prob"} <= set(knobs)
+    assert knobs["teachers"][0]["name"] == "cifar_resnet20" and "checkpoint" in knobs["teachers"][0]
+    assert printed["checkpoint"]["monitor"] == "val/top1"
+    assert printed["trainer"]["logger"]["class_path"].endswith("TensorBoardLogger")
