@@ -73,6 +73,8 @@ class CIFARData(ClassificationDataModule):
         self.download = download
         self._num_classes, self._mean, self._std, self._downloader = _STATS[variant]
 
+    image_size = 32
+
     @property
     def num_classes(self) -> int:
         return self._num_classes

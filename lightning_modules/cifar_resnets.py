@@ -1,7 +1,7 @@
 """Small-image ResNets (3x3 stem, no max-pool) registered in timm's model registry.
 
 ``timm.create_model("cifar_resnet56", num_classes=100, in_chans=3)`` builds them like any timm model:
-- ``cifar_resnet{20,32,44,56,110}``: He et al. 2016, widths 16/32/64, depth 6n+2.
+- ``cifar_resnet{8,14,20,32,44,56,110}``: He et al. 2016, widths 16/32/64, depth 6n+2.
 - ``cifar_resnet8x4`` / ``cifar_resnet32x4``: the 4x wider variants common in CIFAR distillation papers.
 - ``cifar_wrn_{16_1,16_2,40_1,40_2,28_10}``: Wide ResNets (pre-activation), depth 6n+4, widen factor k.
 """
@@ -130,6 +130,8 @@ def _cfg(**kwargs):
 
 
 _ARCHS = {
+    "cifar_resnet8": dict(blocks_per_stage=1, widths=(16, 32, 64), stem_width=16),
+    "cifar_resnet14": dict(blocks_per_stage=2, widths=(16, 32, 64), stem_width=16),
     "cifar_resnet20": dict(blocks_per_stage=3, widths=(16, 32, 64), stem_width=16),
     "cifar_resnet32": dict(blocks_per_stage=5, widths=(16, 32, 64), stem_width=16),
     "cifar_resnet44": dict(blocks_per_stage=7, widths=(16, 32, 64), stem_width=16),

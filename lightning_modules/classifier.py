@@ -7,7 +7,7 @@ import lightning as L
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from lightning_modules.metrics import top1_accuracy, topk_accuracy
+from lightning_modules.metrics import check_images, top1_accuracy, topk_accuracy
 from lightning_modules.model_loading import ModelSource, create_model
 from lightning_modules.optim import OptimizerName, ScheduleName, build_optimizer, build_scheduler
 
@@ -50,6 +50,7 @@ class Classifier(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         images, labels = batch
+        check_images(images, self.hparams.in_chans)
         logits = self.model(images)
         loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.hparams.label_smoothing)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
@@ -60,6 +61,7 @@ class Classifier(L.LightningModule):
 
     def _evaluate(self, batch, stage: str, metrics) -> None:
         images, labels = batch
+        check_images(images, self.hparams.in_chans)
         logits = self.model(images)
         self.log(f"{stage}/loss", F.cross_entropy(logits.float(), labels), on_epoch=True, prog_bar=True)
         metrics(logits, labels)

@@ -15,7 +15,7 @@ from timm.data.mixup import cutmix_bbox_and_lam
 
 from lightning_modules.discriminator import Discriminator, reverse_gradient
 from lightning_modules.losses import discriminator_loss, ensemble_soft_targets, soft_cross_entropy
-from lightning_modules.metrics import top1_accuracy, topk_accuracy
+from lightning_modules.metrics import check_images, top1_accuracy, topk_accuracy
 from lightning_modules.model_loading import ModelSource, create_model, expected_normalization
 from lightning_modules.optim import ScheduleName, build_optimizer, build_scheduler
 from lightning_modules.teachers import FrozenTeacher, TeacherEnsemble
@@ -88,7 +88,7 @@ class MealV2(L.LightningModule):
 
     @staticmethod
     def _build_teacher(source, num_classes, in_chans, data_mean, data_std) -> FrozenTeacher:
-        model, hparams = create_model(source, num_classes, in_chans)
+        model, hparams = create_model(source, num_classes, in_chans, keep_pretrained_head=True)
         mean, std = expected_normalization(source, model, hparams, data_mean, data_std)
         return FrozenTeacher(model, data_mean, data_std, mean, std)
 
@@ -97,6 +97,7 @@ class MealV2(L.LightningModule):
     # ----------------------------------------------------------------------------------------------
     def distillation_losses(self, images: torch.Tensor, labels: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
         """All MEAL V2 losses on one batch; ``labels`` are used only by the hard-label ablation."""
+        check_images(images, self.hparams.in_chans)
         teacher_logits = self.teachers(images)  # [K, B, C], no gradient, eval mode
         soft_targets = ensemble_soft_targets(teacher_logits)  # mean of probabilities, fp32
         student_logits = self.student(images)
@@ -157,6 +158,7 @@ class MealV2(L.LightningModule):
 
     def _evaluate(self, batch, stage: str, metrics) -> None:
         images, labels = batch
+        check_images(images, self.hparams.in_chans)
         logits = self.student(images)
         self.log(f"{stage}/loss", F.cross_entropy(logits.float(), labels), on_epoch=True, prog_bar=True)
         metrics(logits, labels)

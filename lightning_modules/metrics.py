@@ -1,6 +1,7 @@
 """Top-1 / top-5 accuracy collections (torchmetrics) with the project's metric names."""
 from __future__ import annotations
 
+import torch
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
@@ -16,3 +17,12 @@ def topk_accuracy(num_classes: int, prefix: str = "") -> MetricCollection:
     if num_classes >= 5:
         metrics["top5"] = MulticlassAccuracy(num_classes, top_k=5, average="micro")
     return MetricCollection(metrics, prefix=prefix)
+
+
+def check_images(images: torch.Tensor, in_chans: int) -> None:
+    """Refuse a batch the model cannot take (shape metadata only: no device sync)."""
+    if images.ndim != 4 or images.shape[1] != in_chans:
+        raise ValueError(
+            f"Got images of shape {tuple(images.shape)} but the model takes [batch, {in_chans}, H, W]: "
+            f"make the data's channels match the model's in_chans (e.g. data in_chans: {in_chans})."
+        )

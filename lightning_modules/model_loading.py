@@ -104,8 +104,14 @@ def _model_weights_from_lightning(state_dict: dict[str, torch.Tensor], path: Pat
     )
 
 
-def create_model(source: ModelSource, num_classes: int, in_chans: int = 3) -> tuple[nn.Module, dict]:
-    """Build the model and load its weights; returns (model, hyper_parameters of the checkpoint)."""
+def create_model(
+    source: ModelSource, num_classes: int, in_chans: int = 3, keep_pretrained_head: bool = False
+) -> tuple[nn.Module, dict]:
+    """Build the model and load its weights; returns (model, hyper_parameters of the checkpoint).
+
+    ``keep_pretrained_head``: refuse hub weights whose classifier has another number of classes
+    (timm would silently replace it with a random head; fine for a student, useless for a teacher).
+    """
     check_model_name(source.name)
     hparams: dict = {}
     if source.checkpoint:
@@ -113,10 +119,30 @@ def create_model(source: ModelSource, num_classes: int, in_chans: int = 3) -> tu
         model = timm.create_model(source.name, pretrained=False, num_classes=num_classes, in_chans=in_chans, **source.model_kwargs)
         _load_strict(model, state_dict, source)
     else:
+        if source.pretrained and keep_pretrained_head:
+            _check_pretrained_head(source.name, num_classes)
         model = timm.create_model(
             source.name, pretrained=source.pretrained, num_classes=num_classes, in_chans=in_chans, **source.model_kwargs
         )
+    _record_input_channels(model, in_chans)
     return model, hparams
+
+
+def _record_input_channels(model: nn.Module, in_chans: int) -> None:
+    """timm keeps the pretrained config's 3 channels after ``in_chans=1``; make exports describe the model."""
+    cfg = getattr(model, "pretrained_cfg", None)
+    if cfg and cfg.get("input_size") and cfg["input_size"][0] != in_chans:
+        model.pretrained_cfg = {**cfg, "input_size": (in_chans, *cfg["input_size"][1:])}
+
+
+def _check_pretrained_head(name: str, num_classes: int) -> None:
+    cfg = timm.models.get_pretrained_cfg(name)
+    hub_classes = getattr(cfg, "num_classes", None) if cfg is not None else None
+    if hub_classes and hub_classes != num_classes:
+        raise ModelLoadingError(
+            f"Teacher '{name}' has pretrained weights for {hub_classes} classes but the data has {num_classes}: "
+            "a teacher must predict the data's classes; fine-tune it with the Classifier module and use its checkpoint."
+        )
 
 
 def _load_strict(model: nn.Module, state_dict: dict[str, torch.Tensor], source: ModelSource) -> None:

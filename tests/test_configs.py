@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import timm
 import yaml
-from fixtures import write_cifar, write_image_folder, write_weights
+from fixtures import write_cifar, write_fashion_mnist, write_image_folder, write_weights
 from timm.models import get_pretrained_cfg
 
 import lightning_modules.model_loading as model_loading
@@ -39,19 +39,28 @@ def _checkpoint_paths(config: dict) -> list[tuple[str, str]]:
     return [(s["name"], s["checkpoint"]) for s in sources if s.get("checkpoint")]
 
 
+@pytest.fixture(scope="session")
+def imagenet_1000(tmp_path_factory):
+    """1000 classes, one tiny image per class and split: the recipes' hub teachers predict 1000 classes."""
+    return write_image_folder(tmp_path_factory.mktemp("imagenet"), num_classes=1000, train_per_class=1, val_per_class=1, size=8)
+
+
 @pytest.mark.parametrize("path", CONFIGS, ids=[str(p.relative_to(p.parents[1])) for p in CONFIGS])
-def test_config_parses_and_instantiates(path, tmp_path, monkeypatch, offline_hub):
+def test_config_parses_and_instantiates(path, tmp_path, monkeypatch, offline_hub, imagenet_1000):
     monkeypatch.chdir(tmp_path)
     config = yaml.safe_load(path.read_text())
     data_class = config["data"]["class_path"]
+    in_chans = 3
     if data_class == "ImageFolderData":
-        data_dir, num_classes = write_image_folder(tmp_path / "images", num_classes=2, train_per_class=1, val_per_class=1), 2
+        data_dir, num_classes = imagenet_1000, 1000
     elif data_class == "CIFARData":
         data_dir, num_classes = write_cifar(tmp_path / "cifar", config["data"]["init_args"]["variant"]), 100
+    elif data_class == "FashionMNISTData":
+        data_dir, num_classes, in_chans = write_fashion_mnist(tmp_path / "fashion"), 10, 1
     else:
         pytest.fail(f"no fixture for {data_class}")
     for name, checkpoint in _checkpoint_paths(config):
-        write_weights(tmp_path / checkpoint, name, num_classes)
+        write_weights(tmp_path / checkpoint, name, num_classes, in_chans=in_chans)
 
     cli = main(
         ["--config", str(path), f"--data.init_args.data_dir={data_dir}", "--trainer.devices=1", "--trainer.strategy=auto"], run=False

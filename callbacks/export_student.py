@@ -1,0 +1,77 @@
+"""Write the student alone as timm-loadable weights for the best and the last epoch."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.utilities import rank_zero_only
+from safetensors.torch import save_file
+from timm.models._hub import save_config_for_hf  # timm's own export config writer (not re-exported)
+
+
+class ExportStudent(pl.Callback):
+    """After each validation, saves ``<run>/student/{last,best}/`` = ``model.safetensors`` + ``config.json``.
+
+    The folder is timm's own export format (architecture, num_classes, in_chans, input size, mean/std):
+    ``timm.create_model("local-dir:<folder>", pretrained=True)`` or
+    ``timm.create_model(arch, pretrained=True, pretrained_cfg_overlay=dict(file=<folder>/model.safetensors), num_classes=N)``
+    gives the trained student back. "best" follows ``monitor`` (higher is better for ``mode="max"``).
+    """
+
+    def __init__(self, dirpath: Optional[str] = None, monitor: str = "val/top1", mode: str = "max"):
+        super().__init__()
+        if mode not in ("max", "min"):
+            raise ValueError(f"mode must be 'max' or 'min', got '{mode}'.")
+        self.dirpath = dirpath
+        self.monitor = monitor
+        self.mode = mode
+        self.best: Optional[float] = None
+
+    def _root(self, trainer: pl.Trainer) -> Path:
+        if self.dirpath:
+            return Path(self.dirpath)
+        base = trainer.log_dir if trainer.logger is not None else trainer.default_root_dir
+        return Path(base) / "student"
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or trainer.state.fn != "fit":
+            return
+        self._export(trainer, pl_module, "last")
+        score = trainer.callback_metrics.get(self.monitor)
+        if score is None:
+            return
+        score = float(score)
+        if self.best is None or (score > self.best if self.mode == "max" else score < self.best):
+            self.best = score
+            self._export(trainer, pl_module, "best")
+
+    @rank_zero_only
+    def _export(self, trainer: pl.Trainer, pl_module: pl.LightningModule, tag: str) -> None:
+        model = getattr(pl_module, "student", None) or pl_module.model
+        folder = self._root(trainer) / tag
+        folder.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous() for k, v in model.state_dict().items()}
+        save_file(tensors, str(folder / "model.safetensors"))
+        save_config_for_hf(model, str(folder / "config.json"), data_config=data_config(trainer, pl_module))
+
+    def state_dict(self) -> dict:
+        return {"best": self.best}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.best = state_dict.get("best")
+
+
+def data_config(trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict:
+    """The preprocessing the student was trained with: channels, size, crop, normalization."""
+    hp = pl_module.hparams
+    datamodule = getattr(trainer, "datamodule", None)
+    size = getattr(datamodule, "image_size", None)
+    config = {"mean": tuple(hp.data_mean), "std": tuple(hp.data_std)}
+    if size:
+        config["input_size"] = (hp.in_chans, size, size)
+    crop_pct = getattr(datamodule, "crop_pct", None)
+    if crop_pct:
+        config["crop_pct"] = crop_pct
+    return config

@@ -1,0 +1,47 @@
+"""Stop on a non-finite training loss without a host sync every step, and never checkpoint past it."""
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import torch
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+class FiniteLossGuard(pl.Callback):
+    """Records the first step whose loss is not finite in a device tensor (no sync), and raises
+    at the next check (every ``check_every_n_steps``) or before any checkpoint is written,
+    so the last checkpoint on disk is always a good one.
+    """
+
+    def __init__(self, check_every_n_steps: int = 50):
+        super().__init__()
+        self.check_every_n_steps = check_every_n_steps
+        self._first_bad = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if loss is None:
+            return
+        if self._first_bad is None:
+            self._first_bad = torch.full((), -1, dtype=torch.long, device=loss.device)
+        bad = ~torch.isfinite(loss.detach())
+        step = torch.full_like(self._first_bad, trainer.global_step)
+        self._first_bad = torch.where(bad & (self._first_bad < 0), step, self._first_bad)
+        if self.check_every_n_steps > 0 and trainer.global_step % self.check_every_n_steps == 0:
+            self.check(trainer)
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        self.check(trainer)
+
+    def check(self, trainer) -> None:
+        if self._first_bad is None:
+            return
+        step = int(self._first_bad)
+        if step >= 0:
+            last = getattr(trainer.checkpoint_callback, "last_model_path", "") or "none written yet"
+            raise NonFiniteLossError(
+                f"Training loss became non-finite at step {step} (epoch {trainer.current_epoch}); stopped. "
+                f"Last good checkpoint: {last}. Lower the learning rate or check the data, then resume from it."
+            )

@@ -1,0 +1,132 @@
+"""Checkpoints and resume: no teachers stored, exact continuation, hard kills, TensorBoard continuity."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from fixtures import write_fashion_mnist, write_weights
+
+from cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_config(tmp_path: Path, **model_args) -> Path:
+    data_dir = write_fashion_mnist(tmp_path / "data", train_count=96, test_count=32)
+    teachers = [
+        {"name": "cifar_resnet8", "checkpoint": str(write_weights(tmp_path / "t0.pt", "cifar_resnet8", 10, in_chans=1, seed=1))},
+        {"name": "cifar_wrn_16_1", "checkpoint": str(write_weights(tmp_path / "t1.pt", "cifar_wrn_16_1", 10, in_chans=1, seed=2))},
+    ]
+    config = {
+        "seed_everything": 7,
+        "model": {"class_path": "MealV2", "init_args": {"teachers": teachers, "student": {"name": "cifar_resnet8"}, "lr": 0.05,
+                                                       "cutmix_prob": 0.5, **model_args}},
+        "data": {"class_path": "FashionMNISTData", "init_args": {"data_dir": str(data_dir), "batch_size": 16}},
+        "trainer": {"logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                               "init_args": {"save_dir": str(tmp_path / "runs"), "name": "meal"}}},
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def load(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def assert_same_training_state(a: dict, b: dict) -> None:
+    assert (a["epoch"], a["global_step"]) == (b["epoch"], b["global_step"])
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    for key in a["state_dict"]:
+        torch.testing.assert_close(a["state_dict"][key], b["state_dict"][key], rtol=0, atol=0, msg=f"{key} differs")
+    for group_a, group_b in zip(a["optimizer_states"][0]["param_groups"], b["optimizer_states"][0]["param_groups"]):
+        assert group_a["lr"] == group_b["lr"]
+    for index, state in a["optimizer_states"][0]["state"].items():
+        torch.testing.assert_close(state["momentum_buffer"], b["optimizer_states"][0]["state"][index]["momentum_buffer"], rtol=0, atol=0)
+    assert a["lr_schedulers"] == b["lr_schedulers"]
+
+
+@pytest.mark.trainer(max_epochs=4)
+def test_resume_from_last_equals_an_uninterrupted_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    straight_config = write_config(tmp_path / "straight")
+    main(["fit", "--config", str(straight_config), "--trainer.max_epochs=4"])
+
+    resumed_config = write_config(tmp_path / "resumed")
+    main(["fit", "--config", str(resumed_config), "--trainer.max_epochs=2"])
+    main(["fit", "--config", str(resumed_config), "--trainer.max_epochs=4", "--ckpt_path=last"])
+
+    straight = load(tmp_path / "straight/runs/meal/version_0/checkpoints/last.ckpt")
+    resumed = load(tmp_path / "resumed/runs/meal/version_0/checkpoints/last.ckpt")
+    assert straight["global_step"] == 4 * 4
+    assert_same_training_state(straight, resumed)
+    assert [p.name for p in (tmp_path / "resumed/runs/meal").iterdir()] == ["version_0"], "resume opened a new TensorBoard run"
+    assert len(list((tmp_path / "resumed/runs/meal/version_0").glob("events.out.tfevents.*"))) == 2
+
+
+def test_checkpoint_is_student_and_discriminator_only_and_weights_only_loadable(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cli = main(["fit", "--config", str(write_config(tmp_path)), "--trainer.max_epochs=1"])
+    checkpoint = load(tmp_path / "runs/meal/version_0/checkpoints/last.ckpt")  # weights_only=True
+    keys = checkpoint["state_dict"].keys()
+    assert not any(k.startswith("teachers.") for k in keys)
+    assert {k.split(".")[0] for k in keys} == {"student", "discriminator"}
+    assert checkpoint["hyper_parameters"]["teachers"][0]["name"] == "cifar_resnet8"
+    stored = sum(v.numel() for v in checkpoint["state_dict"].values())
+    trainable = sum(p.numel() for p in cli.model.student.parameters()) + sum(p.numel() for p in cli.model.discriminator.parameters())
+    assert stored < 1.1 * trainable + 1000
+
+
+def test_checkpoint_missing_a_student_key_is_an_error(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = write_config(tmp_path)
+    main(["fit", "--config", str(config), "--trainer.max_epochs=1"])
+    path = tmp_path / "runs/meal/version_0/checkpoints/last.ckpt"
+    checkpoint = load(path)
+    del checkpoint["state_dict"]["student.fc.weight"]
+    torch.save(checkpoint, tmp_path / "broken.ckpt")
+    with pytest.raises(RuntimeError, match="lacks 1 student/discriminator weights.*student.fc.weight"):
+        main(["validate", "--config", str(config), f"--ckpt_path={tmp_path / 'broken.ckpt'}"])
+
+
+@pytest.mark.parametrize("content, message", [(b"garbage", "cannot be read"), (None, "not a Lightning checkpoint"), ("missing", "does not exist")])
+def test_bad_ckpt_path_is_refused_before_anything_is_built(tmp_path, monkeypatch, content, message):
+    from cli import CheckpointError
+
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "bad.ckpt"
+    if content is None:
+        torch.save({"weights": torch.zeros(2)}, path)
+    elif isinstance(content, bytes):
+        path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=message) as info:
+        main(["fit", "--config", str(write_config(tmp_path)), f"--ckpt_path={path}"])
+    assert "\n" not in str(info.value)
+
+
+def test_hard_kill_mid_epoch_resumes_from_the_step_checkpoint(tmp_path):
+    config = write_config(tmp_path)
+    run = tmp_path / "runs/meal/version_0/checkpoints"
+    base = [sys.executable, str(ROOT / "cli.py"), "fit", "--config", str(config), "--trainer.max_epochs=2",
+            "--trainer.enable_progress_bar=false", "--trainer.limit_val_batches=1", "--last_checkpoint.every_n_train_steps=2",
+            "--data.init_args.batch_size=4"]  # 24 steps per epoch
+    process = subprocess.Popen(base, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (run / "last.ckpt").exists():
+        time.sleep(0.05)
+    time.sleep(0.3)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    killed_at = load(run / "last.ckpt")["global_step"]
+    assert 0 < killed_at < 48, "the run was not interrupted mid-way"
+
+    subprocess.run(base + ["--ckpt_path=last"], cwd=tmp_path, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    final = load(run / "last.ckpt")
+    assert final["epoch"] == 1 and final["global_step"] >= 48 - 2
