@@ -11,7 +11,7 @@ from lightning.pytorch.cli import LightningCLI
 import callbacks  # noqa: F401  (makes the short class names resolvable)
 import datamodules  # noqa: F401
 import lightning_modules  # noqa: F401
-from callbacks import ExportStudent, FiniteLossGuard, NonFiniteLossError, RestoreRandomState
+from callbacks import ExportStudent, FiniteLossGuard, NonFiniteLossError, RestoreRandomState, SoftLabelWriter
 from datamodules.base import ClassificationDataModule, DataError
 from lightning_modules.model_loading import ModelLoadingError
 
@@ -62,7 +62,10 @@ class MealCLI(LightningCLI):
         parser.add_lightning_class_args(ExportStudent, "export_student")
         parser.add_lightning_class_args(FiniteLossGuard, "finite_loss_guard")
         parser.add_lightning_class_args(RestoreRandomState, "restore_random_state")
+        parser.add_lightning_class_args(SoftLabelWriter, "soft_label_writer")
         parser.set_defaults(DEFAULTS)
+        if "return_predictions" in {action.dest for action in parser._actions}:
+            parser.set_defaults({"return_predictions": False})  # predict writes the cache; keep nothing in memory
         for source, target in (
             ("data.num_classes", "model.init_args.num_classes"),
             ("data.in_chans", "model.init_args.in_chans"),

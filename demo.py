@@ -38,8 +38,8 @@ class Budget:
 
 
 BUDGETS = {
-    "quick": Budget(train_subset=12_000, teacher_epochs=3, init_epochs=3, extra_epochs=3, ablations=False),
-    "full": Budget(train_subset=None, teacher_epochs=4, init_epochs=3, extra_epochs=2, ablations=True),
+    "quick": Budget(train_subset=12_000, teacher_epochs=4, init_epochs=4, extra_epochs=2, ablations=False),
+    "full": Budget(train_subset=20_000, teacher_epochs=6, init_epochs=4, extra_epochs=2, ablations=True),
     "smoke": Budget(
         train_subset=64, teacher_epochs=1, init_epochs=1, extra_epochs=1, ablations=False,
         trainer_args=("--trainer.limit_val_batches=2", "--data.init_args.batch_size=16"),

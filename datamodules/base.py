@@ -9,9 +9,8 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-
-class DataError(ValueError):
-    """The data on disk cannot be used as configured."""
+from datamodules.errors import DataError
+from datamodules.soft_labels import CachedCrops, CropsToCache, SoftLabelCache, SoftLabelStore
 
 
 def global_seed() -> int:
@@ -24,12 +23,14 @@ class EpochShuffle(Sampler[int]):
 
     Unlike RandomSampler it does not depend on the global RNG's history, so a run resumed at
     epoch e visits the data in the same order as an uninterrupted run. ``generator`` (reseeded with
-    the order) also drives the DataLoader's worker seeds.
+    the order) also drives the DataLoader's worker seeds. With ``crops`` R > 1 it yields virtual
+    indices ``i * R + r`` of a cached-crop dataset, image i using its crop r = (epoch + i) % R.
     """
 
-    def __init__(self, length: int, seed: int, epoch: int = 0):
+    def __init__(self, length: int, seed: int, epoch: int = 0, crops: int = 1):
         self.length = length
         self.seed = seed
+        self.crops = crops
         self.generator = torch.Generator()
         self.set_epoch(epoch)
 
@@ -39,6 +40,8 @@ class EpochShuffle(Sampler[int]):
 
     def __iter__(self) -> Iterator[int]:
         order = torch.randperm(self.length, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch))
+        if self.crops > 1:
+            order = order * self.crops + (order + self.epoch) % self.crops
         return iter(order.tolist())
 
     def __len__(self) -> int:
@@ -54,27 +57,62 @@ class ClassificationDataModule(L.LightningDataModule):
     """
 
     image_size: Optional[int] = None
+    crop_padding: int = 0  # the pad-and-crop augmentation, replayed by the soft-label cache
 
-    def __init__(self, batch_size: int, num_workers: int):
+    def __init__(self, batch_size: int, num_workers: int, soft_labels: Optional[SoftLabelCache] = None):
         super().__init__()
         self.batch_size = batch_size
         self.num_workers = num_workers
+        self.soft_labels = soft_labels
         self.train_set: Optional[Dataset] = None
         self.val_set: Optional[Dataset] = None
         self.test_set: Optional[Dataset] = None
+        self.soft_label_store: Optional[SoftLabelStore] = None
 
     def build_datasets(self) -> tuple[Dataset, Dataset, Dataset]:
         """Return (train, val, test) datasets."""
         raise NotImplementedError
 
+    def raw_train_set(self) -> Dataset:
+        """Training images before augmentation, as (uint8 tensor [C, H, W], label): for the soft-label cache."""
+        raise DataError(f"{type(self).__name__} does not support the soft-label cache yet: use FashionMNISTData or CIFARData.")
+
+    def finish(self, image: torch.Tensor) -> torch.Tensor:
+        """uint8 crop -> the model's input (dtype, channels, normalization)."""
+        raise NotImplementedError
+
+    def sample_box(self, generator: torch.Generator, height: int, width: int) -> tuple[int, int, int, int]:
+        """A random crop box (top, left, height, width) as the training augmentation draws it."""
+        pad = self.crop_padding
+        top, left = (int(torch.randint(-pad, pad + 1, (), generator=generator)) for _ in range(2))
+        return top, left, height, width
+
     def setup(self, stage: str) -> None:
         if self.train_set is None:
             self.train_set, self.val_set, self.test_set = self.build_datasets()
+        if self.soft_labels is None:
+            return
+        raw = self.raw_train_set()
+        if stage == "predict" and self.soft_label_store is None:
+            self.soft_label_store = SoftLabelStore.create_or_resume(self.soft_labels, len(raw), self.num_classes, type(self).__name__)
+        elif stage == "fit" and not isinstance(self.train_set, CachedCrops):
+            self.soft_label_store = SoftLabelStore.open(self.soft_labels, len(raw), self.num_classes)
+            self.train_set = CachedCrops(raw, self.soft_label_store, self.finish, self.image_size)
+
+    def predict_dataloader(self) -> DataLoader:
+        """The training images still missing from the soft-label cache, R seeded crops each."""
+        if self.soft_labels is None:
+            raise DataError("predict writes the soft-label cache: set data.init_args.soft_labels.dir.")
+        cache = self.soft_labels
+        pending = self.soft_label_store.pending(cache.shard, cache.num_shards)
+        dataset = CropsToCache(self.raw_train_set(), pending, cache.crops, global_seed(), self.sample_box, self.finish, self.image_size)
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers)
 
     def train_dataloader(self) -> DataLoader:
         # Lightning creates the first iterator before calling set_epoch, so start at the trainer's epoch.
         epoch = self.trainer.current_epoch if self.trainer is not None else 0
-        sampler = EpochShuffle(len(self.train_set), global_seed(), epoch)
+        crops = self.train_set.crops if isinstance(self.train_set, CachedCrops) else 1
+        sampler = EpochShuffle(len(self.train_set) // crops, global_seed(), epoch, crops)
         return DataLoader(
             self.train_set,
             batch_size=self.batch_size,

@@ -8,9 +8,12 @@ from typing import Callable, Literal, Optional
 import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
-from torchvision import datasets, transforms
+import torch
+from torchvision import datasets
+from torchvision.transforms import v2
 
 from datamodules.base import ClassificationDataModule, DataError
+from datamodules.soft_labels import SoftLabelCache
 
 _STATS = {
     "cifar10": (10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), datasets.CIFAR10),
@@ -64,8 +67,9 @@ class CIFARData(ClassificationDataModule):
         download: bool = False,
         batch_size: int = 128,
         num_workers: int = 4,
+        soft_labels: Optional[SoftLabelCache] = None,
     ):
-        super().__init__(batch_size, num_workers)
+        super().__init__(batch_size, num_workers, soft_labels)
         if variant not in _STATS:
             raise DataError(f"Unknown CIFAR variant '{variant}': use 'cifar10' or 'cifar100'.")
         self.data_dir = Path(data_dir)
@@ -74,6 +78,7 @@ class CIFARData(ClassificationDataModule):
         self._num_classes, self._mean, self._std, self._downloader = _STATS[variant]
 
     image_size = 32
+    crop_padding = 4
 
     @property
     def num_classes(self) -> int:
@@ -96,10 +101,18 @@ class CIFARData(ClassificationDataModule):
             for train in (True, False):
                 self._downloader(str(self.data_dir), train=train, download=True)
 
+    def finish(self, image):
+        """uint8 [3, 32, 32] -> normalized float."""
+        return self._finish(image)
+
     def build_datasets(self):
-        normalize = [transforms.ToTensor(), transforms.Normalize(self._mean, self._std)]
-        train_tf = transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(), *normalize])
-        eval_tf = transforms.Compose(normalize)
+        self._finish = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(self._mean, self._std)])
+        to_tensor = v2.PILToTensor()
+        train_tf = v2.Compose([to_tensor, v2.RandomCrop(32, padding=self.crop_padding), v2.RandomHorizontalFlip(), self._finish])
         train = CIFARPickles(self.data_dir, self.variant, train=True, transform=train_tf)
-        test = CIFARPickles(self.data_dir, self.variant, train=False, transform=eval_tf)
+        test = CIFARPickles(self.data_dir, self.variant, train=False, transform=v2.Compose([to_tensor, self._finish]))
+        self._raw_train = CIFARPickles(self.data_dir, self.variant, train=True, transform=to_tensor)
         return train, test, test
+
+    def raw_train_set(self):
+        return self._raw_train

@@ -12,6 +12,7 @@ from torchvision import datasets
 from torchvision.transforms import v2
 
 from datamodules.base import ClassificationDataModule, DataError
+from datamodules.soft_labels import SoftLabelCache
 
 SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian's package dataset-fashion-mnist
 MEAN, STD = (0.2860,), (0.3530,)
@@ -62,7 +63,8 @@ class TensorImages(Dataset):
         return len(self.labels)
 
     def __getitem__(self, index: int):
-        return self.transform(self.images[index]), int(self.labels[index])
+        image = self.images[index]
+        return (self.transform(image) if self.transform else image), int(self.labels[index])
 
 
 class FashionMNISTData(ClassificationDataModule):
@@ -83,8 +85,9 @@ class FashionMNISTData(ClassificationDataModule):
         subset_seed: int = 0,
         batch_size: int = 128,
         num_workers: int = 0,
+        soft_labels: Optional[SoftLabelCache] = None,
     ):
-        super().__init__(batch_size, num_workers)
+        super().__init__(batch_size, num_workers, soft_labels)
         if in_chans not in (1, 3):
             raise DataError(f"in_chans must be 1 or 3 for Fashion-MNIST, got {in_chans}.")
         self.data_dir = Path(data_dir)
@@ -94,6 +97,7 @@ class FashionMNISTData(ClassificationDataModule):
         self.subset_seed = subset_seed
 
     image_size = 28
+    crop_padding = 2
 
     @property
     def num_classes(self) -> int:
@@ -135,19 +139,23 @@ class FashionMNISTData(ClassificationDataModule):
             raise DataError(f"Fashion-MNIST {split} files in '{folder}' disagree: {images.shape} images, {labels.shape} labels.")
         return torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))
 
-    def _transform(self, training: bool):
-        ops = [v2.RandomCrop(28, padding=2), v2.RandomHorizontalFlip()] if training else []
-        if self._in_chans == 3:
-            ops.append(v2.Grayscale(num_output_channels=3))
-        ops += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(self.mean, self.std)]
-        return v2.Compose(ops)
+    def finish(self, image: torch.Tensor) -> torch.Tensor:
+        """uint8 [1, 28, 28] -> normalized float (channel replicated when in_chans is 3)."""
+        return self._finish(image)
 
     def build_datasets(self):
+        ops = [v2.Grayscale(num_output_channels=3)] if self._in_chans == 3 else []
+        self._finish = v2.Compose(ops + [v2.ToDtype(torch.float32, scale=True), v2.Normalize(self.mean, self.std)])
+        augment = v2.Compose([v2.RandomCrop(28, padding=self.crop_padding), v2.RandomHorizontalFlip(), self._finish])
         folder = self.locate()
         train_images, train_labels = self._split(folder, "train")
         if self.train_subset is not None and self.train_subset < len(train_labels):
             keep = torch.randperm(len(train_labels), generator=torch.Generator().manual_seed(self.subset_seed))[: self.train_subset]
             train_images, train_labels = train_images[keep], train_labels[keep]
-        test = TensorImages(*self._split(folder, "test"), self._transform(training=False))
-        return TensorImages(train_images, train_labels, self._transform(training=True)), test, test
+        self._raw_train = TensorImages(train_images, train_labels, transform=None)
+        test = TensorImages(*self._split(folder, "test"), self._finish)
+        return TensorImages(train_images, train_labels, augment), test, test
+
+    def raw_train_set(self) -> Dataset:
+        return self._raw_train
 

@@ -21,6 +21,7 @@ from lightning_modules.optim import ScheduleName, build_optimizer, build_schedul
 from lightning_modules.teachers import FrozenTeacher, TeacherEnsemble
 
 DiscriminatorMode = Literal["official", "adversarial", "none"]
+SoftTargets = Literal["online", "cached"]
 
 
 class MealV2(L.LightningModule):
@@ -38,6 +39,10 @@ class MealV2(L.LightningModule):
         schedule, milestones, gamma: per-epoch LR schedule (paper: step, [100], 0.1 over 180 epochs).
         cutmix_prob, cutmix_alpha: CutMix on the images only; targets stay the teachers' predictions.
         hard_label_weight: ablation only; adds this weight times the hard-label cross-entropy.
+        soft_targets: ``online`` runs the teachers every step; ``cached`` takes the ensemble's
+            probabilities from the batch (the DataModule's soft-label cache, written by ``predict``).
+        sync_batchnorm_student: under DDP, convert the student's BatchNorm to SyncBatchNorm (the
+            teachers are never converted; do not use the Trainer's ``sync_batchnorm``, which would).
     """
 
     def __init__(
@@ -59,10 +64,14 @@ class MealV2(L.LightningModule):
         cutmix_prob: float = 0.0,
         cutmix_alpha: float = 1.0,
         hard_label_weight: float = 0.0,
+        soft_targets: SoftTargets = "online",
+        sync_batchnorm_student: bool = False,
     ):
         super().__init__()
         if discriminator not in ("official", "adversarial", "none"):
             raise ValueError(f"discriminator must be 'official', 'adversarial' or 'none', got '{discriminator}'.")
+        if soft_targets == "cached" and cutmix_prob > 0:
+            raise ValueError("CutMix needs the teachers online (cached labels belong to unmixed crops): set cutmix_prob 0.")
         teacher_sources = [ModelSource.coerce(t) for t in teachers]
         student_source = ModelSource.coerce(student)
         # Plain dicts in the hyperparameters keep checkpoints loadable with weights_only=True.
@@ -95,19 +104,30 @@ class MealV2(L.LightningModule):
     # ----------------------------------------------------------------------------------------------
     # The training step
     # ----------------------------------------------------------------------------------------------
-    def distillation_losses(self, images: torch.Tensor, labels: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
-        """All MEAL V2 losses on one batch; ``labels`` are used only by the hard-label ablation."""
+    def distillation_losses(
+        self, images: torch.Tensor, labels: Optional[torch.Tensor] = None, soft_targets: Optional[torch.Tensor] = None
+    ) -> dict[str, torch.Tensor]:
+        """All MEAL V2 losses on one batch.
+
+        ``labels`` are used only by the hard-label ablation. ``soft_targets`` (cached ensemble
+        probabilities) replace the teachers; the discriminator then sees their log-probabilities,
+        which equal the mean teacher logits only up to a per-row constant.
+        """
         check_images(images, self.hparams.in_chans)
-        teacher_logits = self.teachers(images)  # [K, B, C], no gradient, eval mode
-        soft_targets = ensemble_soft_targets(teacher_logits)  # mean of probabilities, fp32
+        if soft_targets is None:
+            teacher_logits = self.teachers(images)  # [K, B, C], no gradient, eval mode
+            soft_targets = ensemble_soft_targets(teacher_logits)  # mean of probabilities, fp32
+            teacher_rows = teacher_logits.mean(dim=0)
+        else:
+            teacher_rows = soft_targets.float().clamp_min(1e-8).log()
         student_logits = self.student(images)
         kd = soft_cross_entropy(student_logits, soft_targets)
 
         d_loss = kd.new_zeros(())
         if self.discriminator is not None:
             student_rows = reverse_gradient(student_logits) if self.hparams.discriminator == "adversarial" else student_logits
-            teacher_rows = teacher_logits.mean(dim=0).to(student_rows.dtype)
-            d_loss = discriminator_loss(self.discriminator(torch.cat([student_rows, teacher_rows], dim=0)))
+            d_input = torch.cat([student_rows, teacher_rows.to(student_rows.dtype)], dim=0)
+            d_loss = discriminator_loss(self.discriminator(d_input))
 
         total = kd + d_loss
         if self.hparams.hard_label_weight > 0:
@@ -123,11 +143,16 @@ class MealV2(L.LightningModule):
         }
 
     def training_step(self, batch, batch_idx):
-        images, labels = batch
+        images, labels, *cached = batch
+        if (self.hparams.soft_targets == "cached") != bool(cached):
+            raise ValueError(
+                f"model.soft_targets is '{self.hparams.soft_targets}' but the batches {'carry' if cached else 'lack'} cached "
+                "soft labels: set both model.soft_targets and data.soft_labels, or neither."
+            )
         mixed = self.hparams.cutmix_prob > 0 and np.random.rand() < self.hparams.cutmix_prob
         if mixed:
             images = self._cutmix(images)
-        out = self.distillation_losses(images, labels)
+        out = self.distillation_losses(images, labels, cached[0] if cached else None)
 
         self.log("train/kd_loss", out["kd"], on_step=True, on_epoch=True, prog_bar=True)
         self.log("train/discriminator_loss", out["discriminator"], on_step=True, on_epoch=True)
@@ -155,6 +180,14 @@ class MealV2(L.LightningModule):
     # ----------------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
         self._teacher_eval_pending = True
+        if self.hparams.sync_batchnorm_student and self.trainer is not None and self.trainer.world_size > 1:
+            self.student = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.student)
+
+    @property
+    def _ddp_params_and_buffers_to_ignore(self) -> list[str]:
+        """DDP neither broadcasts nor reduces the frozen teachers (read by DistributedDataParallel)."""
+        named = list(self.teachers.named_parameters()) + list(self.teachers.named_buffers())
+        return [f"teachers.{name}" for name, _ in named]
 
     def _evaluate(self, batch, stage: str, metrics) -> None:
         images, labels = batch
@@ -190,6 +223,12 @@ class MealV2(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._log_teacher_ceiling("test")
+
+    def predict_step(self, batch, batch_idx):
+        """The ensemble's probabilities on R stored crops per image, for the soft-label cache."""
+        crops = batch["images"]  # [B, R, C, H, W]
+        probabilities = ensemble_soft_targets(self.teachers(crops.flatten(0, 1)))
+        return {**{k: batch[k] for k in ("index", "boxes", "flips")}, "probabilities": probabilities.view(*crops.shape[:2], -1)}
 
     # ----------------------------------------------------------------------------------------------
     # Optimizer and checkpoints

@@ -30,9 +30,14 @@ class FrozenTeacher(nn.Module):
             param.requires_grad_(False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """fp32 logits, whatever dtype and memory format the teacher itself runs in."""
+        images = images.float()
         if self.renormalize:
-            images = images * self.scale.to(images.dtype) + self.shift.to(images.dtype)
-        return self.model(images)
+            images = images * self.scale + self.shift
+        weight = next(self.model.parameters(), None)
+        if weight is not None and weight.dtype != images.dtype:
+            images = images.to(weight.dtype)
+        return self.model(images).float()
 
 
 class TeacherEnsemble(nn.Module):

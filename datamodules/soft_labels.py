@@ -1,0 +1,175 @@
+"""Soft-label cache (the FKD idea): the teacher ensemble's predictions on stored random crops.
+
+Layout of a cache folder (numpy memory-maps, one row per training image):
+    meta.json     images, crops per image, top_k, classes, the data module's name and train-set size
+    boxes.npy     float32 [N, R, 4]   crop box (top, left, height, width) relative to the image size
+    flips.npy     uint8   [N, R]      horizontal flip applied after the crop
+    values.npy    float16 [N, R, k]   the ensemble's k largest probabilities
+    indices.npy   int16/32 [N, R, k]  their classes
+    done.npy      uint8   [N]         1 once an image's crops are written (resume / shards)
+The probability mass outside the top k is spread evenly over the other classes ("marginal
+smoothing"), so a stored label costs R * k * 4 bytes plus 17 bytes per crop.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from torchvision.transforms.v2 import functional as F
+
+from datamodules.errors import DataError
+
+FILES = ("boxes", "flips", "values", "indices", "done")
+
+
+@dataclass
+class SoftLabelCache:
+    """Where the cache lives and how it is made.
+
+    dir: the cache folder. crops: random crops stored per image. top_k: probabilities kept per crop.
+    shard / num_shards: this process fills only images with index % num_shards == shard.
+    """
+
+    dir: str
+    crops: int = 8
+    top_k: int = 5
+    shard: int = 0
+    num_shards: int = 1
+
+
+class SoftLabelStore:
+    """Memory-mapped arrays of a cache folder; ``create`` makes them, ``open`` reads or resumes."""
+
+    def __init__(self, folder: Path, meta: dict, mode: str):
+        self.folder = folder
+        self.meta = meta
+        self.arrays = {name: np.load(folder / f"{name}.npy", mmap_mode=mode) for name in FILES}
+
+    @classmethod
+    def create_or_resume(cls, config: SoftLabelCache, num_images: int, num_classes: int, source: str) -> "SoftLabelStore":
+        folder = Path(config.dir)
+        meta = {"images": num_images, "crops": config.crops, "top_k": config.top_k, "classes": num_classes, "source": source}
+        if (folder / "meta.json").is_file():
+            stored = json.loads((folder / "meta.json").read_text())
+            if stored != meta:
+                raise DataError(f"Soft-label cache '{folder}' was made for {stored}, not {meta}: use another dir or delete it.")
+            return cls(folder, meta, "r+")
+        folder.mkdir(parents=True, exist_ok=True)
+        n, r, k = num_images, config.crops, config.top_k
+        index_dtype = np.int16 if num_classes < 2**15 else np.int32
+        for name, shape, dtype in (
+            ("boxes", (n, r, 4), np.float32), ("flips", (n, r), np.uint8), ("values", (n, r, k), np.float16),
+            ("indices", (n, r, k), index_dtype), ("done", (n,), np.uint8),
+        ):
+            np.lib.format.open_memmap(folder / f"{name}.npy", mode="w+", dtype=dtype, shape=shape).flush()
+        (folder / "meta.json").write_text(json.dumps(meta))
+        return cls(folder, meta, "r+")
+
+    @classmethod
+    def open(cls, config: SoftLabelCache, num_images: int, num_classes: int) -> "SoftLabelStore":
+        folder = Path(config.dir)
+        if not (folder / "meta.json").is_file():
+            raise DataError(f"No soft-label cache in '{folder}': make it first with `python cli.py predict` (see README).")
+        meta = json.loads((folder / "meta.json").read_text())
+        if (meta["images"], meta["classes"]) != (num_images, num_classes):
+            raise DataError(f"Soft-label cache '{folder}' holds {meta['images']} images / {meta['classes']} classes; "
+                            f"the data has {num_images} / {num_classes}: re-create it for this data.")
+        store = cls(folder, meta, "r")
+        missing = int((store.arrays["done"] == 0).sum())
+        if missing:
+            raise DataError(f"Soft-label cache '{folder}' is incomplete ({missing} images missing): run the predict step again to finish it.")
+        return store
+
+    def pending(self, shard: int = 0, num_shards: int = 1) -> np.ndarray:
+        """Indices of this shard's images whose crops are not written yet."""
+        done = np.asarray(self.arrays["done"])
+        candidates = np.arange(shard, len(done), num_shards)
+        return candidates[done[candidates] == 0]
+
+    def write(self, image_indices: np.ndarray, boxes: np.ndarray, flips: np.ndarray, values: np.ndarray, indices: np.ndarray) -> None:
+        for name, data in (("boxes", boxes), ("flips", flips), ("values", values), ("indices", indices)):
+            self.arrays[name][image_indices] = data
+        for name in ("boxes", "flips", "values", "indices"):
+            self.arrays[name].flush()
+        self.arrays["done"][image_indices] = 1  # written last: a killed run never marks half-written rows
+        self.arrays["done"].flush()
+
+    def bytes_per_image(self) -> int:
+        return sum(self.arrays[name][0].nbytes for name in FILES)
+
+
+def decode_soft_labels(values: torch.Tensor, indices: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Dense probabilities: the stored top-k, the remaining mass spread evenly over the other classes."""
+    values = values.float()
+    rest = (1.0 - values.sum(dim=-1, keepdim=True)).clamp_min(0.0) / max(num_classes - values.shape[-1], 1)
+    dense = rest.expand(*values.shape[:-1], num_classes).clone()
+    return dense.scatter_(-1, indices.long(), values)
+
+
+
+def crop_and_flip(image: torch.Tensor, box: tuple[int, int, int, int], flip: bool, size: int) -> torch.Tensor:
+    """Apply a pixel box (top, left, height, width; may reach outside the image = zero padding)."""
+    top, left, height, width = box
+    out = F.crop(image, top, left, height, width)
+    if (height, width) != (size, size):
+        out = F.resize(out, [size, size], antialias=True)
+    return F.horizontal_flip(out) if flip else out
+
+
+def relative_box(box: tuple[int, int, int, int], height: int, width: int) -> list[float]:
+    top, left, h, w = box
+    return [top / height, left / width, h / height, w / width]
+
+
+def pixel_box(relative: np.ndarray, height: int, width: int) -> tuple[int, int, int, int]:
+    top, left, h, w = (float(v) for v in relative)
+    return round(top * height), round(left * width), round(h * height), round(w * width)
+
+
+class CropsToCache(Dataset):
+    """For each pending image: its R random crops (seeded by image index) ready for the teachers."""
+
+    def __init__(self, raw: Dataset, pending: np.ndarray, crops: int, seed: int, sample_box, finish, size: int):
+        self.raw, self.pending, self.crops, self.seed = raw, pending, crops, seed
+        self.sample_box, self.finish, self.size = sample_box, finish, size
+
+    def __len__(self) -> int:
+        return len(self.pending)
+
+    def __getitem__(self, position: int) -> dict:
+        index = int(self.pending[position])
+        image, _ = self.raw[index]
+        height, width = image.shape[-2:]
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+        boxes, flips, images = [], [], []
+        for _ in range(self.crops):
+            box = self.sample_box(generator, height, width)
+            flip = bool(torch.randint(0, 2, (), generator=generator))
+            boxes.append(relative_box(box, height, width))
+            flips.append(flip)
+            images.append(self.finish(crop_and_flip(image, box, flip, self.size)))
+        return {"index": index, "images": torch.stack(images), "boxes": torch.tensor(boxes), "flips": torch.tensor(flips)}
+
+
+class CachedCrops(Dataset):
+    """Training items replayed from the cache: (image, label, soft target) for virtual index i * R + r."""
+
+    def __init__(self, raw: Dataset, store: SoftLabelStore, finish, size: int):
+        self.raw, self.store, self.finish, self.size = raw, store, finish, size
+        self.crops, self.classes = store.meta["crops"], store.meta["classes"]
+
+    def __len__(self) -> int:
+        return len(self.raw) * self.crops
+
+    def __getitem__(self, virtual: int):
+        index, crop = divmod(virtual, self.crops)
+        image, label = self.raw[index]
+        arrays = self.store.arrays
+        box = pixel_box(arrays["boxes"][index, crop], *image.shape[-2:])
+        out = self.finish(crop_and_flip(image, box, bool(arrays["flips"][index, crop]), self.size))
+        soft = decode_soft_labels(torch.from_numpy(np.array(arrays["values"][index, crop])),
+                                  torch.from_numpy(np.array(arrays["indices"][index, crop])), self.classes)
+        return out, label, soft
