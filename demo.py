@@ -16,7 +16,7 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -77,14 +77,14 @@ class Pipeline:
     seed: int = 0
     data_dir: Optional[str] = None
     progress_bar: bool = True
-    log: list = field(default_factory=list)
+    skip_ablations: bool = False
 
     @property
     def budget(self) -> Budget:
         return BUDGETS[self.budget_name]
 
     def steps(self) -> list[Step]:
-        return [s for s in STEPS if self.budget.ablations or not s.ablation]
+        return [s for s in STEPS if (self.budget.ablations and not self.skip_ablations) or not s.ablation]
 
     def epochs(self, step: Step) -> int:
         return {"teacher": self.budget.teacher_epochs, "init": self.budget.init_epochs, "extra": self.budget.extra_epochs}[step.stage]
@@ -252,10 +252,11 @@ def main(argv: Optional[list[str]] = None) -> dict:
     parser.add_argument("--out", type=Path, default=None, help="results folder (default results/<budget>/seed<seed>)")
     parser.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST IDX files (default: Debian's, else download)")
     parser.add_argument("--no-progress-bar", action="store_true")
+    parser.add_argument("--skip-ablations", action="store_true", help="only teachers, init, baseline and MEAL V2")
     args = parser.parse_args(argv)
     out = (args.out or ROOT / "results" / args.budget / f"seed{args.seed}").resolve()
     data_dir = str(Path(args.data_dir).resolve()) if args.data_dir else None
-    return Pipeline(args.budget, out, args.seed, data_dir, progress_bar=not args.no_progress_bar).run()
+    return Pipeline(args.budget, out, args.seed, data_dir, progress_bar=not args.no_progress_bar, skip_ablations=args.skip_ablations).run()
 
 
 if __name__ == "__main__":

@@ -37,15 +37,19 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def images_per_second(step, batch_size: int, steps: int, warmup: int, device: torch.device) -> float:
+def images_per_second(step, batch_size: int, steps: int, warmup: int, device: torch.device, rounds: int = 3) -> float:
+    """Best of ``rounds`` timings of ``steps`` steps each (the least disturbed by other work)."""
     for _ in range(warmup):
         step()
-    synchronize(device)
-    started = time.perf_counter()
-    for _ in range(steps):
-        step()
-    synchronize(device)
-    return batch_size * steps / (time.perf_counter() - started)
+    best = 0.0
+    for _ in range(rounds):
+        synchronize(device)
+        started = time.perf_counter()
+        for _ in range(steps):
+            step()
+        synchronize(device)
+        best = max(best, batch_size * steps / (time.perf_counter() - started))
+    return best
 
 
 def build(args, device: torch.device) -> MealV2:

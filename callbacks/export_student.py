@@ -38,23 +38,24 @@ class ExportStudent(pl.Callback):
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or trainer.state.fn != "fit":
             return
-        self._export(trainer, pl_module, "last")
+        root = self._root(trainer)  # on every rank: trainer.log_dir is a collective under DDP
+        config = data_config(trainer, pl_module)
+        self._export(pl_module, root / "last", config)
         score = trainer.callback_metrics.get(self.monitor)
         if score is None:
             return
         score = float(score)
         if self.best is None or (score > self.best if self.mode == "max" else score < self.best):
             self.best = score
-            self._export(trainer, pl_module, "best")
+            self._export(pl_module, root / "best", config)
 
     @rank_zero_only
-    def _export(self, trainer: pl.Trainer, pl_module: pl.LightningModule, tag: str) -> None:
+    def _export(self, pl_module: pl.LightningModule, folder: Path, config: dict) -> None:
         model = getattr(pl_module, "student", None) or pl_module.model
-        folder = self._root(trainer) / tag
         folder.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous() for k, v in model.state_dict().items()}
         save_file(tensors, str(folder / "model.safetensors"))
-        save_config_for_hf(model, str(folder / "config.json"), data_config=data_config(trainer, pl_module))
+        save_config_for_hf(model, str(folder / "config.json"), data_config=config)
 
     def state_dict(self) -> dict:
         return {"best": self.best}

@@ -7,7 +7,7 @@ from typing import Optional
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from datamodules.errors import DataError
 from datamodules.soft_labels import CachedCrops, CropsToCache, SoftLabelCache, SoftLabelStore
@@ -18,34 +18,35 @@ def global_seed() -> int:
     return int(os.environ.get("PL_GLOBAL_SEED", 0))
 
 
-class EpochShuffle(Sampler[int]):
-    """Random order that is a pure function of (seed, epoch).
+class EpochShuffle(DistributedSampler):
+    """Random order that is a pure function of (seed, epoch), sharded over ranks.
 
     Unlike RandomSampler it does not depend on the global RNG's history, so a run resumed at
-    epoch e visits the data in the same order as an uninterrupted run. ``generator`` (reseeded with
-    the order) also drives the DataLoader's worker seeds. With ``crops`` R > 1 it yields virtual
-    indices ``i * R + r`` of a cached-crop dataset, image i using its crop r = (epoch + i) % R.
+    epoch e visits the data in the same order as an uninterrupted run. Rank r of n takes every
+    n-th index of the one global order, so n processes with batch B see exactly the batches one
+    process sees with batch n x B (Lightning leaves a DistributedSampler as it is). ``generator``
+    (reseeded with the order) also drives the DataLoader's worker seeds. With ``crops`` R > 1 it
+    yields virtual indices ``i * R + r`` of a cached-crop dataset, image i using crop (epoch + i) % R.
     """
 
-    def __init__(self, length: int, seed: int, epoch: int = 0, crops: int = 1):
+    def __init__(self, length: int, seed: int, epoch: int = 0, crops: int = 1, num_replicas: int = 1, rank: int = 0):
+        super().__init__(range(length), num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=False)
         self.length = length
-        self.seed = seed
         self.crops = crops
         self.generator = torch.Generator()
         self.set_epoch(epoch)
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        super().set_epoch(epoch)
         self.generator.manual_seed(self.seed * 1_000_003 + epoch)
 
     def __iter__(self) -> Iterator[int]:
         order = torch.randperm(self.length, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch))
         if self.crops > 1:
             order = order * self.crops + (order + self.epoch) % self.crops
-        return iter(order.tolist())
-
-    def __len__(self) -> int:
-        return self.length
+        order = order.tolist()
+        order += order[: self.total_size - len(order)]  # equal shares: wrap around like DistributedSampler
+        return iter(order[self.rank : self.total_size : self.num_replicas])
 
 
 class ClassificationDataModule(L.LightningDataModule):
@@ -112,7 +113,8 @@ class ClassificationDataModule(L.LightningDataModule):
         # Lightning creates the first iterator before calling set_epoch, so start at the trainer's epoch.
         epoch = self.trainer.current_epoch if self.trainer is not None else 0
         crops = self.train_set.crops if isinstance(self.train_set, CachedCrops) else 1
-        sampler = EpochShuffle(len(self.train_set) // crops, global_seed(), epoch, crops)
+        world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer is not None else (1, 0)
+        sampler = EpochShuffle(len(self.train_set) // crops, global_seed(), epoch, crops, num_replicas=world, rank=rank)
         return DataLoader(
             self.train_set,
             batch_size=self.batch_size,

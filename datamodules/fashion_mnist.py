@@ -73,7 +73,8 @@ class FashionMNISTData(ClassificationDataModule):
     Looks in ``data_dir``, then in /usr/share/datasets/fashion-mnist (Debian), then downloads with
     torchvision into ``data_dir`` when ``download`` is true. Train: 2-pixel padded random crop +
     horizontal flip; val and test: the official 10,000 test images. ``train_subset`` keeps a fixed
-    random subset of the training images (seeded) for short runs; ``in_chans: 3`` replicates the channel.
+    random subset of the training images (seeded) for short runs; ``in_chans: 3`` replicates the channel;
+    ``augment: false`` trains on the plain images (deterministic batches, e.g. for parity checks).
     """
 
     def __init__(
@@ -83,6 +84,7 @@ class FashionMNISTData(ClassificationDataModule):
         in_chans: int = 1,
         train_subset: Optional[int] = None,
         subset_seed: int = 0,
+        augment: bool = True,
         batch_size: int = 128,
         num_workers: int = 0,
         soft_labels: Optional[SoftLabelCache] = None,
@@ -95,6 +97,7 @@ class FashionMNISTData(ClassificationDataModule):
         self._in_chans = in_chans
         self.train_subset = train_subset
         self.subset_seed = subset_seed
+        self.augment = augment
 
     image_size = 28
     crop_padding = 2
@@ -147,6 +150,7 @@ class FashionMNISTData(ClassificationDataModule):
         ops = [v2.Grayscale(num_output_channels=3)] if self._in_chans == 3 else []
         self._finish = v2.Compose(ops + [v2.ToDtype(torch.float32, scale=True), v2.Normalize(self.mean, self.std)])
         augment = v2.Compose([v2.RandomCrop(28, padding=self.crop_padding), v2.RandomHorizontalFlip(), self._finish])
+        augment = augment if self.augment else self._finish
         folder = self.locate()
         train_images, train_labels = self._split(folder, "train")
         if self.train_subset is not None and self.train_subset < len(train_labels):

@@ -63,7 +63,7 @@ class Classifier(L.LightningModule):
         images, labels = batch
         check_images(images, self.hparams.in_chans)
         logits = self.model(images)
-        self.log(f"{stage}/loss", F.cross_entropy(logits.float(), labels), on_epoch=True, prog_bar=True)
+        self.log(f"{stage}/loss", F.cross_entropy(logits.float(), labels), on_epoch=True, prog_bar=True, sync_dist=True)
         metrics(logits, labels)
         self.log_dict(metrics, on_epoch=True, prog_bar=True)
 

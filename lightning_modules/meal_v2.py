@@ -193,7 +193,7 @@ class MealV2(L.LightningModule):
         images, labels = batch
         check_images(images, self.hparams.in_chans)
         logits = self.student(images)
-        self.log(f"{stage}/loss", F.cross_entropy(logits.float(), labels), on_epoch=True, prog_bar=True)
+        self.log(f"{stage}/loss", F.cross_entropy(logits.float(), labels), on_epoch=True, prog_bar=True, sync_dist=True)
         metrics(logits, labels)
         self.log_dict(metrics, on_epoch=True, prog_bar=True)
         if self._teacher_eval_pending and not self.trainer.sanity_checking:
@@ -214,7 +214,7 @@ class MealV2(L.LightningModule):
         names = [f"teacher{k}" for k in range(len(self.teachers))] + ["ensemble"]
         for name, metric in zip(names, self.teacher_metrics):
             for key, value in metric.compute().items():
-                self.log(f"{stage}/{name}_{key}", value)
+                self.log(f"{stage}/{name}_{key}", value, sync_dist=True)  # already synced by torchmetrics
             metric.reset()
         self._teacher_eval_pending = False
 

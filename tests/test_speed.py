@@ -1,0 +1,71 @@
+"""Fast teachers keep the soft targets, and the throughput benchmark reports every mode."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from callbacks import FastTeachers
+from callbacks.fast_teachers import accelerate_teacher
+from lightning_modules import MealV2
+from lightning_modules.losses import ensemble_soft_targets
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def count_batchnorm(module: torch.nn.Module) -> int:
+    return sum(isinstance(m, torch.nn.BatchNorm2d) for m in module.modules())
+
+
+def small_meal() -> MealV2:
+    torch.manual_seed(0)
+    return MealV2(teachers=["cifar_resnet8", "cifar_wrn_16_1"], student={"name": "cifar_resnet8"}, num_classes=10, in_chans=1)
+
+
+@pytest.mark.parametrize("precision, max_kl", [("32", 1e-6), ("bf16", 1e-2)])
+def test_fast_teachers_keep_soft_targets_within_tolerance(precision, max_kl):
+    module = small_meal()
+    for teacher in module.teachers:  # give BatchNorm non-trivial statistics to fold
+        for bn in (m for m in teacher.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.running_var.uniform_(0.5, 2.0)
+    images = torch.randn(32, 1, 28, 28)
+    norms_before = [count_batchnorm(t) for t in module.teachers]
+    with torch.no_grad():
+        reference = ensemble_soft_targets(module.teachers(images))
+        for teacher in module.teachers:
+            accelerate_teacher(teacher, precision, channels_last=True, fold_bn=True)
+        fast = ensemble_soft_targets(module.teachers(images))
+    assert fast.dtype == torch.float32
+    norms_after = [count_batchnorm(t) for t in module.teachers]
+    assert norms_after[0] == 0 and norms_after[1] < norms_before[1]  # pre-activation BN (after an add) stays
+    kl = (reference * (reference.log() - fast.log())).sum(-1).mean()
+    assert float(kl) < max_kl and (fast.argmax(-1) == reference.argmax(-1)).float().mean() >= 0.9
+
+
+def test_fast_teachers_callback_applies_to_the_teachers_only(tmp_path):
+    module = small_meal()
+    loader = DataLoader(TensorDataset(torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))), batch_size=4)
+    trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, default_root_dir=tmp_path,
+                         callbacks=[FastTeachers(precision="32")])
+    trainer.fit(module, loader)
+    assert count_batchnorm(module.teachers.members[0]) == 0
+    assert count_batchnorm(module.student) > 0
+    assert trainer.global_step == 2
+
+
+def test_throughput_benchmark_reports_every_mode(tmp_path):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import throughput
+
+    out = tmp_path / "throughput.json"
+    throughput.main(["--steps", "1", "--warmup", "0", "--batch-size", "4", "--teachers", "cifar_resnet8", "--out", str(out)])
+    report = json.loads(out.read_text())
+    assert set(report["images_per_s"]) == {"floor", "online_fp32", "online_fast", "cached"}
+    assert all(v > 0 for v in report["images_per_s"].values())
+    assert report["fast_soft_targets"]["top1_agreement"] == 1.0 and "online_fast / online_fp32" in report["ratios"]
