@@ -7,9 +7,9 @@ import lightning as L
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from lightning_modules.metrics import check_images, top1_accuracy, topk_accuracy
+from lightning_modules.metrics import check_images, log_evaluation, top1_accuracy, topk_accuracy
 from lightning_modules.model_loading import ModelSource, create_model
-from lightning_modules.optim import OptimizerName, ScheduleName, build_optimizer, build_scheduler
+from lightning_modules.optim import OptimizerName, ScheduleName, build_optimizer, build_scheduler, lightning_optimizer_config
 
 
 class Classifier(L.LightningModule):
@@ -63,9 +63,7 @@ class Classifier(L.LightningModule):
         images, labels = batch
         check_images(images, self.hparams.in_chans)
         logits = self.model(images)
-        self.log(f"{stage}/loss", F.cross_entropy(logits.float(), labels), on_epoch=True, prog_bar=True, sync_dist=True)
-        metrics(logits, labels)
-        self.log_dict(metrics, on_epoch=True, prog_bar=True)
+        log_evaluation(self, stage, logits, labels, metrics)
 
     def validation_step(self, batch, batch_idx):
         self._evaluate(batch, "val", self.val_metrics)
@@ -77,6 +75,4 @@ class Classifier(L.LightningModule):
         hp = self.hparams
         optimizer = build_optimizer([{"params": list(self.model.parameters())}], hp.optimizer, hp.lr, hp.momentum, hp.weight_decay)
         scheduler = build_scheduler(optimizer, hp.schedule, hp.milestones, hp.gamma, self.trainer.max_epochs)
-        if scheduler is None:
-            return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        return lightning_optimizer_config(optimizer, scheduler)

@@ -15,9 +15,9 @@ from timm.data.mixup import cutmix_bbox_and_lam
 
 from lightning_modules.discriminator import Discriminator, reverse_gradient
 from lightning_modules.losses import discriminator_loss, ensemble_soft_targets, soft_cross_entropy
-from lightning_modules.metrics import check_images, top1_accuracy, topk_accuracy
+from lightning_modules.metrics import check_images, log_evaluation, top1_accuracy, topk_accuracy
 from lightning_modules.model_loading import ModelSource, create_model, expected_normalization
-from lightning_modules.optim import ScheduleName, build_optimizer, build_scheduler
+from lightning_modules.optim import ScheduleName, build_optimizer, build_scheduler, lightning_optimizer_config
 from lightning_modules.teachers import FrozenTeacher, TeacherEnsemble
 
 DiscriminatorMode = Literal["official", "adversarial", "none"]
@@ -193,9 +193,7 @@ class MealV2(L.LightningModule):
         images, labels = batch
         check_images(images, self.hparams.in_chans)
         logits = self.student(images)
-        self.log(f"{stage}/loss", F.cross_entropy(logits.float(), labels), on_epoch=True, prog_bar=True, sync_dist=True)
-        metrics(logits, labels)
-        self.log_dict(metrics, on_epoch=True, prog_bar=True)
+        log_evaluation(self, stage, logits, labels, metrics)
         if self._teacher_eval_pending and not self.trainer.sanity_checking:
             teacher_logits = self.teachers(images)
             for metric, logits_k in zip(self.teacher_metrics, teacher_logits):
@@ -241,9 +239,7 @@ class MealV2(L.LightningModule):
             groups.append({"params": list(self.discriminator.parameters()), "lr": d_lr, "name": "discriminator"})
         optimizer = build_optimizer(groups, "sgd", hp.lr, hp.momentum, hp.weight_decay)
         scheduler = build_scheduler(optimizer, hp.schedule, hp.milestones, hp.gamma, self.trainer.max_epochs)
-        if scheduler is None:
-            return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        return lightning_optimizer_config(optimizer, scheduler)
 
     def state_dict(self, *args, destination=None, prefix: str = "", keep_vars: bool = False):
         """Student and discriminator only: the frozen teachers are rebuilt from their sources."""

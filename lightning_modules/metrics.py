@@ -1,4 +1,4 @@
-"""Top-1 / top-5 accuracy collections (torchmetrics) with the project's metric names."""
+"""Top-1 / top-5 accuracy (torchmetrics) with the project's metric names, evaluation logging, batch checks."""
 from __future__ import annotations
 
 import torch
@@ -26,3 +26,11 @@ def check_images(images: torch.Tensor, in_chans: int) -> None:
             f"Got images of shape {tuple(images.shape)} but the model takes [batch, {in_chans}, H, W]: "
             f"make the data's channels match the model's in_chans (e.g. data in_chans: {in_chans})."
         )
+
+
+def log_evaluation(module, stage: str, logits: torch.Tensor, labels: torch.Tensor, metrics: MetricCollection) -> None:
+    """``{stage}/loss`` (hard-label cross-entropy, synced over ranks) and ``{stage}/top1|top5``."""
+    loss = torch.nn.functional.cross_entropy(logits.float(), labels)
+    module.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=True, sync_dist=True)
+    metrics(logits, labels)
+    module.log_dict(metrics, on_epoch=True, prog_bar=True)

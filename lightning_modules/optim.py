@@ -37,3 +37,10 @@ def build_scheduler(
     if schedule == "constant":
         return None
     raise ValueError(f"Unknown schedule '{schedule}': use 'step', 'cosine' or 'constant'.")
+
+
+def lightning_optimizer_config(optimizer: torch.optim.Optimizer, scheduler) -> dict:
+    """What ``configure_optimizers`` returns: the optimizer and, if any, its per-epoch schedule."""
+    if scheduler is None:
+        return {"optimizer": optimizer}
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}

@@ -82,7 +82,7 @@ def test_sync_batchnorm_option_converts_the_student_only():
     assert not any(isinstance(m, torch.nn.SyncBatchNorm) for m in module.teachers.modules())
 
 
-@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed", "bf16-true"])
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed", "bf16-true"])  # 16-mixed: GPU only (Lightning swaps in bf16 on CPU)
 def test_precision_modes_train(precision, tmp_path):
     module = MealV2(teachers=["cifar_resnet8"], student={"name": "cifar_resnet8"}, num_classes=10, in_chans=1)
     loader = DataLoader(TensorDataset(torch.randn(16, 1, 28, 28), torch.randint(0, 10, (16,))), batch_size=8)

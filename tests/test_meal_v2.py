@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_modules import MealV2
-from lightning_modules.losses import discriminator_loss, soft_cross_entropy
+from lightning_modules.losses import discriminator_loss
 
 NUM_CLASSES = 5
 DATA_MEAN, DATA_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

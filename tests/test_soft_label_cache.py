@@ -4,7 +4,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from fixtures import write_fashion_mnist
 from test_resume import write_config
 
 from cli import main
