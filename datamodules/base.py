@@ -52,8 +52,8 @@ class EpochShuffle(DistributedSampler):
 class ClassificationDataModule(L.LightningDataModule):
     """Train / val / test loaders over (image, label) datasets built by subclasses in ``setup``.
 
-    Subclasses define ``num_classes``, ``in_chans``, ``mean``, ``std`` and ``image_size`` (linked into
-    the model by the CLI) and ``build_datasets()``. ``batch_size`` is per device: the global batch is
+    Subclasses define ``num_classes``, ``in_chans``, ``mean`` and ``std`` (linked into the model by
+    the CLI), ``image_size`` (recorded in exported students) and ``build_datasets()``. ``batch_size`` is per device: the global batch is
     ``batch_size x devices x num_nodes``.
     """
 
