@@ -27,8 +27,7 @@ class FiniteLossGuard(pl.Callback):
         if self._first_bad is None:
             self._first_bad = torch.full((), -1, dtype=torch.long, device=loss.device)
         bad = ~torch.isfinite(loss.detach())
-        step = torch.full_like(self._first_bad, trainer.global_step)
-        self._first_bad = torch.where(bad & (self._first_bad < 0), step, self._first_bad)
+        self._first_bad = torch.where(bad & (self._first_bad < 0), trainer.global_step, self._first_bad)
         if self.check_every_n_steps > 0 and trainer.global_step % self.check_every_n_steps == 0:
             self.check(trainer)
 

@@ -31,17 +31,19 @@ class EpochShuffle(DistributedSampler):
 
     def __init__(self, length: int, seed: int, epoch: int = 0, crops: int = 1, num_replicas: int = 1, rank: int = 0):
         super().__init__(range(length), num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=False)
-        self.length = length
         self.crops = crops
         self.generator = torch.Generator()
         self.set_epoch(epoch)
 
+    def _epoch_seed(self) -> int:
+        return self.seed * 1_000_003 + self.epoch
+
     def set_epoch(self, epoch: int) -> None:
         super().set_epoch(epoch)
-        self.generator.manual_seed(self.seed * 1_000_003 + epoch)
+        self.generator.manual_seed(self._epoch_seed())
 
     def __iter__(self) -> Iterator[int]:
-        order = torch.randperm(self.length, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch))
+        order = torch.randperm(len(self.dataset), generator=torch.Generator().manual_seed(self._epoch_seed()))
         if self.crops > 1:
             order = order * self.crops + (order + self.epoch) % self.crops
         order = order.tolist()
