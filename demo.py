@@ -7,6 +7,7 @@ and an interrupted one resumes from its last checkpoint, so re-running continues
 
     python demo.py                 # quick budget, under 15 minutes on 2 CPU cores
     python demo.py --budget full   # the README's accuracy benchmark, with ablations
+    python demo.py --budget full --summary   # mean / std over the seeds run so far
 """
 from __future__ import annotations
 
@@ -225,6 +226,39 @@ def markdown_table(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def summarize(budget_dir: Path) -> dict:
+    """Mean, spread and per-seed values of every row over the ``seed*/results.json`` of one budget."""
+    results = sorted((json.loads(p.read_text()) for p in budget_dir.glob("seed*/results.json")), key=lambda r: r["seed"])
+    if not results:
+        raise SystemExit(f"No seed*/results.json under {budget_dir}: run `python demo.py --budget {budget_dir.name}` first.")
+    rows = []
+    for name in dict.fromkeys(row["run"] for result in results for row in result["rows"]):
+        values = {r["seed"]: row["val_top1"] for r in results for row in r["rows"] if row["run"] == name and row["val_top1"] is not None}
+        rows.append({"run": name, **spread(list(values.values())), "by_seed": values})
+    gaps = {r["seed"]: r["meal_minus_baseline"] for r in results if "meal_minus_baseline" in r}
+    summary = {"budget": budget_dir.name, "seeds": [r["seed"] for r in results], "rows": rows,
+               "meal_minus_baseline": {**spread(list(gaps.values())), "by_seed": gaps}}
+    lines = [f"Fashion-MNIST, budget `{summary['budget']}`, seeds {summary['seeds']}: val top-1 (%), mean and "
+             "sample standard deviation over the seeds that ran the row.", "",
+             "| run | seeds | mean | std | per seed |", "|---|---:|---:|---:|---|"]
+    for row in rows + [{"run": "MEAL V2 - baseline (points)", **summary["meal_minus_baseline"]}]:
+        form = "{:+.2f}" if row["run"].startswith("MEAL V2 -") else "{:.2f}"
+        per_seed = ", ".join(f"s{seed} " + form.format(v) for seed, v in row["by_seed"].items())
+        std = f"{row['std']:.2f}" if row["std"] is not None else ""
+        lines.append(f"| {row['run']} | {row['n']} | {row['mean']:.2f} | {std} | {per_seed} |")
+    (budget_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    (budget_dir / "summary.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines), flush=True)
+    return summary
+
+
+def spread(values: list[float]) -> dict:
+    n = len(values)
+    mean = sum(values) / n if n else None
+    std = (sum((v - mean) ** 2 for v in values) / (n - 1)) ** 0.5 if n > 1 else None
+    return {"n": n, "mean": mean, "std": std}
+
+
 def plot(curves: dict, path: Path) -> None:
     import matplotlib
 
@@ -249,11 +283,14 @@ def main(argv: Optional[list[str]] = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--budget", choices=sorted(BUDGETS), default="full" if os.environ.get("FULL") == "1" else "quick")
     parser.add_argument("--seed", type=int, default=int(os.environ.get("SEED", "0")))
-    parser.add_argument("--out", type=Path, default=None, help="results folder (default results/<budget>/seed<seed>)")
+    parser.add_argument("--out", type=Path, default=None, help="results folder (default results/<budget>/seed<seed>; with --summary the budget folder, default results/<budget>)")
     parser.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST IDX files (default: Debian's, else download)")
     parser.add_argument("--no-progress-bar", action="store_true")
     parser.add_argument("--skip-ablations", action="store_true", help="only teachers, init, baseline and MEAL V2")
+    parser.add_argument("--summary", action="store_true", help="only summarize the seeds already run for this budget")
     args = parser.parse_args(argv)
+    if args.summary:
+        return summarize((args.out or ROOT / "results" / args.budget).resolve())
     out = (args.out or ROOT / "results" / args.budget / f"seed{args.seed}").resolve()
     data_dir = str(Path(args.data_dir).resolve()) if args.data_dir else None
     return Pipeline(args.budget, out, args.seed, data_dir, progress_bar=not args.no_progress_bar, skip_ablations=args.skip_ablations).run()

@@ -11,6 +11,7 @@ import torch
 from fixtures import write_fashion_mnist
 
 import datamodules.fashion_mnist as fashion_mnist
+import demo
 from datamodules import DataError, FashionMNISTData
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,3 +79,18 @@ def test_demo_pipeline_end_to_end_on_a_tiny_subset(tmp_path):
 
     rerun = subprocess.run(command, check=True, cwd=tmp_path, capture_output=True, text=True)
     assert rerun.stdout.count("done earlier, skipped") == len(runs) - 1
+
+
+def test_demo_summary_gives_mean_std_and_gap_over_seeds(tmp_path):
+    for seed, (baseline, meal) in enumerate([(86.0, 86.5), (85.0, 85.9)]):
+        rows = [{"run": "baseline: init + hard labels", "val_top1": baseline}, {"run": "MEAL V2 student", "val_top1": meal}]
+        (tmp_path / f"seed{seed}").mkdir()
+        (tmp_path / f"seed{seed}" / "results.json").write_text(
+            json.dumps({"seed": seed, "rows": rows, "meal_minus_baseline": meal - baseline}))
+
+    summary = demo.main(["--budget", "full", "--summary", "--out", str(tmp_path)])
+
+    meal = next(row for row in summary["rows"] if row["run"] == "MEAL V2 student")
+    assert (meal["n"], meal["mean"], meal["std"]) == (2, pytest.approx(86.2), pytest.approx(0.4243, abs=1e-4))
+    assert summary["meal_minus_baseline"]["mean"] == pytest.approx(0.7)
+    assert "| MEAL V2 - baseline (points) | 2 | 0.70 | 0.28 | s0 +0.50, s1 +0.90 |" in (tmp_path / "summary.md").read_text()
