@@ -7,6 +7,7 @@ and an interrupted one resumes from its last checkpoint, so re-running continues
 
     python demo.py                 # quick budget, under 15 minutes on 2 CPU cores
     python demo.py --budget full   # the README's accuracy benchmark, with ablations
+    python demo.py --budget full --seed 1 --teachers-from results/full/seed0   # another seed, same teachers
     python demo.py --budget full --summary   # mean / std over the seeds run so far
 """
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -79,6 +81,7 @@ class Pipeline:
     data_dir: Optional[str] = None
     progress_bar: bool = True
     skip_ablations: bool = False
+    teachers_from: Optional[Path] = None  # another results folder of this budget whose teachers are reused
 
     @property
     def budget(self) -> Budget:
@@ -114,8 +117,29 @@ class Pipeline:
             args.append(f"--ckpt_path={last}")  # an interrupted run continues
         return args
 
+    def reuse_teachers(self) -> None:
+        """Copy finished teacher runs of the same budget from ``teachers_from`` (e.g. another seed's folder)."""
+        import yaml
+
+        for step in (s for s in self.steps() if s.stage == "teacher"):
+            source = self.teachers_from / RUNS / step.name / "main"
+            if (self.run_dir(step) / "done.json").is_file():
+                continue
+            if not (source / "done.json").is_file():
+                raise SystemExit(f"--teachers-from {self.teachers_from}: no finished {step.name} there; run "
+                                 f"`python demo.py --budget {self.budget_name} --out {self.teachers_from}` first.")
+            config = yaml.safe_load((source / "config.yaml").read_text())
+            trained = (config["trainer"]["max_epochs"], config["data"]["init_args"].get("train_subset"))
+            if trained != (self.budget.teacher_epochs, self.budget.train_subset):
+                raise SystemExit(f"--teachers-from {self.teachers_from}: {step.name} was trained for {trained[0]} epochs on "
+                                 f"subset {trained[1]}, budget '{self.budget_name}' needs {self.budget.teacher_epochs} on "
+                                 f"{self.budget.train_subset}; use a results folder of the same budget.")
+            shutil.copytree(source, self.run_dir(step), dirs_exist_ok=True)
+
     def run(self) -> dict:
         self.out.mkdir(parents=True, exist_ok=True)
+        if self.teachers_from is not None:
+            self.reuse_teachers()
         steps = self.steps()
         for index, step in enumerate(steps, 1):
             done = self.run_dir(step) / "done.json"
@@ -287,13 +311,17 @@ def main(argv: Optional[list[str]] = None) -> dict:
     parser.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST IDX files (default: Debian's, else download)")
     parser.add_argument("--no-progress-bar", action="store_true")
     parser.add_argument("--skip-ablations", action="store_true", help="only teachers, init, baseline and MEAL V2")
+    parser.add_argument("--teachers-from", type=Path, default=None,
+                        help="reuse the finished teachers of another results folder of this budget (e.g. results/full/seed0)")
     parser.add_argument("--summary", action="store_true", help="only summarize the seeds already run for this budget")
     args = parser.parse_args(argv)
     if args.summary:
         return summarize((args.out or ROOT / "results" / args.budget).resolve())
     out = (args.out or ROOT / "results" / args.budget / f"seed{args.seed}").resolve()
     data_dir = str(Path(args.data_dir).resolve()) if args.data_dir else None
-    return Pipeline(args.budget, out, args.seed, data_dir, progress_bar=not args.no_progress_bar, skip_ablations=args.skip_ablations).run()
+    teachers_from = args.teachers_from.resolve() if args.teachers_from else None
+    return Pipeline(args.budget, out, args.seed, data_dir, progress_bar=not args.no_progress_bar,
+                    skip_ablations=args.skip_ablations, teachers_from=teachers_from).run()
 
 
 if __name__ == "__main__":

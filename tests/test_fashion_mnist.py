@@ -94,3 +94,18 @@ def test_demo_summary_gives_mean_std_and_gap_over_seeds(tmp_path):
     assert (meal["n"], meal["mean"], meal["std"]) == (2, pytest.approx(86.2), pytest.approx(0.4243, abs=1e-4))
     assert summary["meal_minus_baseline"]["mean"] == pytest.approx(0.7)
     assert "| MEAL V2 - baseline (points) | 2 | 0.70 | 0.28 | s0 +0.50, s1 +0.90 |" in (tmp_path / "summary.md").read_text()
+
+
+def test_demo_reuses_finished_teachers_of_the_same_budget_and_refuses_others(tmp_path):
+    donor = tmp_path / "seed0" / "runs" / "fashion_mnist"
+    for name in ("teacher_resnet14", "teacher_wrn_16_1"):
+        run = donor / name / "main"
+        run.mkdir(parents=True)
+        (run / "done.json").write_text("{}")
+        (run / "config.yaml").write_text("trainer:\n  max_epochs: 1\ndata:\n  init_args:\n    train_subset: 64\n")
+    pipeline = demo.Pipeline("smoke", tmp_path / "seed1", teachers_from=tmp_path / "seed0")
+    pipeline.reuse_teachers()
+    assert all((pipeline.run_dir(step) / "done.json").is_file() for step in pipeline.steps() if step.stage == "teacher")
+
+    with pytest.raises(SystemExit, match="was trained for 1 epochs on subset 64, budget 'full' needs 6 on 20000"):
+        demo.Pipeline("full", tmp_path / "seed2", teachers_from=tmp_path / "seed0").reuse_teachers()
