@@ -258,14 +258,15 @@ def summarize(budget_dir: Path) -> dict:
     rows = []
     for name in dict.fromkeys(row["run"] for result in results for row in result["rows"]):
         values = {r["seed"]: row["val_top1"] for r in results for row in r["rows"] if row["run"] == name and row["val_top1"] is not None}
-        rows.append({"run": name, **spread(list(values.values())), "by_seed": values})
+        if values:
+            rows.append({"run": name, **spread(list(values.values())), "by_seed": values})
     gaps = {r["seed"]: r["meal_minus_baseline"] for r in results if "meal_minus_baseline" in r}
     summary = {"budget": budget_dir.name, "seeds": [r["seed"] for r in results], "rows": rows,
                "meal_minus_baseline": {**spread(list(gaps.values())), "by_seed": gaps}}
     lines = [f"Fashion-MNIST, budget `{summary['budget']}`, seeds {summary['seeds']}: val top-1 (%), mean and "
              "sample standard deviation over the seeds that ran the row.", "",
              "| run | seeds | mean | std | per seed |", "|---|---:|---:|---:|---|"]
-    for row in rows + [{"run": "MEAL V2 - baseline (points)", **summary["meal_minus_baseline"]}]:
+    for row in rows + ([{"run": "MEAL V2 - baseline (points)", **summary["meal_minus_baseline"]}] if gaps else []):
         form = "{:+.2f}" if row["run"].startswith("MEAL V2 -") else "{:.2f}"
         per_seed = ", ".join(f"s{seed} " + form.format(v) for seed, v in row["by_seed"].items())
         std = f"{row['std']:.2f}" if row["std"] is not None else ""
