@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Optional
 
 import lightning as L
@@ -71,6 +71,9 @@ class ClassificationDataModule(L.LightningDataModule):
         self.val_set: Optional[Dataset] = None
         self.test_set: Optional[Dataset] = None
         self.soft_label_store: Optional[SoftLabelStore] = None
+        # set by build_datasets() of data modules that support the soft-label cache
+        self._raw_train: Optional[Dataset] = None
+        self._finish: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
 
     def build_datasets(self) -> tuple[Dataset, Dataset, Dataset]:
         """Return (train, val, test) datasets."""
@@ -78,11 +81,13 @@ class ClassificationDataModule(L.LightningDataModule):
 
     def raw_train_set(self) -> Dataset:
         """Training images before augmentation, as (uint8 tensor [C, H, W], label): for the soft-label cache."""
-        raise DataError(f"{type(self).__name__} does not support the soft-label cache yet: use FashionMNISTData or CIFARData.")
+        if self._raw_train is None:
+            raise DataError(f"{type(self).__name__} does not support the soft-label cache yet: use FashionMNISTData or CIFARData.")
+        return self._raw_train
 
     def finish(self, image: torch.Tensor) -> torch.Tensor:
         """uint8 crop -> the model's input (dtype, channels, normalization)."""
-        raise NotImplementedError
+        return self._finish(image)
 
     def sample_box(self, generator: torch.Generator, height: int, width: int) -> tuple[int, int, int, int]:
         """A random crop box (top, left, height, width) as the training augmentation draws it."""

@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Callable, Literal, Optional
 
 import numpy as np
+import torch
 from PIL import Image
 from torch.utils.data import Dataset
-import torch
 from torchvision import datasets
 from torchvision.transforms import v2
 
@@ -101,10 +101,6 @@ class CIFARData(ClassificationDataModule):
             for train in (True, False):
                 self._downloader(str(self.data_dir), train=train, download=True)
 
-    def finish(self, image):
-        """uint8 [3, 32, 32] -> normalized float."""
-        return self._finish(image)
-
     def build_datasets(self):
         self._finish = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(self._mean, self._std)])
         to_tensor = v2.PILToTensor()
@@ -113,6 +109,3 @@ class CIFARData(ClassificationDataModule):
         test = CIFARPickles(self.data_dir, self.variant, train=False, transform=v2.Compose([to_tensor, self._finish]))
         self._raw_train = CIFARPickles(self.data_dir, self.variant, train=True, transform=to_tensor)
         return train, test, test
-
-    def raw_train_set(self):
-        return self._raw_train

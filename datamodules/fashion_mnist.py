@@ -142,10 +142,6 @@ class FashionMNISTData(ClassificationDataModule):
             raise DataError(f"Fashion-MNIST {split} files in '{folder}' disagree: {images.shape} images, {labels.shape} labels.")
         return torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))
 
-    def finish(self, image: torch.Tensor) -> torch.Tensor:
-        """uint8 [1, 28, 28] -> normalized float (channel replicated when in_chans is 3)."""
-        return self._finish(image)
-
     def build_datasets(self):
         ops = [v2.Grayscale(num_output_channels=3)] if self._in_chans == 3 else []
         self._finish = v2.Compose(ops + [v2.ToDtype(torch.float32, scale=True), v2.Normalize(self.mean, self.std)])
@@ -159,7 +155,3 @@ class FashionMNISTData(ClassificationDataModule):
         self._raw_train = TensorImages(train_images, train_labels, transform=None)
         test = TensorImages(*self._split(folder, "test"), self._finish)
         return TensorImages(train_images, train_labels, augment), test, test
-
-    def raw_train_set(self) -> Dataset:
-        return self._raw_train
-

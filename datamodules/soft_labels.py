@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+
 import numpy as np
 import torch
 from torch.utils.data import Dataset
@@ -92,7 +93,6 @@ class SoftLabelStore:
     def write(self, image_indices: np.ndarray, boxes: np.ndarray, flips: np.ndarray, values: np.ndarray, indices: np.ndarray) -> None:
         for name, data in (("boxes", boxes), ("flips", flips), ("values", values), ("indices", indices)):
             self.arrays[name][image_indices] = data
-        for name in ("boxes", "flips", "values", "indices"):
             self.arrays[name].flush()
         self.arrays["done"][image_indices] = 1  # written last: a killed run never marks half-written rows
         self.arrays["done"].flush()
@@ -107,7 +107,6 @@ def decode_soft_labels(values: torch.Tensor, indices: torch.Tensor, num_classes:
     rest = (1.0 - values.sum(dim=-1, keepdim=True)).clamp_min(0.0) / max(num_classes - values.shape[-1], 1)
     dense = rest.expand(*values.shape[:-1], num_classes).clone()
     return dense.scatter_(-1, indices.long(), values)
-
 
 
 def crop_and_flip(image: torch.Tensor, box: tuple[int, int, int, int], flip: bool, size: int) -> torch.Tensor:

@@ -212,7 +212,7 @@ class MealV2(L.LightningModule):
         names = [f"teacher{k}" for k in range(len(self.teachers))] + ["ensemble"]
         for name, metric in zip(names, self.teacher_metrics):
             for key, value in metric.compute().items():
-                self.log(f"{stage}/{name}_{key}", value, sync_dist=True)  # already synced by torchmetrics
+                self.log(f"{stage}/{name}_{key}", value, sync_dist=True)  # equal on all ranks (torchmetrics synced); avoids Lightning's DDP warning
             metric.reset()
         self._teacher_eval_pending = False
 

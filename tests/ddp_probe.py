@@ -13,7 +13,6 @@ class SaveRankState(pl.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         self.batches.append(batch[0].detach().cpu().clone())
 
-
     def on_fit_end(self, trainer, pl_module):
         Path(self.dirpath).mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu() for k, v in pl_module.student.state_dict().items()}
