@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import difflib
+import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -169,15 +170,30 @@ def expected_normalization(
 ) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """The (mean, std) the model's weights were trained with.
 
-    Order: explicit in the source; recorded in a Lightning checkpoint; timm's pretrained config
+    Order: explicit in the source; recorded in a Lightning checkpoint; the ``config.json`` beside a
+    weights file in timm's export format (exported students, the model zoo); timm's pretrained config
     when the weights come from the hub or a hub-format file; else the data's own normalization.
     """
     if source.mean is not None and source.std is not None:
         return tuple(source.mean), tuple(source.std)
     if hparams.get("data_mean") is not None and hparams.get("data_std") is not None:
         return tuple(hparams["data_mean"]), tuple(hparams["data_std"])
+    exported = exported_pretrained_cfg(source.checkpoint) if source.checkpoint else {}
+    if exported.get("mean") is not None and exported.get("std") is not None:
+        return tuple(exported["mean"]), tuple(exported["std"])
     if source.pretrained or (source.checkpoint and not hparams):
         cfg = timm.data.resolve_model_data_config(model)
         if len(cfg["mean"]) == len(data_mean):
             return tuple(cfg["mean"]), tuple(cfg["std"])
     return tuple(data_mean), tuple(data_std)
+
+
+def exported_pretrained_cfg(checkpoint: Union[str, Path]) -> dict:
+    """``pretrained_cfg`` of the timm export ``config.json`` next to a weights file, or {} if there is none."""
+    config = Path(checkpoint).parent / "config.json"
+    if not config.is_file():
+        return {}
+    try:
+        return dict(json.loads(config.read_text()).get("pretrained_cfg") or {})
+    except (json.JSONDecodeError, AttributeError):
+        raise ModelLoadingError(f"'{config}' beside the weights is not timm's export config.json: fix or remove it.") from None

@@ -8,6 +8,7 @@ import numpy as np
 import timm
 import torch
 from PIL import Image
+from safetensors.torch import save_file
 
 import lightning_modules  # noqa: F401  (registers the small-image backbones)
 
@@ -56,11 +57,14 @@ def write_cifar(root: Path, variant: str = "cifar10", train_count: int = 32, tes
 
 
 def write_weights(path: Path, name: str, num_classes: int, in_chans: int = 3, seed: int = 0) -> Path:
-    """A plain state_dict file of a randomly initialized timm model."""
+    """A plain state_dict file (or .safetensors, by its name) of a randomly initialized timm model."""
     torch.manual_seed(seed)
     model = timm.create_model(name, num_classes=num_classes, in_chans=in_chans)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), path)
+    if path.suffix == ".safetensors":
+        save_file(model.state_dict(), str(path))
+    else:
+        torch.save(model.state_dict(), path)
     return path
 
 

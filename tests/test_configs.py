@@ -12,7 +12,8 @@ from timm.models import get_pretrained_cfg
 import lightning_modules.model_loading as model_loading
 from cli import main
 
-CONFIGS = sorted(p for p in (Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml") if p.parent.name != "presets")  # presets: test_distributed
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if p.parent.name != "presets")  # presets: test_distributed
 
 
 @pytest.fixture
@@ -45,10 +46,32 @@ def imagenet_1000(tmp_path_factory):
     return write_image_folder(tmp_path_factory.mktemp("imagenet"), num_classes=1000, train_per_class=1, val_per_class=1, size=8)
 
 
+def overlaid_configs(path: Path) -> list[Path]:
+    """An overlay names its recipe on its first line (``# Overlay on configs/...yaml: ...``): recipe first, then the overlay."""
+    first = path.read_text().splitlines()[0]
+    if not first.startswith("# Overlay on "):
+        return [path]
+    return [ROOT / first.removeprefix("# Overlay on ").split(":")[0], path]
+
+
+def merged(paths: list[Path]) -> dict:
+    """The YAML files merged as jsonargparse merges them (dicts key by key, anything else replaced)."""
+    def merge(base, update):
+        if isinstance(base, dict) and isinstance(update, dict):
+            return {**base, **{k: merge(base.get(k), v) for k, v in update.items()}}
+        return update
+
+    config: dict = {}
+    for path in paths:
+        config = merge(config, yaml.safe_load(path.read_text()))
+    return config
+
+
 @pytest.mark.parametrize("path", CONFIGS, ids=[str(p.relative_to(p.parents[1])) for p in CONFIGS])
 def test_config_parses_and_instantiates(path, tmp_path, monkeypatch, offline_hub, imagenet_1000):
     monkeypatch.chdir(tmp_path)
-    config = yaml.safe_load(path.read_text())
+    paths = overlaid_configs(path)
+    config = merged(paths)
     data_class = config["data"]["class_path"]
     in_chans = 3
     if data_class == "ImageFolderData":
@@ -62,11 +85,13 @@ def test_config_parses_and_instantiates(path, tmp_path, monkeypatch, offline_hub
     for name, checkpoint in _checkpoint_paths(config):
         write_weights(tmp_path / checkpoint, name, num_classes, in_chans=in_chans)
 
-    cli = main(
-        ["--config", str(path), f"--data.init_args.data_dir={data_dir}", "--trainer.devices=1", "--trainer.strategy=auto"], run=False
-    )
+    config_args = [arg for p in paths for arg in ("--config", str(p))]
+    cli = main([*config_args, f"--data.init_args.data_dir={data_dir}", "--trainer.devices=1", "--trainer.strategy=auto"], run=False)
     assert cli.model.hparams.num_classes == num_classes
     if config["model"]["class_path"] == "MealV2":
         expected_hub = [t["name"] for t in config["model"]["init_args"]["teachers"] if t.get("pretrained")]
         assert offline_hub[: len(expected_hub)] == expected_hub
         assert len(cli.model.teachers) == len(config["model"]["init_args"]["teachers"])
+        assert cli.model.hparams.discriminator == config["model"]["init_args"].get("discriminator", "official")
+    if "logger" in config["trainer"]:
+        assert cli.trainer.logger.name == config["trainer"]["logger"]["init_args"]["name"]

@@ -13,7 +13,7 @@ import yaml
 from fixtures import write_fashion_mnist, write_weights
 from torch.utils.data import DataLoader, TensorDataset
 
-import demo
+import zoo
 from cli import main
 from lightning_modules import MealV2
 from test_configs import imagenet_1000, offline_hub  # noqa: F401  (fixtures)
@@ -63,8 +63,8 @@ def test_ddp_on_two_processes_matches_one_process_with_the_same_global_batch(tmp
         torch.testing.assert_close(value, alone["student"][key], rtol=1e-4, atol=1e-5, msg=f"DDP differs from one process on {key}")
     assert not rank0["teacher_training"] and not rank1["teacher_training"]
     for tag in ("val/top1", "val/loss"):  # synchronized over ranks: the same 32 validation images either way
-        ddp_value = demo.scalars(ddp / "runs/x/v", tag)[-1]
-        assert ddp_value == pytest.approx(demo.scalars(single / "runs/x/v", tag)[-1], rel=1e-4)
+        ddp_value = zoo.read_scalars(ddp / "runs/x/v", tag)[-1]
+        assert ddp_value == pytest.approx(zoo.read_scalars(single / "runs/x/v", tag)[-1], rel=1e-4)
 
 
 def test_ddp_ignores_the_teachers():

@@ -2,16 +2,19 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from fixtures import write_fashion_mnist
 
 import datamodules.fashion_mnist as fashion_mnist
 import demo
+import zoo
 from datamodules import DataError, FashionMNISTData
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,50 +65,83 @@ def test_truncated_idx_file_is_refused(tmp_path):
         fashion_mnist.read_idx(path)
 
 
-def test_demo_pipeline_end_to_end_on_a_tiny_subset(tmp_path):
-    data_dir = write_fashion_mnist(tmp_path / "data", train_count=64, test_count=32)
+@pytest.fixture(scope="module")
+def tiny_zoo(tmp_path_factory):
+    """A zoo rebuilt from the zoo configs by ``demo.py --rebuild-zoo`` on a tiny data set (1 epoch each)."""
+    root = tmp_path_factory.mktemp("zoo")
+    data_dir = write_fashion_mnist(root / "data", train_count=64, test_count=32)
+    command = [sys.executable, str(ROOT / "demo.py"), "--rebuild-zoo", "--smoke", "--zoo", str(root / "zoo"), "--out", str(root / "work"),
+               "--data-dir", str(data_dir), "--no-progress-bar"]
+    subprocess.run(command, check=True, cwd=root, capture_output=True)
+    return root / "zoo", data_dir
+
+
+def test_rebuilt_zoo_has_weights_config_and_a_manifest_that_matches(tiny_zoo):
+    zoo_dir, _ = tiny_zoo
+    manifests = zoo.verify(zoo_dir)
+    assert [m["name"] for m in manifests] == [m.name for m in zoo.MODELS]
+    for manifest in manifests:
+        folder = zoo_dir / manifest["name"]
+        config = json.loads((folder / "config.json").read_text())
+        assert config["architecture"] == manifest["architecture"] and config["pretrained_cfg"]["mean"] == [0.2860]
+        assert manifest["sha256"] == zoo.sha256(folder / "model.safetensors") and manifest["bytes"] == (folder / "model.safetensors").stat().st_size
+        assert manifest["weights_dtype"] in ("float16", "float32") and 0 <= manifest["val_top1"] <= 100
+        expected = f"python cli.py fit --config configs/fashion_mnist/zoo/{manifest['name']}.yaml " + " ".join(demo.SMOKE_ARGS)
+        assert manifest["command"] == expected + " --trainer.enable_progress_bar=false" and manifest["val"].endswith("32 official Fashion-MNIST test images (fp32 compute)")
+        assert manifest["epochs"] == 1 and manifest["parameters"] > 0 and manifest["wall_seconds"] > 0
+
+
+def test_zoo_weights_that_differ_from_the_manifest_are_refused(tiny_zoo, tmp_path):
+    zoo_dir, _ = tiny_zoo
+    copy = tmp_path / "zoo"
+    shutil.copytree(zoo_dir, copy)
+    weights = copy / "teacher_resnet20" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\0")
+    with pytest.raises(zoo.ZooError, match="do not match their manifest.*--rebuild-zoo"):
+        zoo.verify(copy)
+    result = subprocess.run([sys.executable, str(ROOT / "demo.py"), "--zoo", str(copy), "--out", str(tmp_path / "out")],
+                            capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode != 0 and result.stderr.strip().startswith("error: Zoo weights") and "Traceback" not in result.stderr
+
+
+def test_demo_distils_the_zoo_end_to_end_and_skips_finished_steps(tiny_zoo, tmp_path):
+    zoo_dir, data_dir = tiny_zoo
     out = tmp_path / "results"
-    command = [sys.executable, str(ROOT / "demo.py"), "--budget", "smoke", "--out", str(out), "--data-dir", str(data_dir), "--no-progress-bar"]
-    subprocess.run(command, check=True, cwd=tmp_path, capture_output=True)
+    command = [sys.executable, str(ROOT / "demo.py"), "--smoke", "--zoo", str(zoo_dir), "--out", str(out), "--data-dir", str(data_dir),
+               "--no-progress-bar", "--precision", "32-true"]
+    first = subprocess.run(command, check=True, cwd=tmp_path, capture_output=True, text=True)
+    assert "zoo on the 10,000 test images: teacher: ResNet-20" in first.stdout
 
     result = json.loads((out / "results.json").read_text())
     runs = [row["run"] for row in result["rows"]]
-    assert runs == ["teacher: ResNet-14", "teacher: WRN-16-1", "teacher ensemble (mean of probabilities)",
+    assert runs == ["teacher: ResNet-20", "teacher: WRN-16-2", "teacher ensemble (mean of probabilities)",
                     "student init (hard labels)", "baseline: init + hard labels", "MEAL V2 student"]
-    assert all(0 <= row["val_top1"] <= 100 and row["params"] > 0 and row["images_per_s"] > 0 for row in result["rows"])
+    assert all(0 <= row["val_top1"] <= 100 and row["params"] > 0 for row in result["rows"])
+    by_run = {row["run"]: row["val_top1"] for row in result["rows"]}
+    assert result["meal_minus_baseline"] == pytest.approx(by_run["MEAL V2 student"] - by_run["baseline: init + hard labels"])
     assert (out / "results.md").read_text().count("\n| ") == len(runs) + 1
     assert (out / "val_top1.png").stat().st_size > 1000
-    assert list((out / "runs" / "fashion_mnist" / "resnet8_from_resnet14+wrn_16_1" / "main").glob("events.out.tfevents.*"))
+    meal_run = out / "runs" / "fashion_mnist" / "resnet8_from_resnet20+wrn_16_2" / "main"
+    assert yaml.safe_load((meal_run / "config.yaml").read_text())["model"]["init_args"]["student"]["checkpoint"] == \
+        "zoo/fashion_mnist/student_init_resnet8/model.safetensors"
 
     rerun = subprocess.run(command, check=True, cwd=tmp_path, capture_output=True, text=True)
-    assert rerun.stdout.count("done earlier, skipped") == len(runs) - 1
+    assert rerun.stdout.count("done earlier, skipped") == 3
 
 
-def test_demo_summary_gives_mean_std_and_gap_over_seeds(tmp_path):
-    for seed, (baseline, meal) in enumerate([(86.0, 86.5), (85.0, 85.9)]):
-        rows = [{"run": "baseline: init + hard labels", "val_top1": baseline}, {"run": "MEAL V2 student", "val_top1": meal}]
+def test_demo_summary_gives_mean_std_and_paired_gaps_over_seeds(tmp_path):
+    for seed, (init, baseline, meal, ensemble) in enumerate([(90.0, 90.2, 90.8, 92.0), (89.0, 89.3, 90.1, 93.0)]):
+        rows = [{"run": "student init (hard labels)", "val_top1": init}, {"run": "baseline: init + hard labels", "val_top1": baseline},
+                {"run": "MEAL V2 student", "val_top1": meal}, {"run": "teacher ensemble (mean of probabilities)", "val_top1": ensemble}]
         (tmp_path / f"seed{seed}").mkdir()
-        (tmp_path / f"seed{seed}" / "results.json").write_text(
-            json.dumps({"seed": seed, "rows": rows, "meal_minus_baseline": meal - baseline}))
+        (tmp_path / f"seed{seed}" / "results.json").write_text(json.dumps({"seed": seed, "rows": rows, **demo.gaps({r["run"]: r["val_top1"] for r in rows})}))
 
-    summary = demo.main(["--budget", "full", "--summary", "--out", str(tmp_path)])
+    summary = demo.main(["--summary", "--out", str(tmp_path)])
 
     meal = next(row for row in summary["rows"] if row["run"] == "MEAL V2 student")
-    assert (meal["n"], meal["mean"], meal["std"]) == (2, pytest.approx(86.2), pytest.approx(0.4243, abs=1e-4))
+    assert (meal["n"], meal["mean"], meal["std"]) == (2, pytest.approx(90.45), pytest.approx(0.4950, abs=1e-4))
     assert summary["meal_minus_baseline"]["mean"] == pytest.approx(0.7)
-    assert "| MEAL V2 - baseline (points) | 2 | 0.70 | 0.28 | s0 +0.50, s1 +0.90 |" in (tmp_path / "summary.md").read_text()
-
-
-def test_demo_reuses_finished_teachers_of_the_same_budget_and_refuses_others(tmp_path):
-    donor = tmp_path / "seed0" / "runs" / "fashion_mnist"
-    for name in ("teacher_resnet14", "teacher_wrn_16_1"):
-        run = donor / name / "main"
-        run.mkdir(parents=True)
-        (run / "done.json").write_text("{}")
-        (run / "config.yaml").write_text("trainer:\n  max_epochs: 1\ndata:\n  init_args:\n    train_subset: 64\n")
-    pipeline = demo.Pipeline("smoke", tmp_path / "seed1", teachers_from=tmp_path / "seed0")
-    pipeline.reuse_teachers()
-    assert all((pipeline.run_dir(step) / "done.json").is_file() for step in pipeline.steps() if step.stage == "teacher")
-
-    with pytest.raises(SystemExit, match="was trained for 1 epochs on subset 64, budget 'full' needs 6 on 20000"):
-        demo.Pipeline("full", tmp_path / "seed2", teachers_from=tmp_path / "seed0").reuse_teachers()
+    assert summary["gap_closed"]["by_seed"] == {0: pytest.approx(40.0), 1: pytest.approx(27.5)}
+    text = (tmp_path / "summary.md").read_text()
+    assert "| MEAL V2 - baseline (points) | 2 | +0.70 | 0.14 | s0 +0.60, s1 +0.80 |" in text
+    assert "| share of init -> ensemble gap closed (%) | 2 | 33.75 | 8.84 | s0 40.00, s1 27.50 |" in text

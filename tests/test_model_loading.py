@@ -7,6 +7,7 @@ import timm
 import torch
 from fixtures import write_weights
 from safetensors.torch import save_file
+from timm.models._hub import save_config_for_hf
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_modules import Classifier, MealV2
@@ -46,6 +47,20 @@ def test_classifier_checkpoint_loads_as_teacher_with_its_normalization(tmp_path)
     imagenet_mean, imagenet_std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
     torch.testing.assert_close(teacher.scale.flatten(), imagenet_std / torch.tensor(std))
     torch.testing.assert_close(teacher.shift.flatten(), (imagenet_mean - torch.tensor(mean)) / torch.tensor(std))
+
+
+def test_exported_folder_gives_a_teacher_its_normalization(tmp_path):
+    """timm's export format (the zoo, exported students): mean/std come from the config.json beside the weights."""
+    model, _ = create_model(ModelSource("cifar_resnet8"), num_classes=4, in_chans=1)
+    save_file(model.state_dict(), str(tmp_path / "model.safetensors"))
+    save_config_for_hf(model, str(tmp_path / "config.json"), data_config={"mean": (0.25,), "std": (0.5,), "input_size": (1, 28, 28)})
+
+    meal = MealV2(teachers=[{"name": "cifar_resnet8", "checkpoint": str(tmp_path / "model.safetensors")}],
+                  student={"name": "cifar_resnet8"}, num_classes=4, in_chans=1, data_mean=(0.5,), data_std=(0.25,))
+    teacher = meal.teachers.members[0]
+    assert teacher.renormalize and _same_weights(teacher.model, model)
+    torch.testing.assert_close(teacher.scale.flatten(), torch.tensor([0.25 / 0.5]))
+    torch.testing.assert_close(teacher.shift.flatten(), torch.tensor([(0.5 - 0.25) / 0.5]))
 
 
 def test_meal_checkpoint_student_loads_as_a_new_student(tmp_path):

@@ -1,0 +1,232 @@
+"""The project's Fashion-MNIST model zoo: train it from its configs, export each run's last epoch, verify it.
+
+A zoo entry is a folder in timm's export format plus a manifest:
+    zoo/fashion_mnist/<name>/model.safetensors   weights (fp16 when that keeps the val top-1)
+    zoo/fashion_mnist/<name>/config.json         timm's config: architecture, classes, input size, mean/std
+    zoo/fashion_mnist/<name>/manifest.json       how it was made and what it scores, with the sha256
+MEAL V2 configs load it like any user's weights: ``checkpoint: zoo/fashion_mnist/<name>/model.safetensors``.
+
+    python demo.py --rebuild-zoo     # train every zoo config, then export (see README for the time)
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+ROOT = Path(__file__).resolve().parent
+ZOO_CONFIGS = ROOT / "configs" / "fashion_mnist" / "zoo"
+ZOO_DIR = ROOT / "zoo" / "fashion_mnist"
+FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+FP16_TOLERANCE = 0.05  # val top-1 points fp16 weights may lose against fp32 before the zoo keeps fp32
+
+
+class ZooError(RuntimeError):
+    """The zoo is missing, incomplete, or does not match its manifests."""
+
+
+@dataclass(frozen=True)
+class ZooModel:
+    name: str  # = config stem = zoo folder name
+    role: str  # teacher | student_init
+    label: str  # row name in the demo's table
+
+
+MODELS = [
+    ZooModel("teacher_resnet20", "teacher", "teacher: ResNet-20"),
+    ZooModel("teacher_wrn_16_2", "teacher", "teacher: WRN-16-2"),
+    ZooModel("student_init_resnet8", "student_init", "student init (hard labels)"),
+]
+
+
+def weights_path(zoo_dir: Path, name: str) -> Path:
+    return zoo_dir / name / "model.safetensors"
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify(zoo_dir: Path = ZOO_DIR) -> list[dict]:
+    """Every model's weights exist and match the sha256 of its manifest; returns the manifests."""
+    manifests = []
+    for model in MODELS:
+        folder = zoo_dir / model.name
+        if not (folder / "manifest.json").is_file() or not weights_path(zoo_dir, model.name).is_file():
+            raise ZooError(f"Zoo model '{folder}' is missing: run `python demo.py --rebuild-zoo` (or check out the repository's zoo/).")
+        manifest = json.loads((folder / "manifest.json").read_text())
+        actual = sha256(weights_path(zoo_dir, model.name))
+        if actual != manifest["sha256"]:
+            raise ZooError(f"Zoo weights '{weights_path(zoo_dir, model.name)}' do not match their manifest (sha256 {actual[:12]} "
+                           f"!= {manifest['sha256'][:12]}): restore them with git or run `python demo.py --rebuild-zoo`.")
+        manifests.append(manifest)
+    return manifests
+
+
+# --------------------------------------------------------------------------------------------------
+# Build: train through cli.py, then export the run's last epoch
+# --------------------------------------------------------------------------------------------------
+def train_command(model: ZooModel, extra_args: tuple[str, ...] = ()) -> list[str]:
+    return ["python", "cli.py", "fit", "--config", f"configs/fashion_mnist/zoo/{model.name}.yaml", *extra_args]
+
+
+def run_dir(work_dir: Path, model: ZooModel) -> Path:
+    return work_dir / "runs" / "fashion_mnist" / "zoo" / model.name / "main"
+
+
+def rebuild(zoo_dir: Path = ZOO_DIR, work_dir: Path = ROOT, extra_args: tuple[str, ...] = (), data_dir: Optional[str] = None) -> list[dict]:
+    """Train every zoo model (a finished run is reused, an interrupted one resumes), then export them all."""
+    manifests = []
+    for model in MODELS:
+        args = list(extra_args) + ([f"--data.init_args.data_dir={data_dir}"] if data_dir else [])
+        folder, done = run_dir(work_dir, model), run_dir(work_dir, model) / "done.json"
+        if done.is_file():
+            print(f"zoo: {model.name}: trained earlier ({folder}), exporting", flush=True)
+            seconds = json.loads(done.read_text())["seconds"]
+        else:
+            resume = [f"--ckpt_path={folder / 'checkpoints' / 'last.ckpt'}"] if (folder / "checkpoints" / "last.ckpt").is_file() else []
+            command = train_command(model, tuple(args + resume))
+            print(f"zoo: {model.name}: {shlex.join(command)}", flush=True)
+            started = time.perf_counter()
+            work_dir.mkdir(parents=True, exist_ok=True)
+            absolute = [sys.executable, str(ROOT / "cli.py"), "fit", "--config", str(ZOO_CONFIGS / f"{model.name}.yaml"), *command[5:]]
+            subprocess.run(absolute, cwd=work_dir, check=True)
+            seconds = round(time.perf_counter() - started, 1)
+            done.write_text(json.dumps({"seconds": seconds}))
+        manifests.append(export(model, folder, zoo_dir, shlex.join(train_command(model, tuple(extra_args))), seconds, data_dir))
+    return manifests
+
+
+def export(model: ZooModel, run: Path, zoo_dir: Path, command: str, seconds: float, data_dir: Optional[str] = None) -> dict:
+    """The run's ``last.ckpt`` (its last epoch) -> zoo folder, fp16 unless that costs val top-1; writes the manifest."""
+    import torch
+    import yaml
+    from safetensors.torch import save_file
+    from timm.models._hub import save_config_for_hf
+
+    from lightning_modules.model_loading import ModelSource, create_model, read_state_dict
+
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    init, data_args = config["model"]["init_args"], dict(config["data"]["init_args"])
+    if data_dir:
+        data_args["data_dir"] = data_dir
+    weights, hparams = read_state_dict(run / "checkpoints" / "last.ckpt")
+    arch = init["model"]["name"]
+    num_classes, in_chans = hparams["num_classes"], hparams["in_chans"]
+    network, _ = create_model(ModelSource(arch), num_classes, in_chans)
+    network.load_state_dict(weights)
+    folder = zoo_dir / model.name
+    folder.mkdir(parents=True, exist_ok=True)
+    target = weights_path(zoo_dir, model.name)
+    data_config = {"mean": tuple(hparams["data_mean"]), "std": tuple(hparams["data_std"]), "input_size": (in_chans, 28, 28), "crop_pct": 1.0}
+    save_config_for_hf(network, str(folder / "config.json"), model_config={"label_names": FASHION_MNIST_CLASSES[:num_classes]},
+                       data_config=data_config)
+
+    scores = {}
+    for dtype in (torch.float32, torch.float16):
+        save_file({k: v.to(dtype if v.is_floating_point() else v.dtype).contiguous() for k, v in weights.items()}, str(target))
+        scores[str(dtype).removeprefix("torch.")], images = evaluate(ModelSource(arch, checkpoint=str(target)), num_classes, in_chans, data_args)
+    kept = "float16" if scores["float16"] >= scores["float32"] - FP16_TOLERANCE else "float32"
+    if kept == "float32":
+        save_file({k: v.contiguous() for k, v in weights.items()}, str(target))
+    curve = [round(100 * v, 2) for v in read_scalars(run, "val/top1")]
+    manifest = {
+        "name": model.name,
+        "role": model.role,
+        "architecture": arch,
+        "parameters": sum(p.numel() for p in network.parameters()),
+        "num_classes": num_classes,
+        "in_chans": in_chans,
+        "mean": list(hparams["data_mean"]),
+        "std": list(hparams["data_std"]),
+        "val_top1": scores[kept],
+        "val_top1_fp32_weights": scores["float32"],
+        "val": f"the shipped weights on the {images:,} official Fashion-MNIST test images (fp32 compute)",
+        "epoch_val_top1_last5": curve[-5:],
+        "epochs": config["trainer"]["max_epochs"],
+        "train_images": data_args.get("train_subset") or 60000,
+        "selection": "last epoch (no selection on the test set)",
+        "command": command,
+        "config": f"configs/fashion_mnist/zoo/{model.name}.yaml",
+        "precision": config["trainer"].get("precision"),
+        "wall_seconds": seconds,
+        "machine": machine(),
+        "weights": "model.safetensors",
+        "weights_dtype": kept,
+        "bytes": target.stat().st_size,
+        "sha256": sha256(target),
+        "versions": versions(),
+    }
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    print(f"zoo: {model.name}: val top-1 {scores[kept]:.2f} ({kept}; fp32 {scores['float32']:.2f}), {manifest['bytes'] / 1e6:.2f} MB", flush=True)
+    return manifest
+
+
+def evaluate(source, num_classes: int, in_chans: int, data_args: dict) -> tuple[float, int]:
+    """Val top-1 (%) of the weights behind ``source``, loaded exactly as a MEAL V2 config loads them, and the image count."""
+    import torch
+
+    from datamodules import FashionMNISTData
+    from lightning_modules.model_loading import create_model
+
+    data = FashionMNISTData(**{k: v for k, v in data_args.items() if k in ("data_dir", "in_chans", "download")}, batch_size=500)
+    data.prepare_data()
+    data.setup("validate")
+    network, _ = create_model(source, num_classes, in_chans)
+    network.eval()
+    correct = total = 0
+    with torch.no_grad():
+        for images, labels in data.val_dataloader():
+            correct += int((network(images).argmax(dim=-1) == labels).sum())
+            total += len(labels)
+    return round(100 * correct / total, 2), total
+
+
+def read_scalars(run_dir: Path, tag: str) -> list[float]:
+    """Values of one scalar tag in a run's TensorBoard event files, in step order."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = []
+    for file in sorted(run_dir.glob("events.out.tfevents.*")):
+        accumulator = EventAccumulator(str(file), size_guidance={"scalars": 0})
+        accumulator.Reload()
+        if tag in accumulator.Tags()["scalars"]:
+            events += [(e.step, e.wall_time, e.value) for e in accumulator.Scalars(tag)]
+    by_step = {}
+    for step, _, value in sorted(events, key=lambda e: (e[0], e[1])):
+        by_step[step] = value  # a resumed run's later value wins
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def machine() -> str:
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+        flags = Path("/proc/cpuinfo").read_text()
+        bf16 = "with AVX-512-BF16/AMX" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "without bf16 units"
+    except OSError:
+        bf16 = ""
+    return f"{model}, {os.cpu_count()} cores, {bf16}".strip(", ")
+
+
+def versions() -> dict:
+    import lightning
+    import timm
+    import torch
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "lightning": lightning.__version__, "timm": timm.__version__}
