@@ -1,17 +1,19 @@
 """Command line: ``python cli.py {fit,validate,test} --config configs/...yaml [--ckpt_path last]``."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Optional
 
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 import callbacks  # noqa: F401  (makes the short class names resolvable)
 import datamodules  # noqa: F401
 import lightning_modules  # noqa: F401
-from callbacks import ExportStudent, FiniteLossGuard, NonFiniteLossError, RestoreRandomState, SoftLabelWriter
+from callbacks import ExportStudent, FiniteLossGuard, LastCheckpoint, NonFiniteLossError, RestoreRandomState, SoftLabelWriter
 from datamodules.base import ClassificationDataModule, DataError
 from lightning_modules.model_loading import ModelLoadingError
 
@@ -41,7 +43,12 @@ class CheckpointError(ValueError):
     """A --ckpt_path that cannot be used."""
 
 
-USER_ERRORS = (CheckpointError, DataError, ModelLoadingError, NonFiniteLossError)
+class ConfigError(ValueError):
+    """A run that cannot start as configured (it would overwrite a run, train for no epochs, ...)."""
+
+
+# Lightning's MisconfigurationException: one-line refusals such as accelerator 'gpu' without a GPU, max_epochs -2.
+USER_ERRORS = (CheckpointError, ConfigError, DataError, ModelLoadingError, NonFiniteLossError, MisconfigurationException)
 
 
 def _user_error(error: BaseException):
@@ -58,11 +65,13 @@ class MealCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
-        parser.add_lightning_class_args(ModelCheckpoint, "last_checkpoint")
+        parser.add_lightning_class_args(LastCheckpoint, "last_checkpoint")
         parser.add_lightning_class_args(ExportStudent, "export_student")
         parser.add_lightning_class_args(FiniteLossGuard, "finite_loss_guard")
         parser.add_lightning_class_args(RestoreRandomState, "restore_random_state")
         parser.add_lightning_class_args(SoftLabelWriter, "soft_label_writer")
+        parser.add_argument("--overwrite", type=bool, default=False,
+                            help="fit: replace the run already in the run directory (its checkpoints, exported student and logs)")
         parser.set_defaults(DEFAULTS)
         if "return_predictions" in {action.dest for action in parser._actions}:
             parser.set_defaults({"return_predictions": False})  # predict writes the cache; keep nothing in memory
@@ -73,6 +82,13 @@ class MealCLI(LightningCLI):
             ("data.std", "model.init_args.data_std"),
         ):
             parser.link_arguments(source, target, apply_on="instantiate")
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config.get(self.subcommand) if self.subcommand else self.config
+        accelerator = str(config.get("trainer.accelerator") or "auto")
+        if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+            raise ConfigError(f"trainer.accelerator is '{accelerator}' but torch sees no CUDA GPU on this machine "
+                              "(torch.cuda.is_available() is False): use --trainer.accelerator cpu (or auto), or install a CUDA build of torch.")
 
     def instantiate_classes(self) -> None:
         try:
@@ -86,23 +102,75 @@ class MealCLI(LightningCLI):
     def _parse_ckpt_path(self) -> None:
         """Check --ckpt_path before anything is built, and keep the given config.
 
-        LightningCLI (2.5.5+) would overwrite the model's config with the checkpoint's hyperparameters,
-        silently ignoring what the user passed (e.g. a moved teacher file or a new lr). Here the config
-        wins; a checkpoint that does not fit the configured model is refused when it is loaded.
+        ``last`` and ``best`` are resolved here to the file of this config's run, so a checkpoint that
+        does not exist is an error instead of Lightning's warning and an untrained model. LightningCLI
+        (2.5.5+) would also overwrite the model's config with the checkpoint's hyperparameters, silently
+        ignoring what the user passed (e.g. a moved teacher file or a new lr): here the config wins.
         """
         subcommand = self.config.get("subcommand")
         config = self.config.get(subcommand) if subcommand else None
         if config is None or not config.get("ckpt_path"):
             return
         ckpt_path = str(config["ckpt_path"])
+        if ckpt_path in ("last", "best"):
+            ckpt_path = str(find_named_checkpoint(config, ckpt_path, subcommand))
+            config["ckpt_path"] = ckpt_path
         if ckpt_path not in NAMED_CHECKPOINTS:
-            check_checkpoint_file(ckpt_path)
+            checkpoint = check_checkpoint_file(ckpt_path)
+            check_checkpoint_fits_model(checkpoint, ckpt_path, str(config.get("model.class_path", "")))
         if subcommand == "fit":
             continue_logger_version(config, ckpt_path)
 
+    def before_fit(self) -> None:
+        """A run directory that holds a run is resumed or replaced on request, never overwritten silently."""
+        config = self.config[self.subcommand]
+        if self.trainer.max_epochs is not None and (self.trainer.max_epochs == 0 or self.trainer.max_epochs < -1):
+            raise ConfigError(f"trainer.max_epochs is {self.trainer.max_epochs}: give a positive number of epochs (or -1 for no limit).")
+        if config.get("ckpt_path"):
+            return
+        run_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+        previous = run_files(run_dir)
+        if previous and not config.get("overwrite"):
+            raise ConfigError(
+                f"Run directory '{run_dir}' already holds a run ({previous[0].relative_to(run_dir)}): resume it with --ckpt_path last, "
+                "start another with --trainer.logger.init_args.version=NAME (or another name), or replace it with --overwrite true."
+            )
+        for path in previous:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
 
-def check_checkpoint_file(path: str) -> None:
-    """Refuse a missing, corrupt or foreign --ckpt_path in one line, before anything is built."""
+
+def run_files(run_dir: Path) -> list[Path]:
+    """What a finished or started ``fit`` leaves in its run directory: checkpoints, exported students, logs."""
+    if not run_dir.is_dir():
+        return []
+    return sorted([*run_dir.glob("checkpoints/*.ckpt"), *run_dir.glob("student"), *run_dir.glob("events.out.tfevents.*")])
+
+
+def run_directories(config) -> list[Path]:
+    """Where this config's runs live: the TensorBoard version folders (the fixed one, or all), else default_root_dir."""
+    logger = config.get("trainer.logger")
+    if logger is not None and not isinstance(logger, bool) and str(logger.get("class_path", "")).endswith("TensorBoardLogger"):
+        args = logger.get("init_args") or {}
+        run_root = Path(args.get("save_dir") or "runs") / (args.get("name") or "lightning_logs")
+        version = args.get("version")
+        if version is not None:
+            return [run_root / (version if isinstance(version, str) else f"version_{version}")]
+        return sorted(p for p in run_root.glob("*") if p.is_dir())
+    return [Path(config.get("trainer.default_root_dir") or ".")]
+
+
+def find_named_checkpoint(config, name: str, subcommand: str) -> Path:
+    """The newest ``last*.ckpt`` / ``best*.ckpt`` of this config's runs, or a one-line error saying what to do."""
+    candidates = [p for folder in run_directories(config) for p in folder.glob(f"checkpoints/{name}*.ckpt")]
+    if not candidates:
+        where = ", ".join(str(p) for p in run_directories(config)) or "the logger's folder"
+        fresh = " (drop --ckpt_path to start a new run)" if subcommand == "fit" else ""
+        raise CheckpointError(f"--ckpt_path {name}: no {name}*.ckpt under {where}: check the config's logger name/version{fresh}.")
+    return max(candidates, key=lambda p: p.stat().st_mtime)
+
+
+def check_checkpoint_file(path: str) -> dict:
+    """Refuse a missing, corrupt or foreign --ckpt_path in one line, before anything is built; returns it memory-mapped."""
     file = Path(path)
     if not file.is_file():
         raise CheckpointError(f"--ckpt_path '{path}' does not exist: give a .ckpt file written by this project, or 'last'.")
@@ -113,6 +181,18 @@ def check_checkpoint_file(path: str) -> None:
         raise CheckpointError(f"--ckpt_path '{path}' cannot be read ({reason[:200]}): it is corrupt or not a Lightning checkpoint.") from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "pytorch-lightning_version" not in checkpoint:
         raise CheckpointError(f"--ckpt_path '{path}' is not a Lightning checkpoint: for plain weights use model.*.checkpoint instead.")
+    return checkpoint
+
+
+def check_checkpoint_fits_model(checkpoint: dict, path: str, model_class: str) -> None:
+    """A Classifier checkpoint does not resume MealV2, nor the reverse: say how to start from its weights instead."""
+    prefixes = {key.split(".", 1)[0] for key in checkpoint["state_dict"]}
+    if model_class.endswith("MealV2") and "student" not in prefixes and "model" in prefixes:
+        raise CheckpointError(f"--ckpt_path '{path}' is a Classifier checkpoint and cannot resume MealV2: to start the student "
+                              f"from its weights set model.init_args.student.checkpoint: {path} and drop --ckpt_path.")
+    if model_class.endswith("Classifier") and "model" not in prefixes and "student" in prefixes:
+        raise CheckpointError(f"--ckpt_path '{path}' is a MealV2 checkpoint and cannot resume a Classifier: to start from its "
+                              f"student set model.init_args.model.checkpoint: {path} and drop --ckpt_path.")
 
 
 def continue_logger_version(config, ckpt_path: str) -> None:
@@ -124,9 +204,7 @@ def continue_logger_version(config, ckpt_path: str) -> None:
     if args is None or args.get("version") is not None:
         return
     run_root = Path(args.get("save_dir") or "runs") / (args.get("name") or "lightning_logs")
-    version = _version_of(Path(ckpt_path), run_root) if ckpt_path not in NAMED_CHECKPOINTS else None
-    if ckpt_path == "last":
-        version = _latest_version_with_last(run_root)
+    version = _version_of(Path(ckpt_path), run_root)
     if version is not None:
         args.version = version
 
@@ -137,13 +215,6 @@ def _version_of(ckpt: Path, run_root: Path) -> Optional[str]:
     except ValueError:
         return None
     return relative.parts[0] if len(relative.parts) >= 3 else None
-
-
-def _latest_version_with_last(run_root: Path) -> Optional[str]:
-    candidates = [p for p in run_root.glob("*/checkpoints/last*.ckpt")]
-    if not candidates:
-        return None
-    return max(candidates, key=lambda p: p.stat().st_mtime).parent.parent.name
 
 
 def main(args=None, run: bool = True) -> MealCLI:

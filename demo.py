@@ -90,6 +90,8 @@ class Pipeline:
         last = self.run_dir(step) / "checkpoints" / "last.ckpt"
         if step.subcommand == "fit" and last.is_file():
             args.append(f"--ckpt_path={last}")  # an interrupted run continues
+        elif step.subcommand == "fit" and self.run_dir(step).is_dir():
+            args.append("--overwrite=true")  # killed before its first checkpoint: nothing to keep
         return args
 
     def link_zoo(self) -> None:

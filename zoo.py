@@ -96,7 +96,8 @@ def rebuild(zoo_dir: Path = ZOO_DIR, work_dir: Path = ROOT, extra_args: tuple[st
             print(f"zoo: {model.name}: trained earlier ({folder}), exporting", flush=True)
             seconds = json.loads(done.read_text())["seconds"]
         else:
-            resume = [f"--ckpt_path={folder / 'checkpoints' / 'last.ckpt'}"] if (folder / "checkpoints" / "last.ckpt").is_file() else []
+            last = folder / "checkpoints" / "last.ckpt"
+            resume = [f"--ckpt_path={last}"] if last.is_file() else ["--overwrite=true"] if folder.is_dir() else []
             command = train_command(model, tuple(args + resume))
             print(f"zoo: {model.name}: {shlex.join(command)}", flush=True)
             started = time.perf_counter()

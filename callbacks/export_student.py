@@ -6,9 +6,10 @@ from typing import Optional
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.utilities import rank_zero_only
 from safetensors.torch import save_file
 from timm.models._hub import save_config_for_hf  # timm's own export config writer (not re-exported)
+
+from callbacks.finite_loss import refuse_non_finite
 
 
 class ExportStudent(pl.Callback):
@@ -40,28 +41,33 @@ class ExportStudent(pl.Callback):
             return
         root = self._root(trainer)  # on every rank: trainer.log_dir is a collective under DDP
         config = data_config(trainer, pl_module)
-        self._export(pl_module, root / "last", config)
+        self._export(trainer, pl_module, root / "last", config)
         score = trainer.callback_metrics.get(self.monitor)
         if score is None:
             return
         score = float(score)
         if self.best is None or (score > self.best if self.mode == "max" else score < self.best):
             self.best = score
-            self._export(pl_module, root / "best", config)
+            self._export(trainer, pl_module, root / "best", config)
 
-    @rank_zero_only
-    def _export(self, pl_module: pl.LightningModule, folder: Path, config: dict) -> None:
+    def _export(self, trainer: pl.Trainer, pl_module: pl.LightningModule, folder: Path, config: dict) -> None:
         model = getattr(pl_module, "student", None) or pl_module.model
-        folder.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous() for k, v in model.state_dict().items()}
-        save_file(tensors, str(folder / "model.safetensors"))
-        save_config_for_hf(model, str(folder / "config.json"), data_config=config)
+        refuse_non_finite(tensors, f"exported student '{folder}'", trainer)
+        if trainer.is_global_zero:
+            _write(model, tensors, folder, config)
 
     def state_dict(self) -> dict:
         return {"best": self.best}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.best = state_dict.get("best")
+
+
+def _write(model, tensors: dict, folder: Path, config: dict) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(folder / "model.safetensors"))
+    save_config_for_hf(model, str(folder / "config.json"), data_config=config)
 
 
 def data_config(trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict:

@@ -1,4 +1,4 @@
-"""Stop on a non-finite training loss without a host sync every step, and never checkpoint past it."""
+"""Stop on a non-finite training loss without a host sync every step; never save a non-finite tensor."""
 from __future__ import annotations
 
 import lightning.pytorch as pl
@@ -33,6 +33,7 @@ class FiniteLossGuard(pl.Callback):
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
         self.check(trainer)
+        refuse_non_finite(checkpoint["state_dict"], "checkpoint", trainer)
 
     def check(self, trainer) -> None:
         if self._first_bad is None:
@@ -44,3 +45,19 @@ class FiniteLossGuard(pl.Callback):
                 f"Training loss became non-finite at step {step} (epoch {trainer.current_epoch}); stopped. "
                 f"Last good checkpoint: {last}. Lower the learning rate or check the data, then resume from it."
             )
+
+
+def non_finite_names(state_dict: dict[str, torch.Tensor]) -> list[str]:
+    """Names of floating-point tensors holding NaN or inf (one host sync per call: for saves, not steps)."""
+    return [name for name, value in state_dict.items() if value.is_floating_point() and not bool(torch.isfinite(value).all())]
+
+
+def refuse_non_finite(state_dict: dict[str, torch.Tensor], what: str, trainer) -> None:
+    """Raise before a checkpoint or an export would hold non-finite weights."""
+    bad = non_finite_names(state_dict)
+    if bad:
+        last = getattr(trainer.checkpoint_callback, "last_model_path", "") or "none written yet"
+        raise NonFiniteLossError(
+            f"The {what} at step {trainer.global_step} would hold non-finite values ({len(bad)} tensors, e.g. '{bad[0]}'); "
+            f"nothing was written. Last good checkpoint: {last}. Lower the learning rate or check the data, then resume from it."
+        )

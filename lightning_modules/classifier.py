@@ -9,7 +9,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from lightning_modules.metrics import check_images, log_evaluation, top1_accuracy, topk_accuracy
 from lightning_modules.model_loading import ModelSource, create_model
-from lightning_modules.optim import OptimizerName, ScheduleName, build_optimizer, build_scheduler, lightning_optimizer_config
+from lightning_modules.optim import OptimizerName, ScheduleName, build_optimizer, check_schedule, schedule_factor, set_epoch_hyperparameters
 
 
 class Classifier(L.LightningModule):
@@ -73,6 +73,11 @@ class Classifier(L.LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        optimizer = build_optimizer([{"params": list(self.model.parameters())}], hp.optimizer, hp.lr, hp.momentum, hp.weight_decay)
-        scheduler = build_scheduler(optimizer, hp.schedule, hp.milestones, hp.gamma, self.trainer.max_epochs)
-        return lightning_optimizer_config(optimizer, scheduler)
+        check_schedule(hp.schedule, hp.milestones, self.trainer.max_epochs)
+        return build_optimizer([{"params": list(self.model.parameters()), "name": "model"}], hp.optimizer, hp.lr, hp.momentum, hp.weight_decay)
+
+    def on_train_epoch_start(self) -> None:
+        hp = self.hparams
+        factor = schedule_factor(hp.schedule, self.current_epoch, self.trainer.max_epochs, hp.milestones, hp.gamma)
+        values = {"weight_decay": hp.weight_decay, **({"momentum": hp.momentum} if hp.optimizer == "sgd" else {})}
+        set_epoch_hyperparameters(self.optimizers(use_pl_optimizer=False), {"model": hp.lr}, factor, **values)

@@ -17,7 +17,7 @@ from lightning_modules.discriminator import Discriminator, reverse_gradient
 from lightning_modules.losses import discriminator_loss, ensemble_soft_targets, soft_cross_entropy
 from lightning_modules.metrics import check_images, log_evaluation, top1_accuracy, topk_accuracy
 from lightning_modules.model_loading import ModelSource, create_model, expected_normalization
-from lightning_modules.optim import ScheduleName, build_optimizer, build_scheduler, lightning_optimizer_config
+from lightning_modules.optim import ScheduleName, build_optimizer, check_schedule, schedule_factor, set_epoch_hyperparameters
 from lightning_modules.teachers import FrozenTeacher, TeacherEnsemble
 
 DiscriminatorMode = Literal["official", "adversarial", "none"]
@@ -233,13 +233,21 @@ class MealV2(L.LightningModule):
     # ----------------------------------------------------------------------------------------------
     def configure_optimizers(self):
         hp = self.hparams
-        groups = [{"params": list(self.student.parameters()), "lr": hp.lr, "name": "student"}]
+        check_schedule(hp.schedule, hp.milestones, self.trainer.max_epochs)
+        groups = [{"params": list(self.student.parameters()), "name": "student"}]
         if self.discriminator is not None:
-            d_lr = hp.d_lr if hp.d_lr is not None else hp.lr
-            groups.append({"params": list(self.discriminator.parameters()), "lr": d_lr, "name": "discriminator"})
-        optimizer = build_optimizer(groups, "sgd", hp.lr, hp.momentum, hp.weight_decay)
-        scheduler = build_scheduler(optimizer, hp.schedule, hp.milestones, hp.gamma, self.trainer.max_epochs)
-        return lightning_optimizer_config(optimizer, scheduler)
+            groups.append({"params": list(self.discriminator.parameters()), "name": "discriminator"})
+        return build_optimizer(groups, "sgd", hp.lr, hp.momentum, hp.weight_decay)
+
+    def base_lrs(self) -> dict[str, float]:
+        """Each optimizer group's lr before the schedule: the discriminator's d_lr defaults to the student's lr."""
+        return {"student": self.hparams.lr, "discriminator": self.hparams.d_lr if self.hparams.d_lr is not None else self.hparams.lr}
+
+    def on_train_epoch_start(self) -> None:
+        hp = self.hparams
+        factor = schedule_factor(hp.schedule, self.current_epoch, self.trainer.max_epochs, hp.milestones, hp.gamma)
+        set_epoch_hyperparameters(self.optimizers(use_pl_optimizer=False), self.base_lrs(), factor,
+                                  momentum=hp.momentum, weight_decay=hp.weight_decay)
 
     def state_dict(self, *args, destination=None, prefix: str = "", keep_vars: bool = False):
         """Student and discriminator only: the frozen teachers are rebuilt from their sources."""

@@ -1,7 +1,13 @@
-"""Optimizer and learning-rate schedule shared by the LightningModules."""
+"""Optimizer and learning-rate schedule shared by the LightningModules.
+
+The schedule is a pure function of the configuration and the epoch (as timm's schedulers are), applied
+at every epoch start: a resumed run follows the schedule it is given (a longer ``max_epochs``, a new
+``lr``), not the one stored in its checkpoint, and what the config records is what ran.
+"""
 from __future__ import annotations
 
-from typing import Literal, Optional
+import math
+from typing import Literal, Optional, Sequence
 
 import torch
 
@@ -12,7 +18,7 @@ ScheduleName = Literal["step", "cosine", "constant"]
 def build_optimizer(
     param_groups: list[dict], name: OptimizerName, lr: float, momentum: float, weight_decay: float
 ) -> torch.optim.Optimizer:
-    """SGD with momentum (the paper) or AdamW; each group may carry its own ``lr``."""
+    """SGD with momentum (the paper) or AdamW; each group carries a ``name`` and its base ``lr``."""
     if name == "sgd":
         return torch.optim.SGD(param_groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
     if name == "adamw":
@@ -20,27 +26,29 @@ def build_optimizer(
     raise ValueError(f"Unknown optimizer '{name}': use 'sgd' or 'adamw'.")
 
 
-def build_scheduler(
-    optimizer: torch.optim.Optimizer,
-    schedule: ScheduleName,
-    milestones: list[int],
-    gamma: float,
-    max_epochs: Optional[int],
-) -> Optional[torch.optim.lr_scheduler.LRScheduler]:
-    """Per-epoch schedule: step decay at ``milestones`` (paper: x0.1 after epoch 100) or cosine to zero."""
+def check_schedule(schedule: ScheduleName, milestones: Sequence[int], max_epochs: Optional[int]) -> None:
+    if schedule not in ("step", "cosine", "constant"):
+        raise ValueError(f"Unknown schedule '{schedule}': use 'step', 'cosine' or 'constant'.")
+    if schedule == "cosine" and (not max_epochs or max_epochs < 1):
+        raise ValueError("schedule 'cosine' needs trainer.max_epochs: set it in the config.")
+
+
+def schedule_factor(schedule: ScheduleName, epoch: int, max_epochs: Optional[int], milestones: Sequence[int], gamma: float) -> float:
+    """The lr multiplier of ``epoch``: step decay by ``gamma`` at each milestone reached, or cosine to zero."""
     if schedule == "step":
-        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=gamma)
+        return gamma ** sum(epoch >= m for m in milestones)
     if schedule == "cosine":
-        if not max_epochs or max_epochs < 1:
-            raise ValueError("schedule 'cosine' needs trainer.max_epochs: set it in the config.")
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max_epochs)
-    if schedule == "constant":
-        return None
-    raise ValueError(f"Unknown schedule '{schedule}': use 'step', 'cosine' or 'constant'.")
+        return 0.5 * (1.0 + math.cos(math.pi * min(epoch, max_epochs) / max_epochs))
+    return 1.0
 
 
-def lightning_optimizer_config(optimizer: torch.optim.Optimizer, scheduler) -> dict:
-    """What ``configure_optimizers`` returns: the optimizer and, if any, its per-epoch schedule."""
-    if scheduler is None:
-        return {"optimizer": optimizer}
-    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+def set_epoch_hyperparameters(optimizer: torch.optim.Optimizer, base_lrs: dict[str, float], factor: float, **group_values) -> None:
+    """Write this epoch's lr (base lr of the group's ``name`` x factor) and the configured values into every group.
+
+    Runs after a checkpoint's optimizer state is restored, so the config wins over the stored groups.
+    """
+    for group in optimizer.param_groups:
+        group["lr"] = base_lrs[group["name"]] * factor
+        for key, value in group_values.items():
+            if key in group:
+                group[key] = value

@@ -35,7 +35,7 @@ def small_trainer(request, monkeypatch):
     def shrunk(self, *args, **kwargs):
         for key, cap in limits.items():
             value = kwargs.get(key)
-            keep = isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= cap
+            keep = isinstance(value, int) and not isinstance(value, bool) and value <= cap and value != -1  # -1: unlimited
             kwargs[key] = value if keep else cap
         kwargs.setdefault("accelerator", "cpu")
         if kwargs.get("accelerator") in (None, "auto", "gpu", "cuda"):

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import timm
 import torch
+import yaml
 from PIL import Image
 from safetensors.torch import save_file
 
@@ -93,3 +94,23 @@ def write_fashion_mnist(root: Path, train_count: int = 64, test_count: int = 32,
         write_idx(root / f"{split}-images-idx3-ubyte{suffix}", images)
         write_idx(root / f"{split}-labels-idx1-ubyte{suffix}", labels)
     return root
+
+
+def write_meal_config(tmp_path: Path, **model_args) -> Path:
+    """A MealV2 config on tiny Fashion-MNIST files with two small local teachers (CutMix on, auto-numbered runs)."""
+    data_dir = write_fashion_mnist(tmp_path / "data", train_count=96, test_count=32)
+    teachers = [
+        {"name": "cifar_resnet8", "checkpoint": str(write_weights(tmp_path / "t0.pt", "cifar_resnet8", 10, in_chans=1, seed=1))},
+        {"name": "cifar_wrn_16_1", "checkpoint": str(write_weights(tmp_path / "t1.pt", "cifar_wrn_16_1", 10, in_chans=1, seed=2))},
+    ]
+    config = {
+        "seed_everything": 7,
+        "model": {"class_path": "MealV2", "init_args": {"teachers": teachers, "student": {"name": "cifar_resnet8"}, "lr": 0.05,
+                                                       "cutmix_prob": 0.5, **model_args}},
+        "data": {"class_path": "FashionMNISTData", "init_args": {"data_dir": str(data_dir), "batch_size": 16}},
+        "trainer": {"logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                               "init_args": {"save_dir": str(tmp_path / "runs"), "name": "meal"}}},
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path

@@ -57,14 +57,14 @@ def test_fit_on_cifar_pickles(tmp_path, monkeypatch):
     assert cli.model.student.num_classes == 10
 
 
-def test_rerun_into_the_same_run_directory_works(tmp_path, monkeypatch):
+def test_rerun_into_the_same_run_directory_works_when_asked_to_overwrite(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     root = write_image_folder(tmp_path / "imagenet", num_classes=5, train_per_class=2, val_per_class=1, size=40)
     data = {"class_path": "ImageFolderData", "init_args": {"data_dir": str(root), "image_size": 32, "batch_size": 4, "num_workers": 0}}
     config = meal_config(tmp_path, data, num_classes=5)
     args = ["fit", "--config", str(config), "--trainer.logger.init_args.version=main", "--trainer.max_epochs=1"]
     main(args)
-    main(args)
+    main(args + ["--overwrite=true"])  # config.yaml from the first run does not block the second
     assert (tmp_path / "runs" / "meal" / "main" / "config.yaml").is_file()
 
 

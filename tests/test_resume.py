@@ -1,6 +1,7 @@
 """Checkpoints and resume: no teachers stored, exact continuation, hard kills, TensorBoard continuity."""
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -11,30 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from fixtures import write_fashion_mnist, write_weights
+from safetensors.torch import load_file
+from fixtures import write_meal_config as write_config
 
+import zoo
+from callbacks import NonFiniteLossError
 from cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def write_config(tmp_path: Path, **model_args) -> Path:
-    data_dir = write_fashion_mnist(tmp_path / "data", train_count=96, test_count=32)
-    teachers = [
-        {"name": "cifar_resnet8", "checkpoint": str(write_weights(tmp_path / "t0.pt", "cifar_resnet8", 10, in_chans=1, seed=1))},
-        {"name": "cifar_wrn_16_1", "checkpoint": str(write_weights(tmp_path / "t1.pt", "cifar_wrn_16_1", 10, in_chans=1, seed=2))},
-    ]
-    config = {
-        "seed_everything": 7,
-        "model": {"class_path": "MealV2", "init_args": {"teachers": teachers, "student": {"name": "cifar_resnet8"}, "lr": 0.05,
-                                                       "cutmix_prob": 0.5, **model_args}},
-        "data": {"class_path": "FashionMNISTData", "init_args": {"data_dir": str(data_dir), "batch_size": 16}},
-        "trainer": {"logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-                               "init_args": {"save_dir": str(tmp_path / "runs"), "name": "meal"}}},
-    }
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
 
 
 def load(path: Path) -> dict:
@@ -69,6 +54,50 @@ def test_resume_from_last_equals_an_uninterrupted_run(tmp_path, monkeypatch):
     assert_same_training_state(straight, resumed)
     assert [p.name for p in (tmp_path / "resumed/runs/meal").iterdir()] == ["version_0"], "resume opened a new TensorBoard run"
     assert len(list((tmp_path / "resumed/runs/meal/version_0").glob("events.out.tfevents.*"))) == 2
+
+
+@pytest.mark.trainer(max_epochs=4)
+def test_resume_follows_the_schedule_and_lr_it_is_given(tmp_path, monkeypatch):
+    """Train longer with a new lr: the extra epochs follow cosine over the new length at the new lr, and that is recorded."""
+    monkeypatch.chdir(tmp_path)
+    config = write_config(tmp_path, schedule="cosine")
+    main(["fit", "--config", str(config), "--trainer.max_epochs=2"])
+    main(["fit", "--config", str(config), "--trainer.max_epochs=4", "--model.init_args.lr=0.02", "--ckpt_path=last"])
+
+    run = tmp_path / "runs/meal/version_0"
+    cosine = lambda epoch, length: 0.5 * (1 + math.cos(math.pi * epoch / length))  # noqa: E731
+    expected = [0.05 * cosine(0, 2), 0.05 * cosine(1, 2), 0.02 * cosine(2, 4), 0.02 * cosine(3, 4)]
+    assert zoo.read_scalars(run, "lr") == pytest.approx(expected)
+    final = load(run / "checkpoints/last.ckpt")
+    assert [g["lr"] for g in final["optimizer_states"][0]["param_groups"]] == pytest.approx([expected[-1]] * 2)
+    assert final["hyper_parameters"]["lr"] == 0.02
+    assert yaml.safe_load((run / "config.yaml").read_text())["model"]["init_args"]["lr"] == 0.02
+
+
+@pytest.mark.trainer(max_epochs=3)
+def test_last_checkpoint_is_the_final_state_with_step_checkpoints(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = write_config(tmp_path)
+    main(["fit", "--config", str(config), "--trainer.max_epochs=2", "--last_checkpoint.every_n_train_steps=3"])
+    checkpoints = tmp_path / "runs/meal/version_0/checkpoints"
+    last, best = load(checkpoints / "last.ckpt"), load(next(checkpoints.glob("best-*.ckpt")))
+    assert last["global_step"] == 2 * 4  # 4 steps per epoch: the step checkpoints came at 3 and 6 only
+    assert best["global_step"] <= last["global_step"]
+
+    main(["fit", "--config", str(config), "--trainer.max_epochs=3", "--last_checkpoint.every_n_train_steps=3", "--ckpt_path=last"])
+    assert load(checkpoints / "last.ckpt")["global_step"] == 3 * 4  # resumes after the final step: one more epoch
+
+
+def test_diverged_run_writes_no_checkpoint_and_exports_no_student(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(NonFiniteLossError, match="non-finite"):
+        main(["fit", "--config", str(write_config(tmp_path)), "--trainer.max_epochs=1", "--model.init_args.lr=1e30"])
+    run = tmp_path / "runs/meal/version_0"
+    for file in [*run.glob("checkpoints/*.ckpt")]:
+        assert all(torch.isfinite(v).all() for v in load(file)["state_dict"].values() if v.is_floating_point())
+    for file in run.glob("student/*/model.safetensors"):
+        assert all(torch.isfinite(v).all() for v in load_file(str(file)).values())
+    assert not list(run.glob("student/*/model.safetensors")) and not list(run.glob("checkpoints/*.ckpt"))
 
 
 def test_checkpoint_is_student_and_discriminator_only_and_weights_only_loadable(tmp_path, monkeypatch):
