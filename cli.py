@@ -15,6 +15,7 @@ import datamodules  # noqa: F401
 import lightning_modules  # noqa: F401
 from callbacks import ExportStudent, FiniteLossGuard, LastCheckpoint, NonFiniteLossError, RestoreRandomState, SoftLabelWriter
 from datamodules.base import ClassificationDataModule, DataError
+from lightning_modules.errors import ConfigError
 from lightning_modules.model_loading import ModelLoadingError
 
 DEFAULTS = {
@@ -37,14 +38,12 @@ DEFAULTS = {
     },
 }
 NAMED_CHECKPOINTS = {"last", "best", "hpc", "registry"}
+# DataModule facts linked into the model: (data attribute, model argument)
+LINKS = (("num_classes", "num_classes"), ("in_chans", "in_chans"), ("mean", "data_mean"), ("std", "data_std"))
 
 
 class CheckpointError(ValueError):
     """A --ckpt_path that cannot be used."""
-
-
-class ConfigError(ValueError):
-    """A run that cannot start as configured (it would overwrite a run, train for no epochs, ...)."""
 
 
 # Lightning's MisconfigurationException: one-line refusals such as accelerator 'gpu' without a GPU, max_epochs -2.
@@ -75,13 +74,8 @@ class MealCLI(LightningCLI):
         parser.set_defaults(DEFAULTS)
         if "return_predictions" in {action.dest for action in parser._actions}:
             parser.set_defaults({"return_predictions": False})  # predict writes the cache; keep nothing in memory
-        for source, target in (
-            ("data.num_classes", "model.init_args.num_classes"),
-            ("data.in_chans", "model.init_args.in_chans"),
-            ("data.mean", "model.init_args.data_mean"),
-            ("data.std", "model.init_args.data_std"),
-        ):
-            parser.link_arguments(source, target, apply_on="instantiate")
+        for source, target in LINKS:
+            parser.link_arguments(f"data.{source}", f"model.init_args.{target}", apply_on="instantiate")
 
     def before_instantiate_classes(self) -> None:
         config = self.config.get(self.subcommand) if self.subcommand else self.config
@@ -98,6 +92,16 @@ class MealCLI(LightningCLI):
             if cause is None or cause is error:
                 raise
             raise cause from None
+        self._check_linked_values()
+
+    def _check_linked_values(self) -> None:
+        """The data's classes, channels and normalization win over a model value the user set: say so instead of ignoring it."""
+        config = self.config.get(self.subcommand) if self.subcommand else self.config
+        for source, target in LINKS:
+            given, actual = config.get(f"model.init_args.{target}"), getattr(self.datamodule, source, None)
+            if given is not None and actual is not None and _plain(given) != _plain(actual):
+                raise ConfigError(f"model.init_args.{target} is {_plain(given)} but the data gives {_plain(actual)}: the data's value is "
+                                  f"linked into the model and wins; set it on the data (data.init_args) or drop model.init_args.{target}.")
 
     def _parse_ckpt_path(self) -> None:
         """Check --ckpt_path before anything is built, and keep the given config.
@@ -137,6 +141,10 @@ class MealCLI(LightningCLI):
             )
         for path in previous:
             shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def _plain(value):
+    return [round(float(v), 6) for v in value] if isinstance(value, (list, tuple)) else value
 
 
 def run_files(run_dir: Path) -> list[Path]:
@@ -231,8 +239,16 @@ def main(args=None, run: bool = True) -> MealCLI:
     )
 
 
+def one_line(error: BaseException) -> str:
+    """The error's own message; a DataLoader worker's re-raise adds the worker's traceback, of which the last line is it."""
+    message = str(error).strip()
+    if message.startswith("Caught ") and "Original Traceback" in message:
+        message = message.splitlines()[-1].split(": ", 1)[-1]
+    return message
+
+
 if __name__ == "__main__":
     try:
         main()
     except USER_ERRORS as error:
-        raise SystemExit(f"error: {error}") from None
+        raise SystemExit(f"error: {one_line(error)}") from None

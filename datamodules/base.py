@@ -64,6 +64,8 @@ class ClassificationDataModule(L.LightningDataModule):
 
     def __init__(self, batch_size: int, num_workers: int, soft_labels: Optional[SoftLabelCache] = None):
         super().__init__()
+        if batch_size < 1 or num_workers < 0:
+            raise DataError(f"data.batch_size must be >= 1 and num_workers >= 0, got {batch_size} and {num_workers}.")
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.soft_labels = soft_labels
@@ -121,7 +123,11 @@ class ClassificationDataModule(L.LightningDataModule):
         epoch = self.trainer.current_epoch if self.trainer is not None else 0
         crops = self.train_set.crops if isinstance(self.train_set, CachedCrops) else 1
         world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer is not None else (1, 0)
-        sampler = EpochShuffle(len(self.train_set) // crops, global_seed(), epoch, crops, num_replicas=world, rank=rank)
+        images = len(self.train_set) // crops
+        if images // world < self.batch_size:
+            raise DataError(f"The training set has {images} images, {images // world} per device: fewer than one batch of "
+                            f"{self.batch_size} (incomplete batches are dropped): lower data.batch_size or use more training images.")
+        sampler = EpochShuffle(images, global_seed(), epoch, crops, num_replicas=world, rank=rank)
         return DataLoader(
             self.train_set,
             batch_size=self.batch_size,

@@ -13,6 +13,7 @@ from torchvision import datasets
 from torchvision.transforms import v2
 
 from datamodules.base import ClassificationDataModule, DataError
+from datamodules.errors import downloading
 from datamodules.soft_labels import SoftLabelCache
 
 _STATS = {
@@ -98,8 +99,9 @@ class CIFARData(ClassificationDataModule):
 
     def prepare_data(self) -> None:
         if self.download:
-            for train in (True, False):
-                self._downloader(str(self.data_dir), train=train, download=True)
+            with downloading(self.variant, str(self.data_dir), f"Put the python-version files under {self.data_dir} and set data.download=false"):
+                for train in (True, False):
+                    self._downloader(str(self.data_dir), train=train, download=True)
 
     def build_datasets(self):
         self._finish = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(self._mean, self._std)])

@@ -12,6 +12,7 @@ from torchvision import datasets
 from torchvision.transforms import v2
 
 from datamodules.base import ClassificationDataModule, DataError
+from datamodules.errors import downloading
 from datamodules.soft_labels import SoftLabelCache
 
 SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian's package dataset-fashion-mnist
@@ -131,8 +132,9 @@ class FashionMNISTData(ClassificationDataModule):
         except DataError:
             if not self.download:
                 raise
-            for train in (True, False):
-                datasets.FashionMNIST(str(self.data_dir), train=train, download=True)
+            with downloading("Fashion-MNIST", str(self.data_dir), f"Without network: {HOW_TO_GET.replace(', set data.download=true', '')}"):
+                for train in (True, False):
+                    datasets.FashionMNIST(str(self.data_dir), train=train, download=True)
 
     def _split(self, folder: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         images_stem, labels_stem = FILES[split]

@@ -4,11 +4,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional, Sequence
 
+from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from datamodules.base import ClassificationDataModule, DataError
+
+
+def load_rgb(path: str) -> Image.Image:
+    """Decode one image as RGB; a corrupt or unreadable file stops with its name."""
+    try:
+        with open(path, "rb") as handle:
+            return Image.open(handle).convert("RGB")
+    except (OSError, ValueError, SyntaxError) as err:  # PIL's UnidentifiedImageError and truncated files are OSErrors
+        raise DataError(f"Cannot read image '{path}' ({err}): replace or remove the file.") from None
 
 
 class ImageFolderData(ClassificationDataModule):
@@ -91,7 +101,7 @@ class ImageFolderData(ClassificationDataModule):
         empty = [c for c in self.classes if not any(p.suffix.lower() in IMG_EXTENSIONS for p in (folder / c).iterdir())]
         if empty:
             raise DataError(f"Class folder '{folder / empty[0]}' has no images ({len(empty)} such folders): add images or remove it.")
-        return ImageFolder(str(folder), transform=self._transform(training))
+        return ImageFolder(str(folder), transform=self._transform(training), loader=load_rgb)
 
     def build_datasets(self):
         train_split, val_split, test_split = self.splits

@@ -1,14 +1,14 @@
 """Plain supervised training on hard labels: teachers and student inits where no pretrained weights exist."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import lightning as L
 import torch.nn.functional as F
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
+from lightning_modules.errors import require_positive
 from lightning_modules.metrics import check_images, log_evaluation, top1_accuracy, topk_accuracy
-from lightning_modules.model_loading import ModelSource, create_model
+from lightning_modules.model_loading import ModelSource, create_model, data_facts
 from lightning_modules.optim import OptimizerName, ScheduleName, build_optimizer, check_schedule, schedule_factor, set_epoch_hyperparameters
 
 
@@ -22,10 +22,10 @@ class Classifier(L.LightningModule):
     def __init__(
         self,
         model: ModelSource,
-        num_classes: int = 1000,
-        in_chans: int = 3,
-        data_mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
-        data_std: Sequence[float] = IMAGENET_DEFAULT_STD,
+        num_classes: Optional[int] = None,
+        in_chans: Optional[int] = None,
+        data_mean: Optional[Sequence[float]] = None,
+        data_std: Optional[Sequence[float]] = None,
         optimizer: OptimizerName = "sgd",
         lr: float = 0.1,
         momentum: float = 0.9,
@@ -38,7 +38,8 @@ class Classifier(L.LightningModule):
         super().__init__()
         source = ModelSource.coerce(model)
         model = source.to_dict()  # plain dict in the hyperparameters: weights_only-loadable checkpoints
-        data_mean, data_std = [float(v) for v in data_mean], [float(v) for v in data_std]
+        num_classes, in_chans, data_mean, data_std = data_facts(num_classes, in_chans, data_mean, data_std)
+        require_positive(lr=lr)
         self.save_hyperparameters()
         self.model, _ = create_model(source, num_classes, in_chans)
         self.train_top1 = top1_accuracy(num_classes)

@@ -10,13 +10,13 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.data.mixup import cutmix_bbox_and_lam
 
 from lightning_modules.discriminator import Discriminator, reverse_gradient
 from lightning_modules.losses import discriminator_loss, ensemble_soft_targets, soft_cross_entropy
+from lightning_modules.errors import ConfigError, require_positive
 from lightning_modules.metrics import check_images, log_evaluation, top1_accuracy, topk_accuracy
-from lightning_modules.model_loading import ModelSource, create_model, expected_normalization
+from lightning_modules.model_loading import ModelSource, create_model, data_facts, expected_normalization
 from lightning_modules.optim import ScheduleName, build_optimizer, check_schedule, schedule_factor, set_epoch_hyperparameters
 from lightning_modules.teachers import FrozenTeacher, TeacherEnsemble
 
@@ -49,10 +49,10 @@ class MealV2(L.LightningModule):
         self,
         teachers: list[ModelSource],
         student: ModelSource,
-        num_classes: int = 1000,
-        in_chans: int = 3,
-        data_mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
-        data_std: Sequence[float] = IMAGENET_DEFAULT_STD,
+        num_classes: Optional[int] = None,
+        in_chans: Optional[int] = None,
+        data_mean: Optional[Sequence[float]] = None,
+        data_std: Optional[Sequence[float]] = None,
         discriminator: DiscriminatorMode = "official",
         lr: float = 0.01,
         d_lr: Optional[float] = None,
@@ -77,7 +77,8 @@ class MealV2(L.LightningModule):
         # Plain dicts in the hyperparameters keep checkpoints loadable with weights_only=True.
         teachers = [t.to_dict() for t in teacher_sources]
         student = student_source.to_dict()
-        data_mean, data_std = [float(v) for v in data_mean], [float(v) for v in data_std]
+        num_classes, in_chans, data_mean, data_std = data_facts(num_classes, in_chans, data_mean, data_std)
+        require_positive(lr=lr, d_lr=d_lr)
         self.save_hyperparameters()
 
         self.teachers = TeacherEnsemble(
@@ -180,6 +181,10 @@ class MealV2(L.LightningModule):
     # ----------------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
         self._teacher_eval_pending = True
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if stage == "fit" and self.hparams.soft_targets == "cached" and datamodule is not None and getattr(datamodule, "soft_labels", None) is None:
+            raise ConfigError("model.soft_targets is 'cached' but the data has no soft-label cache: set data.init_args.soft_labels.dir "
+                              "(made by `python cli.py predict`, see README) or use soft_targets 'online'.")
         if self.hparams.sync_batchnorm_student and self.trainer is not None and self.trainer.world_size > 1:
             self.student = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.student)
 

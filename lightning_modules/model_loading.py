@@ -58,6 +58,17 @@ class ModelLoadingError(ValueError):
     """A model or its weights could not be built from the given source."""
 
 
+def data_facts(num_classes, in_chans, data_mean, data_std) -> tuple[int, int, list[float], list[float]]:
+    """The data's classes, channels and normalization (linked from the DataModule by the CLI); ImageNet's when not given."""
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+    num_classes = 1000 if num_classes is None else num_classes
+    in_chans = 3 if in_chans is None else in_chans
+    data_mean = IMAGENET_DEFAULT_MEAN if data_mean is None else data_mean
+    data_std = IMAGENET_DEFAULT_STD if data_std is None else data_std
+    return num_classes, in_chans, [float(v) for v in data_mean], [float(v) for v in data_std]
+
+
 def check_model_name(name: str) -> None:
     """Raise a one-line error naming close matches when timm does not know ``name``."""
     arch = name.split(".")[0]

@@ -114,3 +114,22 @@ def write_meal_config(tmp_path: Path, **model_args) -> Path:
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+def write_meal_config_for_data(tmp_path: Path, data: dict, num_classes: int) -> Path:
+    """A MealV2 config on the given data (RGB) with two small local teachers; runs under tmp_path/runs/meal."""
+    teachers = [
+        {"name": "test_resnet", "checkpoint": str(write_weights(tmp_path / "t0.pt", "test_resnet", num_classes, seed=1))},
+        {"name": "cifar_resnet20", "checkpoint": str(write_weights(tmp_path / "t1.pt", "cifar_resnet20", num_classes, seed=2))},
+    ]
+    config = {
+        "model": {
+            "class_path": "MealV2",
+            "init_args": {"teachers": teachers, "student": {"name": "test_efficientnet"}, "lr": 0.01},
+        },
+        "data": data,
+        "trainer": {"max_epochs": 2, "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": {"save_dir": str(tmp_path / "runs"), "name": "meal"}}},
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path

@@ -1,31 +1,13 @@
 """End-to-end: the CLI's fit / validate / test on generated data in the real on-disk formats."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 import yaml
-from fixtures import write_cifar, write_image_folder, write_weights
+from fixtures import write_cifar, write_image_folder
+from fixtures import write_meal_config_for_data as meal_config
 
 from cli import main
-
-
-def meal_config(tmp_path: Path, data: dict, num_classes: int) -> Path:
-    teachers = [
-        {"name": "test_resnet", "checkpoint": str(write_weights(tmp_path / "t0.pt", "test_resnet", num_classes, seed=1))},
-        {"name": "cifar_resnet20", "checkpoint": str(write_weights(tmp_path / "t1.pt", "cifar_resnet20", num_classes, seed=2))},
-    ]
-    config = {
-        "model": {
-            "class_path": "MealV2",
-            "init_args": {"teachers": teachers, "student": {"name": "test_efficientnet"}, "lr": 0.01},
-        },
-        "data": data,
-        "trainer": {"max_epochs": 2, "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": {"save_dir": str(tmp_path / "runs"), "name": "meal"}}},
-    }
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
 
 
 def test_fit_validate_test_on_image_folder_writes_logs_and_checkpoints(tmp_path, monkeypatch):

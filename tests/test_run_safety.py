@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from fixtures import write_meal_config
+from fixtures import write_image_folder, write_meal_config, write_meal_config_for_data
 
 from cli import USER_ERRORS, CheckpointError, ConfigError, main
+from datamodules import DataError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -102,3 +103,61 @@ def test_accelerator_gpu_without_a_gpu_is_refused_in_one_line(tmp_path):
                             cwd=tmp_path, capture_output=True, text=True, env=env)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("error: ") and "torch sees no CUDA GPU on this machine" in result.stderr
+
+
+@pytest.mark.parametrize("knob, value, message", [
+    ("model.init_args.lr", 0, "lr is 0.0: it must be positive"),
+    ("data.init_args.batch_size", 0, "data.batch_size must be >= 1"),
+])
+def test_a_non_positive_lr_or_batch_size_is_refused(tmp_path, monkeypatch, knob, value, message):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(USER_ERRORS, match=message) as info:
+        main(["fit", "--config", str(write_meal_config(tmp_path)), f"--{knob}={value}"])
+    one_line(info)
+
+
+def test_a_training_subset_smaller_than_one_batch_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError, match="has 8 images, 8 per device: fewer than one batch of 16") as info:
+        main(["fit", "--config", str(write_meal_config(tmp_path)), "--data.init_args.train_subset=8"])
+    one_line(info)
+
+
+def test_cached_soft_targets_without_a_cache_are_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="soft_targets is 'cached' but the data has no soft-label cache: set data.init_args.soft_labels.dir"):
+        main(["fit", "--config", str(write_meal_config(tmp_path, cutmix_prob=0.0)), "--model.init_args.soft_targets=cached"])
+
+
+def test_download_without_network_is_one_line_that_says_what_to_do(tmp_path, monkeypatch):
+    import datamodules.fashion_mnist as fashion_mnist
+
+    def offline(*args, **kwargs):
+        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz:\nTried https://..., got:\n<urlopen error [Errno -3] Temporary failure>")
+
+    monkeypatch.setattr(fashion_mnist, "SYSTEM_DIR", tmp_path / "no-system-copy")
+    monkeypatch.setattr(fashion_mnist.datasets, "FashionMNIST", offline)
+    data = fashion_mnist.FashionMNISTData(str(tmp_path / "empty"), download=True)
+    with pytest.raises(DataError, match="Cannot download Fashion-MNIST into .*no network\\? Without network: install Debian's") as info:
+        data.prepare_data()
+    one_line(info)
+
+
+def test_corrupt_image_in_a_folder_names_the_file_through_loader_workers(tmp_path):
+    root = write_image_folder(tmp_path / "images", num_classes=3, train_per_class=4, val_per_class=2, size=40)
+    broken = root / "train" / "class_1" / "2.JPEG"
+    broken.write_bytes(b"not a jpeg")
+    data = {"class_path": "ImageFolderData", "init_args": {"data_dir": str(root), "image_size": 32, "batch_size": 4, "num_workers": 1}}
+    config = write_meal_config_for_data(tmp_path, data, num_classes=3)
+    result = subprocess.run([sys.executable, str(ROOT / "cli.py"), "fit", "--config", str(config), "--trainer.max_epochs=1",
+                             "--trainer.enable_progress_bar=false"], cwd=tmp_path, capture_output=True, text=True)
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert last_line.startswith(f"error: Cannot read image '{broken}'") and last_line.endswith("replace or remove the file.")
+
+
+def test_model_in_chans_against_the_datas_linked_value_says_the_data_wins(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="model.init_args.in_chans is 3 but the data gives 1: the data's value is linked into the model and wins") as info:
+        main(["fit", "--config", str(write_meal_config(tmp_path)), "--model.init_args.in_chans=3"])
+    one_line(info)
