@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from datamodules.errors import DataError
-from datamodules.soft_labels import CachedCrops, CropsToCache, SoftLabelCache, SoftLabelStore
+from datamodules.soft_labels import CachedCrops, CropsToCache, SoftLabelCache, SoftLabelStore, fingerprint
 
 
 def global_seed() -> int:
@@ -104,10 +104,21 @@ class ClassificationDataModule(L.LightningDataModule):
             return
         raw = self.raw_train_set()
         if stage == "predict" and self.soft_label_store is None:
-            self.soft_label_store = SoftLabelStore.create_or_resume(self.soft_labels, len(raw), self.num_classes, type(self).__name__)
+            self.soft_label_store = SoftLabelStore.create_or_resume(self.soft_labels, len(raw), self.num_classes, type(self).__name__,
+                                                                    self.cache_fingerprint(raw))
         elif stage == "fit" and not isinstance(self.train_set, CachedCrops):
-            self.soft_label_store = SoftLabelStore.open(self.soft_labels, len(raw), self.num_classes)
+            self.soft_label_store = SoftLabelStore.open(self.soft_labels, len(raw), self.num_classes, self.cache_fingerprint(raw))
             self.train_set = CachedCrops(raw, self.soft_label_store, self.finish, self.image_size)
+
+    def cache_fingerprint(self, raw: Dataset) -> dict:
+        """The soft-label cache's fingerprint for this data, crop settings and the trainer's teachers."""
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        teachers = getattr(module, "teachers", None)
+        if teachers is None:
+            raise DataError("The soft-label cache belongs to MealV2's teachers: use it with model MealV2.")
+        names = [t["name"] for t in module.hparams.teachers]
+        crop = {"image_size": self.image_size, "padding": self.crop_padding, "flip": True}
+        return fingerprint(raw, [(name, teacher.model) for name, teacher in zip(names, teachers)], crop)
 
     def predict_dataloader(self) -> DataLoader:
         """The training images still missing from the soft-label cache, R seeded crops each."""

@@ -1,7 +1,8 @@
 """Soft-label cache (the FKD idea): the teacher ensemble's predictions on stored random crops.
 
 Layout of a cache folder (numpy memory-maps, one row per training image):
-    meta.json     images, crops per image, top_k, classes, the data module's name and train-set size
+    meta.json     images, crops per image, top_k, classes, the data module's name, and the fingerprint of
+                  everything the labels depend on (which images, which teachers, crop settings, top_k)
     boxes.npy     float32 [N, R, 4]   crop box (top, left, height, width) relative to the image size
     flips.npy     uint8   [N, R]      horizontal flip applied after the crop
     values.npy    float16 [N, R, k]   the ensemble's k largest probabilities
@@ -12,6 +13,7 @@ smoothing"), so a stored label costs R * k * 4 bytes plus 17 bytes per crop.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,13 +52,12 @@ class SoftLabelStore:
         self.arrays = {name: np.load(folder / f"{name}.npy", mmap_mode=mode) for name in FILES}
 
     @classmethod
-    def create_or_resume(cls, config: SoftLabelCache, num_images: int, num_classes: int, source: str) -> "SoftLabelStore":
+    def create_or_resume(cls, config: SoftLabelCache, num_images: int, num_classes: int, source: str, fingerprint: dict) -> "SoftLabelStore":
         folder = Path(config.dir)
-        meta = {"images": num_images, "crops": config.crops, "top_k": config.top_k, "classes": num_classes, "source": source}
+        meta = {"images": num_images, "crops": config.crops, "top_k": config.top_k, "classes": num_classes, "source": source,
+                "fingerprint": fingerprint}
         if (folder / "meta.json").is_file():
-            stored = json.loads((folder / "meta.json").read_text())
-            if stored != meta:
-                raise DataError(f"Soft-label cache '{folder}' was made for {stored}, not {meta}: use another dir or delete it.")
+            check_fingerprint(folder, json.loads((folder / "meta.json").read_text()), meta, "predict into another dir")
             return cls(folder, meta, "r+")
         folder.mkdir(parents=True, exist_ok=True)
         n, r, k = num_images, config.crops, config.top_k
@@ -70,14 +71,13 @@ class SoftLabelStore:
         return cls(folder, meta, "r+")
 
     @classmethod
-    def open(cls, config: SoftLabelCache, num_images: int, num_classes: int) -> "SoftLabelStore":
+    def open(cls, config: SoftLabelCache, num_images: int, num_classes: int, fingerprint: dict) -> "SoftLabelStore":
         folder = Path(config.dir)
         if not (folder / "meta.json").is_file():
             raise DataError(f"No soft-label cache in '{folder}': make it first with `python cli.py predict` (see README).")
         meta = json.loads((folder / "meta.json").read_text())
-        if (meta["images"], meta["classes"]) != (num_images, num_classes):
-            raise DataError(f"Soft-label cache '{folder}' holds {meta['images']} images / {meta['classes']} classes; "
-                            f"the data has {num_images} / {num_classes}: re-create it for this data.")
+        expected = {"images": num_images, "classes": num_classes, "fingerprint": fingerprint}
+        check_fingerprint(folder, meta, {**meta, **expected}, "re-create it for this data and these teachers with `python cli.py predict`")
         store = cls(folder, meta, "r")
         missing = int((store.arrays["done"] == 0).sum())
         if missing:
@@ -99,6 +99,54 @@ class SoftLabelStore:
 
     def bytes_per_image(self) -> int:
         return sum(self.arrays[name][0].nbytes for name in FILES)
+
+
+PARTS = {  # meta / fingerprint key -> what the user is told differs
+    "images": "number of training images", "classes": "number of classes", "crops": "crops per image", "source": "data module",
+    "data": "training images (data files or subset)", "teachers": "teachers (names or weights)", "crop": "crop settings",
+    "top_k": "top_k",
+}
+
+
+def check_fingerprint(folder: Path, stored: dict, expected: dict, fix: str) -> None:
+    """Refuse, in one line naming the first part that differs, a cache made for other images, teachers, crops or top-k."""
+    stored_parts = {**{k: v for k, v in stored.items() if k != "fingerprint"}, **stored.get("fingerprint", {})}
+    expected_parts = {**{k: v for k, v in expected.items() if k != "fingerprint"}, **expected.get("fingerprint", {})}
+    for key, label in PARTS.items():
+        if stored_parts.get(key) != expected_parts.get(key):
+            raise DataError(f"Soft-label cache '{folder}' was made for other {label} ({_short(stored_parts.get(key))} != "
+                            f"{_short(expected_parts.get(key))} now): {fix}.")
+
+
+def _short(value) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else value
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def fingerprint(raw: Dataset, teachers: list[tuple[str, torch.nn.Module]], crop: dict) -> dict:
+    """What a cache's labels depend on besides crops and top-k (in meta.json): the training images, each teacher's weights, crops."""
+    return {"data": images_digest(raw), "teachers": [{"name": name, "sha256": weights_digest(model)} for name, model in teachers],
+            "crop": crop}
+
+
+def images_digest(raw: Dataset) -> str:
+    """sha256 of the training images and labels in order (so another subset or other files differ)."""
+    if not (hasattr(raw, "images") and hasattr(raw, "labels")):
+        raise DataError(f"The soft-label cache cannot fingerprint a {type(raw).__name__}: use FashionMNISTData or CIFARData.")
+    digest = hashlib.sha256()
+    digest.update(np.ascontiguousarray(np.asarray(raw.images)).tobytes())
+    digest.update(np.asarray(raw.labels, dtype=np.int64).tobytes())
+    return digest.hexdigest()
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """sha256 of a model's state_dict (names, dtypes and bytes, in order)."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(str(tensor.dtype).encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def decode_soft_labels(values: torch.Tensor, indices: torch.Tensor, num_classes: int) -> torch.Tensor:

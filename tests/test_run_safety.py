@@ -123,12 +123,6 @@ def test_a_training_subset_smaller_than_one_batch_is_refused(tmp_path, monkeypat
     one_line(info)
 
 
-def test_cached_soft_targets_without_a_cache_are_refused(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    with pytest.raises(ConfigError, match="soft_targets is 'cached' but the data has no soft-label cache: set data.init_args.soft_labels.dir"):
-        main(["fit", "--config", str(write_meal_config(tmp_path, cutmix_prob=0.0)), "--model.init_args.soft_targets=cached"])
-
-
 def test_download_without_network_is_one_line_that_says_what_to_do(tmp_path, monkeypatch):
     import datamodules.fashion_mnist as fashion_mnist
 

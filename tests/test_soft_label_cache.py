@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_resume import write_config
+from fixtures import write_meal_config as write_config
+from fixtures import write_weights
 
 from cli import main
 from datamodules.errors import DataError
@@ -83,6 +84,35 @@ def test_training_from_an_incomplete_cache_is_refused(tmp_path, monkeypatch):
 
 def test_cached_mode_without_a_cache_is_refused(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(ValueError, match="soft_targets is 'cached' but the batches lack"):
+    with pytest.raises(ValueError, match="soft_targets is 'cached' but the data has no soft-label cache: set data.init_args.soft_labels.dir"):
         main(["fit", "--config", str(write_config(tmp_path, cutmix_prob=0.0)), "--model.init_args.soft_targets=cached",
               "--trainer.num_sanity_val_steps=0"])
+
+
+def test_cache_made_for_another_training_subset_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = write_config(tmp_path, cutmix_prob=0.0)
+    main(["predict", "--config", str(config), *cache_args(tmp_path), "--data.init_args.train_subset=64"])
+    with pytest.raises(DataError, match=r"made for other training images \(data files or subset\).*predict`") as info:
+        main(["fit", "--config", str(config), *cache_args(tmp_path), "--model.init_args.soft_targets=cached",
+              "--data.init_args.train_subset=64", "--data.init_args.subset_seed=1"])
+    assert "\n" not in str(info.value)
+
+
+def test_cache_made_by_other_teachers_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = write_config(tmp_path, cutmix_prob=0.0)
+    main(["predict", "--config", str(config), *cache_args(tmp_path)])
+    write_weights(tmp_path / "t0.pt", "cifar_resnet8", 10, in_chans=1, seed=99)  # the first teacher's file is retrained
+    with pytest.raises(DataError, match=r"made for other teachers \(names or weights\)"):
+        main(["fit", "--config", str(config), *cache_args(tmp_path), "--model.init_args.soft_targets=cached"])
+    with pytest.raises(DataError, match=r"made for other teachers"):
+        main(["predict", "--config", str(config), *cache_args(tmp_path)])  # resuming generation with them is refused too
+
+
+def test_resuming_generation_with_another_top_k_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = write_config(tmp_path)
+    main(["predict", "--config", str(config), *cache_args(tmp_path, shard=0, num_shards=2)])
+    with pytest.raises(DataError, match=r"made for other top_k \(4 != 5 now\)"):
+        main(["predict", "--config", str(config), *cache_args(tmp_path, shard=1, num_shards=2, top_k=5)])
