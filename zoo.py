@@ -94,7 +94,6 @@ def rebuild(zoo_dir: Path = ZOO_DIR, work_dir: Path = ROOT, extra_args: tuple[st
         folder, done = run_dir(work_dir, model), run_dir(work_dir, model) / "done.json"
         if done.is_file():
             print(f"zoo: {model.name}: trained earlier ({folder}), exporting", flush=True)
-            seconds = json.loads(done.read_text())["seconds"]
         else:
             last = folder / "checkpoints" / "last.ckpt"
             resume = [f"--ckpt_path={last}"] if last.is_file() else ["--overwrite=true"] if folder.is_dir() else []
@@ -104,14 +103,16 @@ def rebuild(zoo_dir: Path = ZOO_DIR, work_dir: Path = ROOT, extra_args: tuple[st
             work_dir.mkdir(parents=True, exist_ok=True)
             absolute = [sys.executable, str(ROOT / "cli.py"), "fit", "--config", str(ZOO_CONFIGS / f"{model.name}.yaml"), *command[5:]]
             subprocess.run(absolute, cwd=work_dir, check=True)
-            seconds = round(time.perf_counter() - started, 1)
-            done.write_text(json.dumps({"seconds": seconds}))
-        manifests.append(export(model, folder, zoo_dir, shlex.join(train_command(model, tuple(extra_args))), seconds, data_dir))
+            done.write_text(json.dumps({"seconds": round(time.perf_counter() - started, 1), "command": shlex.join(train_command(model, extra_args))}))
+        manifests.append(export(model, folder, zoo_dir, json.loads(done.read_text()), data_dir))
     return manifests
 
 
-def export(model: ZooModel, run: Path, zoo_dir: Path, command: str, seconds: float, data_dir: Optional[str] = None) -> dict:
-    """The run's ``last.ckpt`` (its last epoch) -> zoo folder, fp16 unless that costs val top-1; writes the manifest."""
+def export(model: ZooModel, run: Path, zoo_dir: Path, done: dict, data_dir: Optional[str] = None) -> dict:
+    """The run's ``last.ckpt`` (its last epoch) -> zoo folder, fp16 unless that costs val top-1; writes the manifest.
+
+    ``done``: the run's ``done.json``: wall ``seconds``, the ``command`` that ran, and an optional ``note`` on how it ran.
+    """
     import torch
     import yaml
     from safetensors.torch import save_file
@@ -159,10 +160,11 @@ def export(model: ZooModel, run: Path, zoo_dir: Path, command: str, seconds: flo
         "epochs": config["trainer"]["max_epochs"],
         "train_images": data_args.get("train_subset") or 60000,
         "selection": "last epoch (no selection on the test set)",
-        "command": command,
+        "command": done["command"],
         "config": f"configs/fashion_mnist/zoo/{model.name}.yaml",
         "precision": config["trainer"].get("precision"),
-        "wall_seconds": seconds,
+        "wall_seconds": done["seconds"],
+        **({"wall_note": done["note"]} if done.get("note") else {}),
         "machine": machine(),
         "weights": "model.safetensors",
         "weights_dtype": kept,

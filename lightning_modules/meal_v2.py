@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from timm.data.mixup import cutmix_bbox_and_lam
 
 from lightning_modules.discriminator import Discriminator, reverse_gradient
-from lightning_modules.losses import discriminator_loss, ensemble_soft_targets, soft_cross_entropy
 from lightning_modules.errors import ConfigError, require_positive
+from lightning_modules.losses import discriminator_loss, ensemble_soft_targets, soft_cross_entropy
 from lightning_modules.metrics import check_images, log_evaluation, top1_accuracy, topk_accuracy
 from lightning_modules.model_loading import ModelSource, create_model, data_facts, expected_normalization
 from lightning_modules.optim import ScheduleName, build_optimizer, check_schedule, schedule_factor, set_epoch_hyperparameters

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import pytest
+import timm
 import torch
+from timm.models import get_pretrained_cfg
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -53,3 +55,31 @@ def small_trainer(request, monkeypatch):
 def deterministic():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture
+def offline_hub(monkeypatch):
+    """``pretrained=True`` checks that the hub entry exists, then builds a tiny random model instead."""
+    import lightning_modules.model_loading as model_loading
+
+    requested = []
+    real_create = timm.create_model
+
+    def create(name, pretrained=False, **kwargs):
+        if not pretrained:
+            return real_create(name, **kwargs)
+        cfg = get_pretrained_cfg(name)
+        assert cfg is not None and (cfg.hf_hub_id or cfg.url), f"{name} has no hub weights"
+        requested.append(name)
+        return real_create("test_resnet", num_classes=kwargs["num_classes"], in_chans=kwargs.get("in_chans", 3))
+
+    monkeypatch.setattr(model_loading.timm, "create_model", create)
+    return requested
+
+
+@pytest.fixture(scope="session")
+def imagenet_1000(tmp_path_factory):
+    """1000 classes, one tiny image per class and split: the recipes' hub teachers predict 1000 classes."""
+    from fixtures import write_image_folder
+
+    return write_image_folder(tmp_path_factory.mktemp("imagenet"), num_classes=1000, train_per_class=1, val_per_class=1, size=8)

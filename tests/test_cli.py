@@ -1,7 +1,6 @@
 """End-to-end: the CLI's fit / validate / test on generated data in the real on-disk formats."""
 from __future__ import annotations
 
-
 import pytest
 import yaml
 from fixtures import write_cifar, write_image_folder

@@ -4,46 +4,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import timm
 import yaml
-from fixtures import write_cifar, write_fashion_mnist, write_image_folder, write_weights
-from timm.models import get_pretrained_cfg
+from fixtures import write_cifar, write_fashion_mnist, write_weights
 
-import lightning_modules.model_loading as model_loading
 from cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if p.parent.name != "presets")  # presets: test_distributed
 
 
-@pytest.fixture
-def offline_hub(monkeypatch):
-    """``pretrained=True`` checks that the hub entry exists, then builds a tiny random model instead."""
-    requested = []
-    real_create = timm.create_model
-
-    def create(name, pretrained=False, **kwargs):
-        if not pretrained:
-            return real_create(name, **kwargs)
-        cfg = get_pretrained_cfg(name)
-        assert cfg is not None and (cfg.hf_hub_id or cfg.url), f"{name} has no hub weights"
-        requested.append(name)
-        return real_create("test_resnet", num_classes=kwargs["num_classes"], in_chans=kwargs.get("in_chans", 3))
-
-    monkeypatch.setattr(model_loading.timm, "create_model", create)
-    return requested
-
-
 def _checkpoint_paths(config: dict) -> list[tuple[str, str]]:
     init = config["model"]["init_args"]
     sources = init.get("teachers", []) + [init.get("student") or init.get("model")]
     return [(s["name"], s["checkpoint"]) for s in sources if s.get("checkpoint")]
-
-
-@pytest.fixture(scope="session")
-def imagenet_1000(tmp_path_factory):
-    """1000 classes, one tiny image per class and split: the recipes' hub teachers predict 1000 classes."""
-    return write_image_folder(tmp_path_factory.mktemp("imagenet"), num_classes=1000, train_per_class=1, val_per_class=1, size=8)
 
 
 def overlaid_configs(path: Path) -> list[Path]:

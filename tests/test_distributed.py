@@ -16,7 +16,6 @@ from torch.utils.data import DataLoader, TensorDataset
 import zoo
 from cli import main
 from lightning_modules import MealV2
-from test_configs import imagenet_1000, offline_hub  # noqa: F401  (fixtures)
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from safetensors.torch import load_file
 from fixtures import write_meal_config as write_config
+from safetensors.torch import load_file
 
 import zoo
 from callbacks import NonFiniteLossError
