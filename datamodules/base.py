@@ -8,9 +8,10 @@ from typing import Optional
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torchvision.transforms import InterpolationMode
 
 from datamodules.errors import DataError
-from datamodules.soft_labels import CachedCrops, CropsToCache, SoftLabelCache, SoftLabelStore, fingerprint
+from datamodules.soft_labels import CachedCrops, CropsToCache, SoftLabelCache, SoftLabelStore, crop_and_flip, fingerprint
 
 
 def global_seed() -> int:
@@ -61,6 +62,7 @@ class ClassificationDataModule(L.LightningDataModule):
 
     image_size: Optional[int] = None
     crop_padding: int = 0  # the pad-and-crop augmentation, replayed by the soft-label cache
+    interpolation_mode: InterpolationMode = InterpolationMode.BILINEAR  # resize of crops that are not image_size
 
     def __init__(self, batch_size: int, num_workers: int, soft_labels: Optional[SoftLabelCache] = None):
         super().__init__()
@@ -91,6 +93,14 @@ class ClassificationDataModule(L.LightningDataModule):
         """uint8 crop -> the model's input (dtype, channels, normalization)."""
         return self._finish(image)
 
+    def render(self, image: torch.Tensor, box: tuple[int, int, int, int], flip: bool) -> torch.Tensor:
+        """A training crop as the model sees it: box, resize to image_size, flip, normalize (online and cached alike)."""
+        return self.finish(crop_and_flip(image, box, flip, self.image_size, self.interpolation_mode))
+
+    def crop_settings(self) -> dict:
+        """What decides a training crop besides its random box and flip (recorded in the soft-label cache's fingerprint)."""
+        return {"image_size": self.image_size, "padding": self.crop_padding, "flip": True}
+
     def sample_box(self, generator: torch.Generator, height: int, width: int) -> tuple[int, int, int, int]:
         """A random crop box (top, left, height, width) as the training augmentation draws it."""
         pad = self.crop_padding
@@ -108,7 +118,7 @@ class ClassificationDataModule(L.LightningDataModule):
                                                                     self.cache_fingerprint(raw))
         elif stage == "fit" and not isinstance(self.train_set, CachedCrops):
             self.soft_label_store = SoftLabelStore.open(self.soft_labels, len(raw), self.num_classes, self.cache_fingerprint(raw))
-            self.train_set = CachedCrops(raw, self.soft_label_store, self.finish, self.image_size)
+            self.train_set = CachedCrops(raw, self.soft_label_store, self.render)
 
     def cache_fingerprint(self, raw: Dataset) -> dict:
         """The soft-label cache's fingerprint for this data, crop settings and the trainer's teachers."""
@@ -117,8 +127,7 @@ class ClassificationDataModule(L.LightningDataModule):
         if teachers is None:
             raise DataError("The soft-label cache belongs to MealV2's teachers: use it with model MealV2.")
         names = [t["name"] for t in module.hparams.teachers]
-        crop = {"image_size": self.image_size, "padding": self.crop_padding, "flip": True}
-        return fingerprint(raw, [(name, teacher.model) for name, teacher in zip(names, teachers)], crop)
+        return fingerprint(raw, [(name, teacher.model) for name, teacher in zip(names, teachers)], self.crop_settings())
 
     def predict_dataloader(self) -> DataLoader:
         """The training images still missing from the soft-label cache, R seeded crops each."""
@@ -126,7 +135,7 @@ class ClassificationDataModule(L.LightningDataModule):
             raise DataError("predict writes the soft-label cache: set data.init_args.soft_labels.dir.")
         cache = self.soft_labels
         pending = self.soft_label_store.pending(cache.shard, cache.num_shards)
-        dataset = CropsToCache(self.raw_train_set(), pending, cache.crops, global_seed(), self.sample_box, self.finish, self.image_size)
+        dataset = CropsToCache(self.raw_train_set(), pending, cache.crops, global_seed(), self.sample_box, self.render)
         return DataLoader(dataset, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers)
 
     def train_dataloader(self) -> DataLoader:

@@ -1,15 +1,19 @@
 """ImageNet-style data: an ImageFolder root with ``train/`` and ``val/``, and the method's transforms."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Optional, Sequence
 
+import torch
 from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
+from torchvision.transforms import InterpolationMode, v2
 
 from datamodules.base import ClassificationDataModule, DataError
+from datamodules.soft_labels import SoftLabelCache, crop_and_flip
 
 
 def load_rgb(path: str) -> Image.Image:
@@ -24,7 +28,8 @@ def load_rgb(path: str) -> Image.Image:
 class ImageFolderData(ClassificationDataModule):
     """ImageNet or your own images: ``data_dir/{train,val}/<class>/<image>``.
 
-    Train: RandomResizedCrop(image_size) + horizontal flip; eval: Resize(image_size / crop_pct) +
+    Train: RandomResizedCrop(image_size, scale, ratio) + horizontal flip, as one box and one flag per
+    crop so the soft-label cache can store and replay it exactly; eval: Resize(image_size / crop_pct) +
     CenterCrop(image_size) (crop_pct 0.875 = the paper's 256 -> 224). Both normalized with mean/std.
     """
 
@@ -41,12 +46,17 @@ class ImageFolderData(ClassificationDataModule):
         train_split: str = "train",
         val_split: str = "val",
         test_split: Optional[str] = None,
+        scale: tuple[float, float] = (0.08, 1.0),
+        ratio: tuple[float, float] = (3 / 4, 4 / 3),
+        soft_labels: Optional[SoftLabelCache] = None,
     ):
-        super().__init__(batch_size, num_workers)
+        super().__init__(batch_size, num_workers, soft_labels)
         self.data_dir = Path(data_dir)
         self.image_size = image_size
         self.crop_pct = crop_pct
         self.interpolation = interpolation
+        self.interpolation_mode = InterpolationMode(interpolation)
+        self.scale, self.ratio = tuple(scale), tuple(ratio)
         self._mean, self._std = tuple(mean), tuple(std)
         self.splits = (train_split, val_split, test_split or val_split)
         self.classes = self._scan_classes()
@@ -85,26 +95,63 @@ class ImageFolderData(ClassificationDataModule):
     def std(self) -> tuple[float, ...]:
         return self._std
 
-    def _transform(self, training: bool):
-        return create_transform(
-            input_size=self.image_size,
-            is_training=training,
-            color_jitter=None,
-            interpolation=self.interpolation,
-            mean=self._mean,
-            std=self._std,
-            crop_pct=self.crop_pct,
-        )
+    def sample_box(self, generator: Optional[torch.Generator], height: int, width: int) -> tuple[int, int, int, int]:
+        return random_resized_box(generator, height, width, self.scale, self.ratio)
 
-    def _dataset(self, split: str, training: bool) -> ImageFolder:
+    def crop_settings(self) -> dict:
+        return {"image_size": self.image_size, "scale": list(self.scale), "ratio": list(self.ratio),
+                "interpolation": self.interpolation, "flip": True}
+
+    def _eval_transform(self):
+        return create_transform(input_size=self.image_size, is_training=False, interpolation=self.interpolation,
+                                mean=self._mean, std=self._std, crop_pct=self.crop_pct)
+
+    def _dataset(self, split: str, transform) -> ImageFolder:
         folder = self.data_dir / split
         empty = [c for c in self.classes if not any(p.suffix.lower() in IMG_EXTENSIONS for p in (folder / c).iterdir())]
         if empty:
             raise DataError(f"Class folder '{folder / empty[0]}' has no images ({len(empty)} such folders): add images or remove it.")
-        return ImageFolder(str(folder), transform=self._transform(training), loader=load_rgb)
+        return ImageFolder(str(folder), transform=transform, loader=load_rgb)
 
     def build_datasets(self):
         train_split, val_split, test_split = self.splits
-        val = self._dataset(val_split, training=False)
-        test = val if test_split == val_split else self._dataset(test_split, training=False)
-        return self._dataset(train_split, training=True), val, test
+        self._finish = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(self._mean, self._std)])
+        self._raw_train = self._dataset(train_split, v2.PILToTensor())
+        val = self._dataset(val_split, self._eval_transform())
+        test = val if test_split == val_split else self._dataset(test_split, self._eval_transform())
+        crop = RandomCrop(self.scale, self.ratio, self.image_size, self.interpolation_mode, self._finish)
+        return self._dataset(train_split, v2.Compose([v2.PILToTensor(), crop])), val, test
+
+
+def random_resized_box(generator: Optional[torch.Generator], height: int, width: int, scale: tuple[float, float],
+                       ratio: tuple[float, float]) -> tuple[int, int, int, int]:
+    """A RandomResizedCrop box (top, left, height, width): torchvision's algorithm, drawn from ``generator``."""
+    area = height * width
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target_area = area * float(torch.empty(()).uniform_(*scale, generator=generator))
+        aspect = math.exp(float(torch.empty(()).uniform_(*log_ratio, generator=generator)))
+        w, h = round(math.sqrt(target_area * aspect)), round(math.sqrt(target_area / aspect))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(torch.randint(0, height - h + 1, (), generator=generator))
+            left = int(torch.randint(0, width - w + 1, (), generator=generator))
+            return top, left, h, w
+    in_ratio = width / height  # fallback: the central crop within the allowed aspect ratios
+    if in_ratio < ratio[0]:
+        w, h = width, round(width / ratio[0])
+    elif in_ratio > ratio[1]:
+        w, h = round(height * ratio[1]), height
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+class RandomCrop:
+    """The online training crop: a random box and flip, rendered exactly as the soft-label cache replays them."""
+
+    def __init__(self, scale, ratio, size: int, interpolation: InterpolationMode, finish):
+        self.scale, self.ratio, self.size, self.interpolation, self.finish = scale, ratio, size, interpolation, finish
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        box = random_resized_box(None, *image.shape[-2:], self.scale, self.ratio)
+        return self.finish(crop_and_flip(image, box, bool(torch.rand(()) < 0.5), self.size, self.interpolation))

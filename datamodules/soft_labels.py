@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
 from datamodules.errors import DataError
@@ -54,6 +55,8 @@ class SoftLabelStore:
     @classmethod
     def create_or_resume(cls, config: SoftLabelCache, num_images: int, num_classes: int, source: str, fingerprint: dict) -> "SoftLabelStore":
         folder = Path(config.dir)
+        if not 1 <= config.top_k <= num_classes or config.crops < 1:
+            raise DataError(f"soft_labels.top_k must be 1..{num_classes} (the classes) and crops >= 1, got {config.top_k} and {config.crops}.")
         meta = {"images": num_images, "crops": config.crops, "top_k": config.top_k, "classes": num_classes, "source": source,
                 "fingerprint": fingerprint}
         if (folder / "meta.json").is_file():
@@ -130,10 +133,14 @@ def fingerprint(raw: Dataset, teachers: list[tuple[str, torch.nn.Module]], crop:
 
 
 def images_digest(raw: Dataset) -> str:
-    """sha256 of the training images and labels in order (so another subset or other files differ)."""
-    if not (hasattr(raw, "images") and hasattr(raw, "labels")):
-        raise DataError(f"The soft-label cache cannot fingerprint a {type(raw).__name__}: use FashionMNISTData or CIFARData.")
+    """sha256 of the training images and labels in order (so another subset or other files differ); for folders, of the file list."""
     digest = hashlib.sha256()
+    if hasattr(raw, "samples") and hasattr(raw, "root"):  # an ImageFolder: its files (relative path, size) and labels
+        for path, label in raw.samples:
+            digest.update(f"{Path(path).relative_to(raw.root)}\t{Path(path).stat().st_size}\t{label}\n".encode())
+        return digest.hexdigest()
+    if not (hasattr(raw, "images") and hasattr(raw, "labels")):
+        raise DataError(f"The soft-label cache cannot fingerprint a {type(raw).__name__}: use an ImageFolder, CIFAR or Fashion-MNIST.")
     digest.update(np.ascontiguousarray(np.asarray(raw.images)).tobytes())
     digest.update(np.asarray(raw.labels, dtype=np.int64).tobytes())
     return digest.hexdigest()
@@ -157,12 +164,13 @@ def decode_soft_labels(values: torch.Tensor, indices: torch.Tensor, num_classes:
     return dense.scatter_(-1, indices.long(), values)
 
 
-def crop_and_flip(image: torch.Tensor, box: tuple[int, int, int, int], flip: bool, size: int) -> torch.Tensor:
-    """Apply a pixel box (top, left, height, width; may reach outside the image = zero padding)."""
+def crop_and_flip(image: torch.Tensor, box: tuple[int, int, int, int], flip: bool, size: int,
+                  interpolation: InterpolationMode = InterpolationMode.BILINEAR) -> torch.Tensor:
+    """Apply a pixel box (top, left, height, width; may reach outside the image = zero padding), resize to size, flip."""
     top, left, height, width = box
     out = F.crop(image, top, left, height, width)
     if (height, width) != (size, size):
-        out = F.resize(out, [size, size], antialias=True)
+        out = F.resize(out, [size, size], interpolation=interpolation, antialias=True)
     return F.horizontal_flip(out) if flip else out
 
 
@@ -177,11 +185,11 @@ def pixel_box(relative: np.ndarray, height: int, width: int) -> tuple[int, int, 
 
 
 class CropsToCache(Dataset):
-    """For each pending image: its R random crops (seeded by image index) ready for the teachers."""
+    """For each pending image: its R random crops (seeded by image index), rendered for the teachers."""
 
-    def __init__(self, raw: Dataset, pending: np.ndarray, crops: int, seed: int, sample_box, finish, size: int):
+    def __init__(self, raw: Dataset, pending: np.ndarray, crops: int, seed: int, sample_box, render):
         self.raw, self.pending, self.crops, self.seed = raw, pending, crops, seed
-        self.sample_box, self.finish, self.size = sample_box, finish, size
+        self.sample_box, self.render = sample_box, render
 
     def __len__(self) -> int:
         return len(self.pending)
@@ -197,15 +205,15 @@ class CropsToCache(Dataset):
             flip = bool(torch.randint(0, 2, (), generator=generator))
             boxes.append(relative_box(box, height, width))
             flips.append(flip)
-            images.append(self.finish(crop_and_flip(image, box, flip, self.size)))
+            images.append(self.render(image, box, flip))
         return {"index": index, "images": torch.stack(images), "boxes": torch.tensor(boxes), "flips": torch.tensor(flips)}
 
 
 class CachedCrops(Dataset):
     """Training items replayed from the cache: (image, label, soft target) for virtual index i * R + r."""
 
-    def __init__(self, raw: Dataset, store: SoftLabelStore, finish, size: int):
-        self.raw, self.store, self.finish, self.size = raw, store, finish, size
+    def __init__(self, raw: Dataset, store: SoftLabelStore, render):
+        self.raw, self.store, self.render = raw, store, render
         self.crops, self.classes = store.meta["crops"], store.meta["classes"]
 
     def __len__(self) -> int:
@@ -216,7 +224,7 @@ class CachedCrops(Dataset):
         image, label = self.raw[index]
         arrays = self.store.arrays
         box = pixel_box(arrays["boxes"][index, crop], *image.shape[-2:])
-        out = self.finish(crop_and_flip(image, box, bool(arrays["flips"][index, crop]), self.size))
+        out = self.render(image, box, bool(arrays["flips"][index, crop]))
         soft = decode_soft_labels(torch.from_numpy(np.array(arrays["values"][index, crop])),
                                   torch.from_numpy(np.array(arrays["indices"][index, crop])), self.classes)
         return out, label, soft

@@ -4,12 +4,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from fixtures import write_image_folder, write_meal_config_for_data, write_weights
 from fixtures import write_meal_config as write_config
-from fixtures import write_weights
+from PIL import Image
 
 from cli import main
 from datamodules.errors import DataError
-from datamodules.soft_labels import decode_soft_labels
+from datamodules.soft_labels import CachedCrops, decode_soft_labels, pixel_box
 
 
 def test_decoded_labels_keep_top_k_and_spread_the_rest_evenly():
@@ -36,9 +37,7 @@ def test_predict_writes_a_complete_cache_that_matches_the_teachers(tmp_path, mon
     assert (np.diff(arrays["values"].astype(np.float32), axis=-1) <= 0).all()
 
     # the replayed crop of image 5, crop 1 is what the teachers saw; its top-1 is theirs
-    from datamodules.soft_labels import CachedCrops
-
-    replay = CachedCrops(cli.datamodule.raw_train_set(), store, cli.datamodule.finish, 28)
+    replay = CachedCrops(cli.datamodule.raw_train_set(), store, cli.datamodule.render)
     image, _, soft = replay[5 * 3 + 1]
     with torch.no_grad():
         probabilities = cli.model.teachers(image[None]).float().softmax(-1).mean(0)[0]
@@ -116,3 +115,73 @@ def test_resuming_generation_with_another_top_k_is_refused(tmp_path, monkeypatch
     main(["predict", "--config", str(config), *cache_args(tmp_path, shard=0, num_shards=2)])
     with pytest.raises(DataError, match=r"made for other top_k \(4 != 5 now\)"):
         main(["predict", "--config", str(config), *cache_args(tmp_path, shard=1, num_shards=2, top_k=5)])
+
+
+@pytest.fixture
+def image_folder_cache(tmp_path, monkeypatch):
+    """`predict` over a JPEG ImageFolder (40x56 images, 3 crops each at 32 px), and its config."""
+    monkeypatch.chdir(tmp_path)
+    root = write_image_folder(tmp_path / "images", num_classes=3, train_per_class=4, val_per_class=2, size=40)
+    for path in (root / "train").rglob("*.JPEG"):  # non-square images, so boxes and resizes are not trivial
+        Image.open(path).resize((56, 40)).save(path, quality=90)
+    data = {"class_path": "ImageFolderData", "init_args": {"data_dir": str(root), "image_size": 32, "batch_size": 4, "num_workers": 0}}
+    config = write_meal_config_for_data(tmp_path, data, num_classes=3)
+    cli = main(["predict", "--config", str(config), *cache_args(tmp_path, top_k=2)])
+    return cli, config
+
+
+def test_image_folder_cache_stores_random_resized_crops_the_teachers_reproduce(image_folder_cache):
+    cli, _ = image_folder_cache
+    store, data = cli.datamodule.soft_label_store, cli.datamodule
+    boxes = np.array(store.arrays["boxes"])
+    assert np.array(store.arrays["done"]).all() and boxes.shape == (12, 3, 4)
+    assert (boxes[..., :2] >= 0).all() and (boxes[..., :2] + boxes[..., 2:] <= 1 + 1e-6).all()
+    area = boxes[..., 2] * boxes[..., 3]
+    assert (area >= 0.08 - 0.02).all() and (area <= 1.0 + 1e-6).all() and len(np.unique(area)) > 20
+
+    replay = CachedCrops(data.raw_train_set(), store, data.render)
+    for index, crop in [(0, 0), (7, 2), (11, 1)]:
+        image, _, soft = replay[index * 3 + crop]
+        assert image.shape == (3, 32, 32)
+        with torch.no_grad():
+            probabilities = cli.model.teachers(image[None]).float().softmax(-1).mean(0)[0]
+        top = np.array(store.arrays["indices"][index, crop]).astype(np.int64)
+        torch.testing.assert_close(soft[top], probabilities[top], atol=2e-3, rtol=0)
+
+
+def test_image_folder_replayed_crop_equals_the_online_crop_for_the_same_box_and_flip(image_folder_cache, monkeypatch):
+    cli, _ = image_folder_cache
+    store, data = cli.datamodule.soft_label_store, cli.datamodule
+    replay = CachedCrops(data.raw_train_set(), store, data.render)
+    online = data.train_set.transform  # what training without the cache applies to each decoded image
+    import datamodules.image_folder as image_folder
+
+    for index, crop in [(2, 0), (9, 1)]:
+        raw, _ = data.raw_train_set()[index]
+        box = pixel_box(store.arrays["boxes"][index, crop], *raw.shape[-2:])
+        flip = bool(store.arrays["flips"][index, crop])
+        monkeypatch.setattr(image_folder, "random_resized_box", lambda *args, box=box: box)
+        monkeypatch.setattr(image_folder.torch, "rand", lambda *args, flip=flip: torch.tensor(0.0 if flip else 1.0))
+        pil = Image.open(data.raw_train_set().samples[index][0]).convert("RGB")
+        assert torch.equal(online(pil), replay[index * 3 + crop][0])
+
+
+def test_cache_for_image_folders_refuses_changed_files(image_folder_cache, tmp_path):
+    _, config = image_folder_cache
+    extra = tmp_path / "images" / "train" / "class_0" / "extra.JPEG"
+    Image.new("RGB", (40, 40)).save(extra)
+    with pytest.raises(DataError, match="made for other (training images|number of training images)"):
+        main(["fit", "--config", str(config), *cache_args(tmp_path, top_k=2), "--model.init_args.soft_targets=cached",
+              "--model.init_args.cutmix_prob=0.0"])
+
+
+def test_training_from_an_image_folder_cache_runs_no_teacher(image_folder_cache, tmp_path, monkeypatch):
+    _, config = image_folder_cache
+    from lightning_modules.teachers import TeacherEnsemble
+
+    calls = []
+    original = TeacherEnsemble.forward
+    monkeypatch.setattr(TeacherEnsemble, "forward", lambda self, x: calls.append(1) or original(self, x))
+    cli = main(["fit", "--config", str(config), *cache_args(tmp_path, top_k=2), "--model.init_args.soft_targets=cached",
+                "--model.init_args.cutmix_prob=0.0", "--trainer.max_epochs=1", "--trainer.limit_val_batches=0"])
+    assert cli.trainer.global_step == 12 // 4 and calls == []  # each image once per epoch, through one of its stored crops
