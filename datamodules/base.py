@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision.transforms import InterpolationMode
 
 from datamodules.errors import DataError
-from datamodules.soft_labels import CachedCrops, CropsToCache, SoftLabelCache, SoftLabelStore, crop_and_flip, fingerprint
+from datamodules.soft_labels import CachedCrops, CropsToCache, SoftLabelCache, SoftLabelStore, concat_crops, crop_and_flip, fingerprint
 
 
 def global_seed() -> int:
@@ -27,12 +27,14 @@ class EpochShuffle(DistributedSampler):
     n-th index of the one global order, so n processes with batch B see exactly the batches one
     process sees with batch n x B (Lightning leaves a DistributedSampler as it is). ``generator``
     (reseeded with the order) also drives the DataLoader's worker seeds. With ``crops`` R > 1 it
-    yields virtual indices ``i * R + r`` of a cached-crop dataset, image i using crop (epoch + i) % R.
+    yields virtual indices ``i * R + r`` of a cached-crop dataset, image i starting at crop (epoch * m + i) % R
+    when each sample takes m consecutive crops (so the m crops of successive epochs do not repeat while m * epochs <= R).
     """
 
-    def __init__(self, length: int, seed: int, epoch: int = 0, crops: int = 1, num_replicas: int = 1, rank: int = 0):
+    def __init__(self, length: int, seed: int, epoch: int = 0, crops: int = 1, num_replicas: int = 1, rank: int = 0,
+                 per_sample: int = 1):
         super().__init__(range(length), num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=False)
-        self.crops = crops
+        self.crops, self.per_sample = crops, per_sample
         self.generator = torch.Generator()
         self.set_epoch(epoch)
 
@@ -46,7 +48,7 @@ class EpochShuffle(DistributedSampler):
     def __iter__(self) -> Iterator[int]:
         order = torch.randperm(len(self.dataset), generator=torch.Generator().manual_seed(self._epoch_seed()))
         if self.crops > 1:
-            order = order * self.crops + (order + self.epoch) % self.crops
+            order = order * self.crops + (order + self.epoch * self.per_sample) % self.crops
         order = order.tolist()
         order += order[: self.total_size - len(order)]  # equal shares: wrap around like DistributedSampler
         return iter(order[self.rank : self.total_size : self.num_replicas])
@@ -118,7 +120,7 @@ class ClassificationDataModule(L.LightningDataModule):
                                                                     self.cache_fingerprint(raw))
         elif stage == "fit" and not isinstance(self.train_set, CachedCrops):
             self.soft_label_store = SoftLabelStore.open(self.soft_labels, len(raw), self.num_classes, self.cache_fingerprint(raw))
-            self.train_set = CachedCrops(raw, self.soft_label_store, self.render)
+            self.train_set = CachedCrops(raw, self.soft_label_store, self.render, self.soft_labels.crops_per_sample)
 
     def cache_fingerprint(self, raw: Dataset) -> dict:
         """The soft-label cache's fingerprint for this data, crop settings and the trainer's teachers."""
@@ -141,19 +143,21 @@ class ClassificationDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         # Lightning creates the first iterator before calling set_epoch, so start at the trainer's epoch.
         epoch = self.trainer.current_epoch if self.trainer is not None else 0
-        crops = self.train_set.crops if isinstance(self.train_set, CachedCrops) else 1
+        cached = isinstance(self.train_set, CachedCrops)
+        crops, per_sample = (self.train_set.crops, self.train_set.per_sample) if cached else (1, 1)
         world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer is not None else (1, 0)
         images = len(self.train_set) // crops
         if images // world < self.batch_size:
             raise DataError(f"The training set has {images} images, {images // world} per device: fewer than one batch of "
                             f"{self.batch_size} (incomplete batches are dropped): lower data.batch_size or use more training images.")
-        sampler = EpochShuffle(images, global_seed(), epoch, crops, num_replicas=world, rank=rank)
+        sampler = EpochShuffle(images, global_seed(), epoch, crops, num_replicas=world, rank=rank, per_sample=per_sample)
         return DataLoader(
             self.train_set,
             batch_size=self.batch_size,
             sampler=sampler,
             generator=sampler.generator,
             drop_last=True,
+            collate_fn=concat_crops if per_sample > 1 else None,
             num_workers=self.num_workers,
             persistent_workers=False,  # workers re-seeded from (seed, epoch) every epoch
             pin_memory=torch.cuda.is_available(),

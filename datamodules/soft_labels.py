@@ -35,6 +35,8 @@ class SoftLabelCache:
 
     dir: the cache folder. crops: random crops stored per image. top_k: probabilities kept per crop.
     shard / num_shards: this process fills only images with index % num_shards == shard.
+    crops_per_sample: training takes this many stored crops from each decoded image (FKD's num_crops):
+        a batch of B images holds B x crops_per_sample crops, and decoding costs fall that many times.
     """
 
     dir: str
@@ -42,6 +44,7 @@ class SoftLabelCache:
     top_k: int = 5
     shard: int = 0
     num_shards: int = 1
+    crops_per_sample: int = 1
 
 
 class SoftLabelStore:
@@ -210,21 +213,34 @@ class CropsToCache(Dataset):
 
 
 class CachedCrops(Dataset):
-    """Training items replayed from the cache: (image, label, soft target) for virtual index i * R + r."""
+    """Training items replayed from the cache, for virtual index i * R + r: image i's stored crops r, r+1, ... (mod R).
 
-    def __init__(self, raw: Dataset, store: SoftLabelStore, render):
-        self.raw, self.store, self.render = raw, store, render
+    With ``per_sample`` m = 1 an item is (image, label, soft target); with m > 1 the m crops of one decoded
+    image come stacked ([m, C, H, W], [m], [m, K]) and ``concat_crops`` joins them into the batch.
+    """
+
+    def __init__(self, raw: Dataset, store: SoftLabelStore, render, per_sample: int = 1):
+        self.raw, self.store, self.render, self.per_sample = raw, store, render, per_sample
         self.crops, self.classes = store.meta["crops"], store.meta["classes"]
+        if not 1 <= per_sample <= self.crops:
+            raise DataError(f"soft_labels.crops_per_sample must be 1..{self.crops} (the crops stored per image), got {per_sample}.")
 
     def __len__(self) -> int:
         return len(self.raw) * self.crops
 
     def __getitem__(self, virtual: int):
-        index, crop = divmod(virtual, self.crops)
+        index, first = divmod(virtual, self.crops)
         image, label = self.raw[index]
         arrays = self.store.arrays
-        box = pixel_box(arrays["boxes"][index, crop], *image.shape[-2:])
-        out = self.render(image, box, bool(arrays["flips"][index, crop]))
-        soft = decode_soft_labels(torch.from_numpy(np.array(arrays["values"][index, crop])),
-                                  torch.from_numpy(np.array(arrays["indices"][index, crop])), self.classes)
-        return out, label, soft
+        crops = [(first + j) % self.crops for j in range(self.per_sample)]
+        images = [self.render(image, pixel_box(arrays["boxes"][index, c], *image.shape[-2:]), bool(arrays["flips"][index, c])) for c in crops]
+        soft = decode_soft_labels(torch.from_numpy(np.array(arrays["values"][index, crops])),
+                                  torch.from_numpy(np.array(arrays["indices"][index, crops])), self.classes)
+        if self.per_sample == 1:
+            return images[0], label, soft[0]
+        return torch.stack(images), torch.full((self.per_sample,), label), soft
+
+
+def concat_crops(items: list) -> list[torch.Tensor]:
+    """Collate items of m crops each into one batch of B x m crops."""
+    return [torch.cat(parts) for parts in zip(*(tuple(item) for item in items))]

@@ -185,3 +185,16 @@ def test_training_from_an_image_folder_cache_runs_no_teacher(image_folder_cache,
     cli = main(["fit", "--config", str(config), *cache_args(tmp_path, top_k=2), "--model.init_args.soft_targets=cached",
                 "--model.init_args.cutmix_prob=0.0", "--trainer.max_epochs=1", "--trainer.limit_val_batches=0"])
     assert cli.trainer.global_step == 12 // 4 and calls == []  # each image once per epoch, through one of its stored crops
+
+
+def test_several_crops_per_decoded_image_fill_the_batch_without_repeating(image_folder_cache, tmp_path):
+    _, config = image_folder_cache
+    cli = main(["fit", "--config", str(config), *cache_args(tmp_path, top_k=2, crops_per_sample=3), "--model.init_args.soft_targets=cached",
+                "--model.init_args.cutmix_prob=0.0", "--trainer.max_epochs=1", "--trainer.limit_val_batches=0"])
+    data = cli.datamodule
+    images, labels, soft = next(iter(data.train_dataloader()))
+    assert images.shape == (4 * 3, 3, 32, 32) and labels.shape == (12,) and soft.shape == (12, 3)
+    assert torch.equal(labels.view(4, 3), labels.view(4, 3)[:, :1].expand(4, 3))  # 3 crops of one image, side by side
+    first = data.train_set[5 * 3 + 2][0]  # image 5 from its crop 2: crops 2, 0, 1 (all of them, none twice)
+    assert [torch.equal(first[j], data.train_set[5 * 3 + c][0][0]) for j, c in enumerate((2, 0, 1))] == [True] * 3
+    assert cli.trainer.global_step == 12 // 4
