@@ -1,6 +1,7 @@
 """Shared DataModule plumbing: loaders, and the facts the CLI links into the model."""
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Iterator
 from typing import Optional
@@ -95,9 +96,9 @@ class ClassificationDataModule(L.LightningDataModule):
         """uint8 crop -> the model's input (dtype, channels, normalization)."""
         return self._finish(image)
 
-    def render(self, image: torch.Tensor, box: tuple[int, int, int, int], flip: bool) -> torch.Tensor:
-        """A training crop as the model sees it: box, resize to image_size, flip, normalize (online and cached alike)."""
-        return self.finish(crop_and_flip(image, box, flip, self.image_size, self.interpolation_mode))
+    def render(self, image: torch.Tensor, box: tuple[int, int, int, int], flip: bool, size: Optional[int] = None) -> torch.Tensor:
+        """A training crop as the model sees it: box, resize to ``size`` (image_size), flip, normalize (online and cached alike)."""
+        return self.finish(crop_and_flip(image, box, flip, size or self.image_size, self.interpolation_mode))
 
     def crop_settings(self) -> dict:
         """What decides a training crop besides its random box and flip (recorded in the soft-label cache's fingerprint)."""
@@ -137,7 +138,8 @@ class ClassificationDataModule(L.LightningDataModule):
             raise DataError("predict writes the soft-label cache: set data.init_args.soft_labels.dir.")
         cache = self.soft_labels
         pending = self.soft_label_store.pending(cache.shard, cache.num_shards)
-        dataset = CropsToCache(self.raw_train_set(), pending, cache.crops, global_seed(), self.sample_box, self.render)
+        render = functools.partial(self.render, size=cache.teacher_image_size)  # the teachers' resolution, if their own
+        dataset = CropsToCache(self.raw_train_set(), pending, cache.crops, global_seed(), self.sample_box, render)
         return DataLoader(dataset, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers)
 
     def train_dataloader(self) -> DataLoader:

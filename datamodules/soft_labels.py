@@ -17,6 +17,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -37,6 +38,8 @@ class SoftLabelCache:
     shard / num_shards: this process fills only images with index % num_shards == shard.
     crops_per_sample: training takes this many stored crops from each decoded image (FKD's num_crops):
         a batch of B images holds B x crops_per_sample crops, and decoding costs fall that many times.
+    teacher_image_size: the teachers see each stored crop at this resolution when the cache is made (boxes
+        are relative, so the student replays the same crop at its own size); None = the data's image_size.
     """
 
     dir: str
@@ -45,6 +48,7 @@ class SoftLabelCache:
     shard: int = 0
     num_shards: int = 1
     crops_per_sample: int = 1
+    teacher_image_size: Optional[int] = None
 
 
 class SoftLabelStore:
@@ -61,7 +65,7 @@ class SoftLabelStore:
         if not 1 <= config.top_k <= num_classes or config.crops < 1:
             raise DataError(f"soft_labels.top_k must be 1..{num_classes} (the classes) and crops >= 1, got {config.top_k} and {config.crops}.")
         meta = {"images": num_images, "crops": config.crops, "top_k": config.top_k, "classes": num_classes, "source": source,
-                "fingerprint": fingerprint}
+                "teacher_image_size": config.teacher_image_size, "fingerprint": fingerprint}
         if (folder / "meta.json").is_file():
             check_fingerprint(folder, json.loads((folder / "meta.json").read_text()), meta, "predict into another dir")
             return cls(folder, meta, "r+")
@@ -110,7 +114,7 @@ class SoftLabelStore:
 PARTS = {  # meta / fingerprint key -> what the user is told differs
     "images": "number of training images", "classes": "number of classes", "crops": "crops per image", "source": "data module",
     "data": "training images (data files or subset)", "teachers": "teachers (names or weights)", "crop": "crop settings",
-    "top_k": "top_k",
+    "top_k": "top_k", "teacher_image_size": "teacher resolution",
 }
 
 

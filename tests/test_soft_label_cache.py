@@ -198,3 +198,22 @@ def test_several_crops_per_decoded_image_fill_the_batch_without_repeating(image_
     first = data.train_set[5 * 3 + 2][0]  # image 5 from its crop 2: crops 2, 0, 1 (all of them, none twice)
     assert [torch.equal(first[j], data.train_set[5 * 3 + c][0][0]) for j, c in enumerate((2, 0, 1))] == [True] * 3
     assert cli.trainer.global_step == 12 // 4
+
+
+def test_teachers_label_the_same_crops_at_their_own_resolution(image_folder_cache, tmp_path):
+    cli, config = image_folder_cache
+    student_store = cli.datamodule.soft_label_store
+    high = main(["predict", "--config", str(config), *cache_args(tmp_path, top_k=2, dir=tmp_path / "cache48", teacher_image_size=48)])
+    store, data = high.datamodule.soft_label_store, high.datamodule
+    np.testing.assert_array_equal(np.array(store.arrays["boxes"]), np.array(student_store.arrays["boxes"]))  # same crops, seeded
+
+    raw, _ = data.raw_train_set()[4]
+    box = pixel_box(store.arrays["boxes"][4, 1], *raw.shape[-2:])
+    teacher_view = data.render(raw, box, bool(store.arrays["flips"][4, 1]), size=48)
+    with torch.no_grad():
+        probabilities = high.model.teachers(teacher_view[None]).float().softmax(-1).mean(0)[0]
+    top = np.array(store.arrays["indices"][4, 1]).astype(np.int64)
+    torch.testing.assert_close(torch.from_numpy(np.array(store.arrays["values"][4, 1])).float(), probabilities[top], atol=2e-3, rtol=0)
+    assert CachedCrops(data.raw_train_set(), store, data.render)[4 * 3 + 1][0].shape == (3, 32, 32)  # the student replays at 32
+    with pytest.raises(DataError, match=r"made for other teacher resolution \(48 != 64 now\)"):
+        main(["predict", "--config", str(config), *cache_args(tmp_path, top_k=2, dir=tmp_path / "cache48", teacher_image_size=64)])
