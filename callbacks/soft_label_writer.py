@@ -1,16 +1,51 @@
 """Writes the teachers' top-k predictions on stored crops into the DataModule's soft-label cache."""
 from __future__ import annotations
 
+import json
+import time
+
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.utilities import rank_zero_info
 
 
 class SoftLabelWriter(BasePredictionWriter):
     """With ``python cli.py predict``: each batch's crops, flips and top-k probabilities go to disk at
-    once (an interrupted run resumes with the images not yet marked done; shards write disjoint rows)."""
+    once (an interrupted run resumes with the images not yet marked done; shards write disjoint rows).
 
-    def __init__(self):
+    Before writing, the ensemble's own val top-1 is printed, logged (``predict/ensemble_val_top1``) and
+    recorded in ``meta.json``, so a wrong teacher file shows before hours of generation; at the end, the
+    storage per image and the generation rate are printed. ``check_batches`` limits that check (None: all).
+    """
+
+    def __init__(self, check_batches: int | None = None):
         super().__init__(write_interval="batch")
+        self.check_batches = check_batches
+        self._started, self._images = 0.0, 0
+
+    def on_predict_start(self, trainer: pl.Trainer, pl_module) -> None:
+        store = getattr(trainer.datamodule, "soft_label_store", None)
+        if store is None or getattr(pl_module, "teachers", None) is None:
+            return
+        correct = total = 0
+        with torch.no_grad():
+            for index, (images, labels) in enumerate(trainer.datamodule.val_dataloader()):
+                if self.check_batches is not None and index >= self.check_batches:
+                    break
+                images, labels = images.to(pl_module.device), labels.to(pl_module.device)
+                probabilities = pl_module.teachers(images).float().softmax(-1).mean(0)
+                correct += int((probabilities.argmax(-1) == labels).sum())
+                total += len(labels)
+        top1 = 100 * correct / max(total, 1)
+        rank_zero_info(f"Soft-label cache '{store.folder}': the teacher ensemble's val top-1 is {top1:.2f}% on {total} images; "
+                       "if that is not what your teachers score, stop now and check their weights.")
+        if trainer.logger is not None:
+            trainer.logger.log_metrics({"predict/ensemble_val_top1": top1}, step=0)
+        if trainer.is_global_zero:
+            store.meta["ensemble_val_top1"] = {"top1": round(top1, 2), "images": total}
+            (store.folder / "meta.json").write_text(json.dumps(store.meta))
+        self._started, self._images = time.perf_counter(), 0
 
     def write_on_batch_end(self, trainer: pl.Trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
         store = getattr(trainer.datamodule, "soft_label_store", None)
@@ -24,3 +59,14 @@ class SoftLabelWriter(BasePredictionWriter):
             values.half().cpu().numpy(),
             indices.cpu().numpy().astype(store.arrays["indices"].dtype),
         )
+        self._images += len(prediction["index"])
+
+    def on_predict_end(self, trainer: pl.Trainer, pl_module) -> None:
+        store = getattr(trainer.datamodule, "soft_label_store", None)
+        if store is None or not self._images:
+            return
+        seconds = time.perf_counter() - self._started
+        crops = store.meta["crops"]
+        rank_zero_info(f"Soft-label cache '{store.folder}': {self._images} images x {crops} crops in {seconds:.0f} s "
+                       f"({self._images / seconds:.1f} images/s, {self._images * crops / seconds:.0f} crops/s on this process); "
+                       f"{store.bytes_per_image()} bytes per image.")

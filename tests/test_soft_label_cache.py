@@ -1,6 +1,8 @@
 """The soft-label cache: written by `cli.py predict`, replayed by training without teachers."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -217,3 +219,15 @@ def test_teachers_label_the_same_crops_at_their_own_resolution(image_folder_cach
     assert CachedCrops(data.raw_train_set(), store, data.render)[4 * 3 + 1][0].shape == (3, 32, 32)  # the student replays at 32
     with pytest.raises(DataError, match=r"made for other teacher resolution \(48 != 64 now\)"):
         main(["predict", "--config", str(config), *cache_args(tmp_path, top_k=2, dir=tmp_path / "cache48", teacher_image_size=64)])
+
+
+def test_cache_generation_checks_the_ensemble_on_val_first_and_reports_its_cost(image_folder_cache):
+    cli, _ = image_folder_cache
+    meta = json.loads((cli.datamodule.soft_label_store.folder / "meta.json").read_text())
+    correct = total = 0
+    with torch.no_grad():
+        for images, labels in cli.datamodule.val_dataloader():
+            correct += int((cli.model.teachers(images).float().softmax(-1).mean(0).argmax(-1) == labels).sum())
+            total += len(labels)
+    assert meta["ensemble_val_top1"] == {"top1": round(100 * correct / total, 2), "images": 6}
+    assert cli.datamodule.soft_label_store.bytes_per_image() == 3 * (16 + 1 + 2 * 2 + 2 * 2) + 1  # boxes, flip, values, indices; done
