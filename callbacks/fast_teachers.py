@@ -1,14 +1,16 @@
 """Run the frozen teachers faster than the student: reduced precision, channels-last, folded BatchNorm."""
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Optional
 
 import lightning.pytorch as pl
 import torch
 from torch import nn
 from torch.fx.experimental import optimization as fx_optimization
 
-TeacherPrecision = Literal["32", "bf16", "16"]
+from lightning_modules.hardware import fast_precision
+
+TeacherPrecision = Literal["32", "bf16", "16"]  # = lightning_modules.hardware.FastPrecision
 _DTYPES = {"32": torch.float32, "bf16": torch.bfloat16, "16": torch.float16}
 
 
@@ -28,14 +30,15 @@ class FastTeachers(pl.Callback):
     """Teachers in ``precision`` (independent of the student's), channels-last, BatchNorm folded.
 
     The soft targets stay in fp32 (teachers return fp32 logits); the throughput benchmark reports
-    their argmax agreement and mean KL against the plain fp32 teachers. bf16/fp16 pay off on GPUs
-    (and CPUs with AMX/AVX-512 BF16); on other CPUs keep ``precision: "32"``.
+    their argmax agreement and mean KL against the plain fp32 teachers. ``precision`` None picks what
+    the device runs fast: bf16 on CUDA with bf16 and on CPUs with AVX-512-BF16 or AMX, fp16 on older
+    CUDA, fp32 elsewhere (bf16 emulated on other CPUs is slower than fp32).
     """
 
-    def __init__(self, precision: TeacherPrecision = "bf16", channels_last: bool = True, fold_bn: bool = True):
+    def __init__(self, precision: Optional[TeacherPrecision] = None, channels_last: bool = True, fold_bn: bool = True):
         super().__init__()
-        if precision not in _DTYPES:
-            raise ValueError(f"precision must be one of {sorted(_DTYPES)}, got '{precision}'.")
+        if precision is not None and precision not in _DTYPES:
+            raise ValueError(f"precision must be one of {sorted(_DTYPES)} or null (from the hardware), got '{precision}'.")
         self.precision = precision
         self.channels_last = channels_last
         self.fold_bn = fold_bn
@@ -44,8 +47,9 @@ class FastTeachers(pl.Callback):
         teachers = getattr(pl_module, "teachers", None)
         if teachers is None:
             return
+        precision = self.precision or fast_precision(trainer.strategy.root_device)
         for teacher in teachers:
-            accelerate_teacher(teacher, self.precision, self.channels_last, self.fold_bn)
+            accelerate_teacher(teacher, precision, self.channels_last, self.fold_bn)
 
 
 def accelerate_teacher(teacher: nn.Module, precision: TeacherPrecision, channels_last: bool, fold_bn: bool) -> None:

@@ -69,3 +69,18 @@ def test_throughput_benchmark_reports_every_mode(tmp_path):
     assert set(report["images_per_s"]) == {"floor", "online_fp32", "online_fast", "cached"}
     assert all(v > 0 for v in report["images_per_s"].values())
     assert report["fast_soft_targets"]["top1_agreement"] == 1.0 and "online_fast / online_fp32" in report["ratios"]
+
+
+@pytest.mark.parametrize("cpu_bf16, dtype", [(True, torch.bfloat16), (False, torch.float32)])
+def test_fast_teachers_pick_their_precision_from_the_hardware(tmp_path, monkeypatch, cpu_bf16, dtype):
+    import lightning_modules.hardware as hardware
+
+    monkeypatch.setattr(hardware, "cpu_has_bf16", lambda: cpu_bf16)
+    module = small_meal()
+    loader = DataLoader(TensorDataset(torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))), batch_size=4)
+    trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, default_root_dir=tmp_path, callbacks=[FastTeachers()])
+    trainer.fit(module, loader)
+    assert {p.dtype for t in module.teachers for p in t.parameters()} == {dtype}
+    assert {p.dtype for p in module.student.parameters()} == {torch.float32}
+    if not torch.cuda.is_available():  # the Trainer's precision for the demo follows the same rule on a CPU-only machine
+        assert hardware.fast_trainer_precision() == ("bf16-mixed" if cpu_bf16 else "32-true")
