@@ -6,14 +6,22 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 import callbacks  # noqa: F401  (makes the short class names resolvable)
 import datamodules  # noqa: F401
 import lightning_modules  # noqa: F401
-from callbacks import ExportStudent, FiniteLossGuard, LastCheckpoint, NonFiniteLossError, RestoreRandomState, SoftLabelWriter
+from callbacks import (
+    ExportStudent,
+    FiniteLossGuard,
+    HParamsWithResults,
+    LastCheckpoint,
+    NonFiniteLossError,
+    RestoreRandomState,
+    SoftLabelWriter,
+)
 from datamodules.base import ClassificationDataModule, DataError
 from lightning_modules.errors import ConfigError
 from lightning_modules.model_loading import ModelLoadingError
@@ -32,9 +40,11 @@ DEFAULTS = {
     "last_checkpoint.save_top_k": 1,
     "last_checkpoint.filename": "last",
     "last_checkpoint.enable_version_counter": False,
+    # every group's lr (student and discriminator), once per epoch
+    "lr_monitor.logging_interval": "epoch",
     "trainer.logger": {
         "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-        "init_args": {"save_dir": "runs", "name": "default"},
+        "init_args": {"save_dir": "runs", "name": "default", "default_hp_metric": False},
     },
 }
 NAMED_CHECKPOINTS = {"last", "best", "hpc", "registry"}
@@ -69,6 +79,8 @@ class MealCLI(LightningCLI):
         parser.add_lightning_class_args(FiniteLossGuard, "finite_loss_guard")
         parser.add_lightning_class_args(RestoreRandomState, "restore_random_state")
         parser.add_lightning_class_args(SoftLabelWriter, "soft_label_writer")
+        parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
+        parser.add_lightning_class_args(HParamsWithResults, "hparams_with_results")
         parser.add_argument("--overwrite", type=bool, default=False,
                             help="fit: replace the run already in the run directory (its checkpoints, exported student and logs)")
         parser.set_defaults(DEFAULTS)
@@ -122,8 +134,8 @@ class MealCLI(LightningCLI):
         if ckpt_path not in NAMED_CHECKPOINTS:
             checkpoint = check_checkpoint_file(ckpt_path)
             check_checkpoint_fits_model(checkpoint, ckpt_path, str(config.get("model.class_path", "")))
-        if subcommand == "fit":
-            continue_logger_version(config, ckpt_path)
+        if subcommand in ("fit", "validate", "test"):
+            continue_logger_version(config, ckpt_path)  # resumed curves, and evaluations, go to the checkpoint's run
 
     def before_fit(self) -> None:
         """A run directory that holds a run is resumed or replaced on request, never overwritten silently."""
@@ -204,7 +216,7 @@ def check_checkpoint_fits_model(checkpoint: dict, path: str, model_class: str) -
 
 
 def continue_logger_version(config, ckpt_path: str) -> None:
-    """Resume logs into the run directory the checkpoint came from, so TensorBoard curves continue."""
+    """Log into the run directory the checkpoint came from: resumed curves continue, evaluations sit with their run."""
     logger = config.get("trainer.logger")
     if logger is None or isinstance(logger, bool) or not str(logger.get("class_path", "")).endswith("TensorBoardLogger"):
         return

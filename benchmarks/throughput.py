@@ -85,7 +85,7 @@ def run(args) -> dict:
 
     def meal_step(soft_targets=None):
         optimizer.zero_grad(set_to_none=True)
-        module.distillation_losses(images, labels, soft_targets)["total"].backward()
+        module.distillation_losses(images, labels, soft_targets)["loss"].backward()
         optimizer.step()
 
     timing = dict(steps=args.steps, warmup=args.warmup, batch_size=args.batch_size, device=device)

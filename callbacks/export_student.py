@@ -51,7 +51,7 @@ class ExportStudent(pl.Callback):
             self._export(trainer, pl_module, root / "best", config)
 
     def _export(self, trainer: pl.Trainer, pl_module: pl.LightningModule, folder: Path, config: dict) -> None:
-        model = getattr(pl_module, "student", None) or pl_module.model
+        model = pl_module.network
         tensors = {k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous() for k, v in model.state_dict().items()}
         refuse_non_finite(tensors, f"exported student '{folder}'", trainer)
         if trainer.is_global_zero:

@@ -47,7 +47,13 @@ class Classifier(L.LightningModule):
         self.test_metrics = topk_accuracy(num_classes, "test/")
 
     def forward(self, images):
+        """Inference: the model's logits."""
         return self.model(images)
+
+    @property
+    def network(self):
+        """The trained network: what is evaluated, exported and deployed."""
+        return self.model
 
     def training_step(self, batch, batch_idx):
         images, labels = batch
@@ -57,13 +63,12 @@ class Classifier(L.LightningModule):
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
         self.train_top1(logits.detach(), labels)
         self.log("train/top1", self.train_top1, on_step=False, on_epoch=True)
-        self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=False, on_epoch=True)
         return loss
 
     def _evaluate(self, batch, stage: str, metrics) -> None:
         images, labels = batch
         check_images(images, self.hparams.in_chans)
-        logits = self.model(images)
+        logits = self(images)
         log_evaluation(self, stage, logits, labels, metrics)
 
     def validation_step(self, batch, batch_idx):
@@ -77,8 +82,14 @@ class Classifier(L.LightningModule):
         check_schedule(hp.schedule, hp.milestones, self.trainer.max_epochs)
         return build_optimizer([{"params": list(self.model.parameters()), "name": "model"}], hp.optimizer, hp.lr, hp.momentum, hp.weight_decay)
 
-    def on_train_epoch_start(self) -> None:
+    def set_epoch_hyperparameters(self, epoch: int) -> None:
         hp = self.hparams
-        factor = schedule_factor(hp.schedule, self.current_epoch, self.trainer.max_epochs, hp.milestones, hp.gamma)
+        factor = schedule_factor(hp.schedule, epoch, self.trainer.max_epochs, hp.milestones, hp.gamma)
         values = {"weight_decay": hp.weight_decay, **({"momentum": hp.momentum} if hp.optimizer == "sgd" else {})}
         set_epoch_hyperparameters(self.optimizers(use_pl_optimizer=False), {"model": hp.lr}, factor, **values)
+
+    def on_train_start(self) -> None:  # the first epoch, fresh or resumed: after the checkpoint's optimizer state
+        self.set_epoch_hyperparameters(self.current_epoch)
+
+    def on_train_epoch_end(self) -> None:  # the next epoch's, before callbacks (LearningRateMonitor) read it
+        self.set_epoch_hyperparameters(self.current_epoch + 1)

@@ -96,6 +96,15 @@ class MealV2(L.LightningModule):
         # Teachers are rebuilt from their sources, never stored in checkpoints (see state_dict).
         self.strict_loading = False
 
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Inference: the student's logits (the teachers and the discriminator only serve training)."""
+        return self.student(images)
+
+    @property
+    def network(self) -> torch.nn.Module:
+        """The trained network: what is evaluated, exported and deployed."""
+        return self.student
+
     @staticmethod
     def _build_teacher(source, num_classes, in_chans, data_mean, data_std) -> FrozenTeacher:
         model, hparams = create_model(source, num_classes, in_chans, keep_pretrained_head=True)
@@ -108,7 +117,7 @@ class MealV2(L.LightningModule):
     def distillation_losses(
         self, images: torch.Tensor, labels: Optional[torch.Tensor] = None, soft_targets: Optional[torch.Tensor] = None
     ) -> dict[str, torch.Tensor]:
-        """All MEAL V2 losses on one batch.
+        """All MEAL V2 losses on one batch: the total under ``loss``, its parts beside it.
 
         ``labels`` are used only by the hard-label ablation. ``soft_targets`` (cached ensemble
         probabilities) replace the teachers; the discriminator then sees their log-probabilities,
@@ -138,7 +147,7 @@ class MealV2(L.LightningModule):
         return {
             "kd": kd,
             "discriminator": d_loss,
-            "total": total,
+            "loss": total,
             "student_logits": student_logits,
             "soft_targets": soft_targets,
         }
@@ -157,15 +166,14 @@ class MealV2(L.LightningModule):
 
         self.log("train/kd_loss", out["kd"], on_step=True, on_epoch=True, prog_bar=True)
         self.log("train/discriminator_loss", out["discriminator"], on_step=True, on_epoch=True)
-        self.log("train/loss", out["total"], on_step=True, on_epoch=True)
+        self.log("train/loss", out["loss"], on_step=True, on_epoch=True)
         predictions = out["student_logits"].detach()
         self.train_agreement(predictions, out["soft_targets"].argmax(dim=-1))
         self.log("train/agreement", self.train_agreement, on_step=False, on_epoch=True)
         if not mixed:
             self.train_top1(predictions, labels)
             self.log("train/top1", self.train_top1, on_step=False, on_epoch=True)
-        self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=False, on_epoch=True)
-        return out["total"]
+        return out["loss"]
 
     def _cutmix(self, images: torch.Tensor) -> torch.Tensor:
         """Paste a random box from a shuffled copy of the batch (timm's box sampling)."""
@@ -197,7 +205,7 @@ class MealV2(L.LightningModule):
     def _evaluate(self, batch, stage: str, metrics) -> None:
         images, labels = batch
         check_images(images, self.hparams.in_chans)
-        logits = self.student(images)
+        logits = self(images)
         log_evaluation(self, stage, logits, labels, metrics)
         if self._teacher_eval_pending and not self.trainer.sanity_checking:
             teacher_logits = self.teachers(images)
@@ -248,11 +256,17 @@ class MealV2(L.LightningModule):
         """Each optimizer group's lr before the schedule: the discriminator's d_lr defaults to the student's lr."""
         return {"student": self.hparams.lr, "discriminator": self.hparams.d_lr if self.hparams.d_lr is not None else self.hparams.lr}
 
-    def on_train_epoch_start(self) -> None:
+    def set_epoch_hyperparameters(self, epoch: int) -> None:
         hp = self.hparams
-        factor = schedule_factor(hp.schedule, self.current_epoch, self.trainer.max_epochs, hp.milestones, hp.gamma)
+        factor = schedule_factor(hp.schedule, epoch, self.trainer.max_epochs, hp.milestones, hp.gamma)
         set_epoch_hyperparameters(self.optimizers(use_pl_optimizer=False), self.base_lrs(), factor,
                                   momentum=hp.momentum, weight_decay=hp.weight_decay)
+
+    def on_train_start(self) -> None:  # the first epoch, fresh or resumed: after the checkpoint's optimizer state
+        self.set_epoch_hyperparameters(self.current_epoch)
+
+    def on_train_epoch_end(self) -> None:  # the next epoch's, before callbacks (LearningRateMonitor) read it
+        self.set_epoch_hyperparameters(self.current_epoch + 1)
 
     def state_dict(self, *args, destination=None, prefix: str = "", keep_vars: bool = False):
         """Student and discriminator only: the frozen teachers are rebuilt from their sources."""

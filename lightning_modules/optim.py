@@ -1,7 +1,7 @@
 """Optimizer and learning-rate schedule shared by the LightningModules.
 
 The schedule is a pure function of the configuration and the epoch (as timm's schedulers are), applied
-at every epoch start: a resumed run follows the schedule it is given (a longer ``max_epochs``, a new
+when training starts (after a checkpoint's optimizer state is restored) and at every epoch end for the next: a resumed run follows the schedule it is given (a longer ``max_epochs``, a new
 ``lr``), not the one stored in its checkpoint, and what the config records is what ran.
 """
 from __future__ import annotations

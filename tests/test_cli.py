@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import pytest
 import yaml
-from fixtures import write_cifar, write_image_folder
+from fixtures import write_cifar, write_image_folder, write_meal_config
 from fixtures import write_meal_config_for_data as meal_config
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+import zoo
 from cli import main
 
 
@@ -60,3 +62,15 @@ def test_print_config_shows_every_knob(tmp_path, capsys):
     assert knobs["teachers"][0]["name"] == "cifar_resnet20" and "checkpoint" in knobs["teachers"][0]
     assert printed["checkpoint"]["monitor"] == "val/top1"
     assert printed["trainer"]["logger"]["class_path"].endswith("TensorBoardLogger")
+
+
+def test_runs_record_hparams_with_their_final_top1_and_every_groups_lr(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = write_meal_config(tmp_path)
+    main(["fit", "--config", str(config), "--trainer.max_epochs=1"])
+    main(["test", "--config", str(config), "--ckpt_path=last"])
+    run = tmp_path / "runs/meal/version_0"
+    tags = {tag for file in run.glob("events.out.tfevents.*") for tag in EventAccumulator(str(file)).Reload().Tags()["scalars"]}
+    assert {"hparams/val_top1", "hparams/test_top1", "lr-SGD/student", "lr-SGD/discriminator"} <= tags
+    assert "hp_metric" not in tags and "lr" not in tags
+    assert zoo.read_scalars(run, "hparams/val_top1") == zoo.read_scalars(run, "val/top1")[-1:]
