@@ -34,7 +34,10 @@ demo: setup data
 zoo: setup data
 	$(PY) demo.py --rebuild-zoo
 
+# Lint and format check (ruff, configured in pyproject.toml), then the whole test suite.
 test: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest
 
 clean:

@@ -1,4 +1,5 @@
 """Command line: ``python cli.py {fit,validate,test} --config configs/...yaml [--ckpt_path last]``."""
+
 from __future__ import annotations
 
 import shutil
@@ -57,7 +58,14 @@ class CheckpointError(ValueError):
 
 
 # Lightning's MisconfigurationException: one-line refusals such as accelerator 'gpu' without a GPU, max_epochs -2.
-USER_ERRORS = (CheckpointError, ConfigError, DataError, ModelLoadingError, NonFiniteLossError, MisconfigurationException)
+USER_ERRORS = (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    ModelLoadingError,
+    NonFiniteLossError,
+    MisconfigurationException,
+)
 
 
 def _user_error(error: BaseException):
@@ -81,8 +89,12 @@ class MealCLI(LightningCLI):
         parser.add_lightning_class_args(SoftLabelWriter, "soft_label_writer")
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         parser.add_lightning_class_args(HParamsWithResults, "hparams_with_results")
-        parser.add_argument("--overwrite", type=bool, default=False,
-                            help="fit: replace the run already in the run directory (its checkpoints, exported student and logs)")
+        parser.add_argument(
+            "--overwrite",
+            type=bool,
+            default=False,
+            help="fit: replace the run already in the run directory (its checkpoints, exported student and logs)",
+        )
         parser.set_defaults(DEFAULTS)
         if "return_predictions" in {action.dest for action in parser._actions}:
             parser.set_defaults({"return_predictions": False})  # predict writes the cache; keep nothing in memory
@@ -93,8 +105,10 @@ class MealCLI(LightningCLI):
         config = self.config.get(self.subcommand) if self.subcommand else self.config
         accelerator = str(config.get("trainer.accelerator") or "auto")
         if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
-            raise ConfigError(f"trainer.accelerator is '{accelerator}' but torch sees no CUDA GPU on this machine "
-                              "(torch.cuda.is_available() is False): use --trainer.accelerator cpu (or auto), or install a CUDA build of torch.")
+            raise ConfigError(
+                f"trainer.accelerator is '{accelerator}' but torch sees no CUDA GPU on this machine "
+                "(torch.cuda.is_available() is False): use --trainer.accelerator cpu (or auto), or install a CUDA build of torch."
+            )
 
     def instantiate_classes(self) -> None:
         try:
@@ -112,8 +126,10 @@ class MealCLI(LightningCLI):
         for source, target in LINKS:
             given, actual = config.get(f"model.init_args.{target}"), getattr(self.datamodule, source, None)
             if given is not None and actual is not None and _plain(given) != _plain(actual):
-                raise ConfigError(f"model.init_args.{target} is {_plain(given)} but the data gives {_plain(actual)}: the data's value is "
-                                  f"linked into the model and wins; set it on the data (data.init_args) or drop model.init_args.{target}.")
+                raise ConfigError(
+                    f"model.init_args.{target} is {_plain(given)} but the data gives {_plain(actual)}: the data's value is "
+                    f"linked into the model and wins; set it on the data (data.init_args) or drop model.init_args.{target}."
+                )
 
     def _parse_ckpt_path(self) -> None:
         """Check --ckpt_path before anything is built, and keep the given config.
@@ -141,7 +157,9 @@ class MealCLI(LightningCLI):
         """A run directory that holds a run is resumed or replaced on request, never overwritten silently."""
         config = self.config[self.subcommand]
         if self.trainer.max_epochs is not None and (self.trainer.max_epochs == 0 or self.trainer.max_epochs < -1):
-            raise ConfigError(f"trainer.max_epochs is {self.trainer.max_epochs}: give a positive number of epochs (or -1 for no limit).")
+            raise ConfigError(
+                f"trainer.max_epochs is {self.trainer.max_epochs}: give a positive number of epochs (or -1 for no limit)."
+            )
         if config.get("ckpt_path"):
             return
         run_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
@@ -163,13 +181,19 @@ def run_files(run_dir: Path) -> list[Path]:
     """What a finished or started ``fit`` leaves in its run directory: checkpoints, exported students, logs."""
     if not run_dir.is_dir():
         return []
-    return sorted([*run_dir.glob("checkpoints/*.ckpt"), *run_dir.glob("student"), *run_dir.glob("events.out.tfevents.*")])
+    return sorted(
+        [*run_dir.glob("checkpoints/*.ckpt"), *run_dir.glob("student"), *run_dir.glob("events.out.tfevents.*")]
+    )
 
 
 def run_directories(config) -> list[Path]:
     """Where this config's runs live: the TensorBoard version folders (the fixed one, or all), else default_root_dir."""
     logger = config.get("trainer.logger")
-    if logger is not None and not isinstance(logger, bool) and str(logger.get("class_path", "")).endswith("TensorBoardLogger"):
+    if (
+        logger is not None
+        and not isinstance(logger, bool)
+        and str(logger.get("class_path", "")).endswith("TensorBoardLogger")
+    ):
         args = logger.get("init_args") or {}
         run_root = Path(args.get("save_dir") or "runs") / (args.get("name") or "lightning_logs")
         version = args.get("version")
@@ -185,7 +209,9 @@ def find_named_checkpoint(config, name: str, subcommand: str) -> Path:
     if not candidates:
         where = ", ".join(str(p) for p in run_directories(config)) or "the logger's folder"
         fresh = " (drop --ckpt_path to start a new run)" if subcommand == "fit" else ""
-        raise CheckpointError(f"--ckpt_path {name}: no {name}*.ckpt under {where}: check the config's logger name/version{fresh}.")
+        raise CheckpointError(
+            f"--ckpt_path {name}: no {name}*.ckpt under {where}: check the config's logger name/version{fresh}."
+        )
     return max(candidates, key=lambda p: p.stat().st_mtime)
 
 
@@ -193,14 +219,24 @@ def check_checkpoint_file(path: str) -> dict:
     """Refuse a missing, corrupt or foreign --ckpt_path in one line, before anything is built; returns it memory-mapped."""
     file = Path(path)
     if not file.is_file():
-        raise CheckpointError(f"--ckpt_path '{path}' does not exist: give a .ckpt file written by this project, or 'last'.")
+        raise CheckpointError(
+            f"--ckpt_path '{path}' does not exist: give a .ckpt file written by this project, or 'last'."
+        )
     try:
         checkpoint = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"--ckpt_path '{path}' cannot be read ({reason[:200]}): it is corrupt or not a Lightning checkpoint.") from None
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "pytorch-lightning_version" not in checkpoint:
-        raise CheckpointError(f"--ckpt_path '{path}' is not a Lightning checkpoint: for plain weights use model.*.checkpoint instead.")
+        raise CheckpointError(
+            f"--ckpt_path '{path}' cannot be read ({reason[:200]}): it is corrupt or not a Lightning checkpoint."
+        ) from None
+    if (
+        not isinstance(checkpoint, dict)
+        or "state_dict" not in checkpoint
+        or "pytorch-lightning_version" not in checkpoint
+    ):
+        raise CheckpointError(
+            f"--ckpt_path '{path}' is not a Lightning checkpoint: for plain weights use model.*.checkpoint instead."
+        )
     return checkpoint
 
 
@@ -208,17 +244,25 @@ def check_checkpoint_fits_model(checkpoint: dict, path: str, model_class: str) -
     """A Classifier checkpoint does not resume MealV2, nor the reverse: say how to start from its weights instead."""
     prefixes = {key.split(".", 1)[0] for key in checkpoint["state_dict"]}
     if model_class.endswith("MealV2") and "student" not in prefixes and "model" in prefixes:
-        raise CheckpointError(f"--ckpt_path '{path}' is a Classifier checkpoint and cannot resume MealV2: to start the student "
-                              f"from its weights set model.init_args.student.checkpoint: {path} and drop --ckpt_path.")
+        raise CheckpointError(
+            f"--ckpt_path '{path}' is a Classifier checkpoint and cannot resume MealV2: to start the student "
+            f"from its weights set model.init_args.student.checkpoint: {path} and drop --ckpt_path."
+        )
     if model_class.endswith("Classifier") and "model" not in prefixes and "student" in prefixes:
-        raise CheckpointError(f"--ckpt_path '{path}' is a MealV2 checkpoint and cannot resume a Classifier: to start from its "
-                              f"student set model.init_args.model.checkpoint: {path} and drop --ckpt_path.")
+        raise CheckpointError(
+            f"--ckpt_path '{path}' is a MealV2 checkpoint and cannot resume a Classifier: to start from its "
+            f"student set model.init_args.model.checkpoint: {path} and drop --ckpt_path."
+        )
 
 
 def continue_logger_version(config, ckpt_path: str) -> None:
     """Log into the run directory the checkpoint came from: resumed curves continue, evaluations sit with their run."""
     logger = config.get("trainer.logger")
-    if logger is None or isinstance(logger, bool) or not str(logger.get("class_path", "")).endswith("TensorBoardLogger"):
+    if (
+        logger is None
+        or isinstance(logger, bool)
+        or not str(logger.get("class_path", "")).endswith("TensorBoardLogger")
+    ):
         return
     args = logger.get("init_args")
     if args is None or args.get("version") is not None:

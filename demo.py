@@ -11,6 +11,7 @@ plot of val top-1 per epoch under ``results/demo/seed<seed>/``.
     python demo.py --ablations     # also the paper's ablations (overlays in configs/fashion_mnist/ablations/)
     python demo.py --rebuild-zoo   # retrain the zoo from configs/fashion_mnist/zoo/ (see README for the time)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,8 +30,12 @@ ROOT = Path(__file__).resolve().parent
 CONFIGS = ROOT / "configs" / "fashion_mnist"
 MEAL_CONFIG = CONFIGS / "resnet8_from_resnet20+wrn_16_2.yaml"
 RUNS = Path("runs") / "fashion_mnist"  # relative to the seed's results folder, as in the configs
-SMOKE_ARGS = ("--trainer.max_epochs=1", "--trainer.limit_val_batches=2", "--data.init_args.train_subset=64",
-              "--data.init_args.batch_size=16")
+SMOKE_ARGS = (
+    "--trainer.max_epochs=1",
+    "--trainer.limit_val_batches=2",
+    "--data.init_args.train_subset=64",
+    "--data.init_args.batch_size=16",
+)
 
 
 @dataclass(frozen=True)
@@ -44,16 +49,21 @@ class Step:
 
 STEPS = [
     Step("zoo_evaluation", "zoo evaluation", (MEAL_CONFIG,), subcommand="validate"),
-    Step("baseline_resnet8_hard_labels", "baseline: init + hard labels", (CONFIGS / "baseline_resnet8_hard_labels.yaml",)),
+    Step(
+        "baseline_resnet8_hard_labels", "baseline: init + hard labels", (CONFIGS / "baseline_resnet8_hard_labels.yaml",)
+    ),
     Step("resnet8_from_resnet20+wrn_16_2", "MEAL V2 student", (MEAL_CONFIG,)),
-    *(Step(f"ablation_{name}", label, (MEAL_CONFIG, CONFIGS / "ablations" / f"{name}.yaml"), ablation=True) for name, label in (
-        ("no_discriminator", "ablation: no discriminator"),
-        ("adversarial_discriminator", "ablation: adversarial discriminator"),
-        ("hard_labels", "ablation: + hard labels in the loss"),
-        ("weight_decay_1e-4", "ablation: weight decay 1e-4"),
-        ("random_init", "ablation: random init"),
-        ("single_teacher", "ablation: single best teacher"),
-    )),
+    *(
+        Step(f"ablation_{name}", label, (MEAL_CONFIG, CONFIGS / "ablations" / f"{name}.yaml"), ablation=True)
+        for name, label in (
+            ("no_discriminator", "ablation: no discriminator"),
+            ("adversarial_discriminator", "ablation: adversarial discriminator"),
+            ("hard_labels", "ablation: + hard labels in the loss"),
+            ("weight_decay_1e-4", "ablation: weight decay 1e-4"),
+            ("random_init", "ablation: random init"),
+            ("single_teacher", "ablation: single best teacher"),
+        )
+    ),
 ]
 
 
@@ -78,7 +88,11 @@ class Pipeline:
         args = [sys.executable, str(ROOT / "cli.py"), step.subcommand]
         for config in step.configs:
             args += ["--config", str(config)]
-        args += [f"--seed_everything={self.seed}", f"--trainer.precision={self.precision}", f"--trainer.logger.init_args.name={step.name}"]
+        args += [
+            f"--seed_everything={self.seed}",
+            f"--trainer.precision={self.precision}",
+            f"--trainer.logger.init_args.name={step.name}",
+        ]
         if self.smoke:
             args += SMOKE_ARGS
         if self.data_dir:
@@ -110,8 +124,11 @@ class Pipeline:
         self.precision = self.precision or fast_trainer_precision()
         self.out.mkdir(parents=True, exist_ok=True)
         self.link_zoo()
-        print(f"MEAL V2 demo, seed {self.seed}, precision {self.precision}, zoo {self.zoo_dir}: "
-              + ", ".join(f"{m['name']} {m['val_top1']:.2f}%" for m in manifests), flush=True)
+        print(
+            f"MEAL V2 demo, seed {self.seed}, precision {self.precision}, zoo {self.zoo_dir}: "
+            + ", ".join(f"{m['name']} {m['val_top1']:.2f}%" for m in manifests),
+            flush=True,
+        )
         steps = self.steps()
         for index, step in enumerate(steps, 1):
             done = self.run_dir(step) / "done.json"
@@ -129,7 +146,9 @@ class Pipeline:
 
 def zoo_line(pipeline: Pipeline) -> str:
     evaluation = zoo_evaluation(pipeline)
-    return "zoo on the 10,000 test images: " + ", ".join(f"{k} {v:.2f}%" for k, v in evaluation.items() if v is not None)
+    return "zoo on the 10,000 test images: " + ", ".join(
+        f"{k} {v:.2f}%" for k, v in evaluation.items() if v is not None
+    )
 
 
 def zoo_evaluation(pipeline: Pipeline) -> dict[str, Optional[float]]:
@@ -151,18 +170,39 @@ def report(pipeline: Pipeline) -> dict:
     evaluation = zoo_evaluation(pipeline)
     arch = {m.label: manifests[m.name] for m in zoo.MODELS}
     teachers = [m for m in zoo.MODELS if m.role == "teacher"]
-    rows = [{"run": label, "epochs": None, "val_top1": value, "seconds": None,
-             "params": arch[label]["parameters"] if label in arch else sum(manifests[m.name]["parameters"] for m in teachers)}
-            for label, value in evaluation.items()]
+    rows = [
+        {
+            "run": label,
+            "epochs": None,
+            "val_top1": value,
+            "seconds": None,
+            "params": arch[label]["parameters"]
+            if label in arch
+            else sum(manifests[m.name]["parameters"] for m in teachers),
+        }
+        for label, value in evaluation.items()
+    ]
     curves = {}
     student_params = manifests["student_init_resnet8"]["parameters"]
     for step in pipeline.steps()[1:]:
         curve = [100 * v for v in zoo.read_scalars(pipeline.run_dir(step), "val/top1")]
         curves[step.label] = curve
         done = pipeline.run_dir(step) / "done.json"
-        rows.append({"run": step.label, "epochs": len(curve), "val_top1": curve[-1] if curve else None, "params": student_params,
-                     "seconds": json.loads(done.read_text())["seconds"] if done.is_file() else None})
-    result = {"seed": pipeline.seed, "precision": pipeline.precision, "rows": rows, **gaps({r["run"]: r["val_top1"] for r in rows})}
+        rows.append(
+            {
+                "run": step.label,
+                "epochs": len(curve),
+                "val_top1": curve[-1] if curve else None,
+                "params": student_params,
+                "seconds": json.loads(done.read_text())["seconds"] if done.is_file() else None,
+            }
+        )
+    result = {
+        "seed": pipeline.seed,
+        "precision": pipeline.precision,
+        "rows": rows,
+        **gaps({r["run"]: r["val_top1"] for r in rows}),
+    }
     (pipeline.out / "results.json").write_text(json.dumps(result, indent=2))
     (pipeline.out / "results.md").write_text(markdown_table(result))
     plot(curves, evaluation, pipeline.out / "val_top1.png")
@@ -176,8 +216,11 @@ def gaps(by_run: dict[str, Optional[float]]) -> dict:
     init, ensemble = by_run.get("student init (hard labels)"), by_run.get("teacher ensemble (mean of probabilities)")
     if None in (meal, baseline, init, ensemble):
         return {}
-    return {"meal_minus_baseline": meal - baseline, "meal_minus_init": meal - init,
-            "gap_closed": (meal - init) / (ensemble - init) if ensemble != init else None}
+    return {
+        "meal_minus_baseline": meal - baseline,
+        "meal_minus_init": meal - init,
+        "gap_closed": (meal - init) / (ensemble - init) if ensemble != init else None,
+    }
 
 
 def markdown_table(result: dict) -> str:
@@ -195,32 +238,48 @@ def markdown_table(result: dict) -> str:
         lines.append(f"| {row['run']} | {epochs} | {top1} | {row['params'] / 1e3:.0f}K | {seconds} |")
     if "meal_minus_baseline" in result:
         closed = f"{100 * result['gap_closed']:.0f}%" if result["gap_closed"] is not None else "n/a"
-        lines += ["", f"MEAL V2 - baseline: {result['meal_minus_baseline']:+.2f} points; MEAL V2 - init: "
-                  f"{result['meal_minus_init']:+.2f}; share of the init -> ensemble gap closed: {closed}."]
+        lines += [
+            "",
+            f"MEAL V2 - baseline: {result['meal_minus_baseline']:+.2f} points; MEAL V2 - init: "
+            f"{result['meal_minus_init']:+.2f}; share of the init -> ensemble gap closed: {closed}.",
+        ]
     return "\n".join(lines) + "\n"
 
 
 def summarize(results_dir: Path) -> dict:
     """Mean, sample std and per-seed values of every row and of the paired gaps over ``seed*/results.json``."""
-    results = sorted((json.loads(p.read_text()) for p in results_dir.glob("seed*/results.json")), key=lambda r: r["seed"])
+    results = sorted(
+        (json.loads(p.read_text()) for p in results_dir.glob("seed*/results.json")), key=lambda r: r["seed"]
+    )
     if not results:
         raise SystemExit(f"No seed*/results.json under {results_dir}: run `python demo.py` first.")
     rows = []
     for name in dict.fromkeys(row["run"] for result in results for row in result["rows"]):
-        values = {r["seed"]: row["val_top1"] for r in results for row in r["rows"] if row["run"] == name and row["val_top1"] is not None}
+        values = {
+            r["seed"]: row["val_top1"]
+            for r in results
+            for row in r["rows"]
+            if row["run"] == name and row["val_top1"] is not None
+        }
         if values:
             rows.append({"run": name, **spread(list(values.values())), "by_seed": values})
     paired = {}
-    for key, label, scale in (("meal_minus_baseline", "MEAL V2 - baseline (points)", 1),
-                              ("meal_minus_init", "MEAL V2 - init (points)", 1),
-                              ("gap_closed", "share of init -> ensemble gap closed (%)", 100)):
+    for key, label, scale in (
+        ("meal_minus_baseline", "MEAL V2 - baseline (points)", 1),
+        ("meal_minus_init", "MEAL V2 - init (points)", 1),
+        ("gap_closed", "share of init -> ensemble gap closed (%)", 100),
+    ):
         values = {r["seed"]: scale * r[key] for r in results if r.get(key) is not None}
         if values:
             paired[key] = {"run": label, **spread(list(values.values())), "by_seed": values}
     summary = {"seeds": [r["seed"] for r in results], "rows": rows, **paired}
-    lines = [f"Fashion-MNIST demo, seeds {summary['seeds']}: val top-1 (%) at the last epoch, mean and sample standard "
-             "deviation over the seeds; differences paired by seed (same init, same batches).", "",
-             "| run | seeds | mean | std | per seed |", "|---|---:|---:|---:|---|"]
+    lines = [
+        f"Fashion-MNIST demo, seeds {summary['seeds']}: val top-1 (%) at the last epoch, mean and sample standard "
+        "deviation over the seeds; differences paired by seed (same init, same batches).",
+        "",
+        "| run | seeds | mean | std | per seed |",
+        "|---|---:|---:|---:|---|",
+    ]
     for row in rows + list(paired.values()):
         form = "{:+.2f}" if "(points)" in row["run"] else "{:.2f}"
         per_seed = ", ".join(f"s{seed} " + form.format(v) for seed, v in row["by_seed"].items())
@@ -249,7 +308,7 @@ def plot(curves: dict[str, list[float]], evaluation: dict[str, Optional[float]],
     for label, values in curves.items():
         if values:
             axis.plot(range(1, len(values) + 1), values, marker="o", label=label)
-    for (label, value), style in zip(evaluation.items(), (":", "-.", "--", "-")):
+    for (label, value), style in zip(evaluation.items(), (":", "-.", "--", "-"), strict=False):
         if value is not None:
             axis.axhline(value, color="grey", linestyle=style, linewidth=1, label=f"{label} ({value:.2f})")
     axis.set_xlabel("epoch of training on from the zoo's student init")
@@ -265,14 +324,28 @@ def plot(curves: dict[str, list[float]], evaluation: dict[str, Optional[float]],
 def main(argv: Optional[list[str]] = None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seed", type=int, default=int(os.environ.get("SEED", "0")))
-    parser.add_argument("--out", type=Path, default=None,
-                        help="results folder (default results/demo/seed<seed>; with --summary the folder holding seed*/)")
-    parser.add_argument("--zoo", type=Path, default=zoo.ZOO_DIR, help="the model zoo folder (default zoo/fashion_mnist)")
-    parser.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST IDX files (default: Debian's, else download)")
-    parser.add_argument("--precision", default=None, help="Trainer precision (default: bf16-mixed where the hardware has bf16 units, else 32-true)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="results folder (default results/demo/seed<seed>; with --summary the folder holding seed*/)",
+    )
+    parser.add_argument(
+        "--zoo", type=Path, default=zoo.ZOO_DIR, help="the model zoo folder (default zoo/fashion_mnist)"
+    )
+    parser.add_argument(
+        "--data-dir", default=None, help="folder with the Fashion-MNIST IDX files (default: Debian's, else download)"
+    )
+    parser.add_argument(
+        "--precision",
+        default=None,
+        help="Trainer precision (default: bf16-mixed where the hardware has bf16 units, else 32-true)",
+    )
     parser.add_argument("--ablations", action="store_true", help="also run the paper's ablations")
     parser.add_argument("--summary", action="store_true", help="only summarize the seeds already run")
-    parser.add_argument("--rebuild-zoo", action="store_true", help="train the zoo from its configs and export it into --zoo")
+    parser.add_argument(
+        "--rebuild-zoo", action="store_true", help="train the zoo from its configs and export it into --zoo"
+    )
     parser.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)  # tiny runs, for the tests
     parser.add_argument("--no-progress-bar", action="store_true")
     args = parser.parse_args(argv)
@@ -281,12 +354,22 @@ def main(argv: Optional[list[str]] = None):
         return summarize((args.out or ROOT / "results" / "demo").resolve())
     if args.rebuild_zoo:
         work = (args.out or ROOT).resolve()
-        extra = (SMOKE_ARGS if args.smoke else ()) + (("--trainer.enable_progress_bar=false",) if args.no_progress_bar else ())
+        extra = (SMOKE_ARGS if args.smoke else ()) + (
+            ("--trainer.enable_progress_bar=false",) if args.no_progress_bar else ()
+        )
         return zoo.rebuild(args.zoo.resolve(), work, extra, data_dir)
     out = (args.out or ROOT / "results" / "demo" / f"seed{args.seed}").resolve()
     try:
-        return Pipeline(out, args.seed, args.zoo.resolve(), data_dir, args.precision, args.ablations, args.smoke,
-                        progress_bar=not args.no_progress_bar).run()
+        return Pipeline(
+            out,
+            args.seed,
+            args.zoo.resolve(),
+            data_dir,
+            args.precision,
+            args.ablations,
+            args.smoke,
+            progress_bar=not args.no_progress_bar,
+        ).run()
     except zoo.ZooError as error:
         raise SystemExit(f"error: {error}") from None
 

@@ -8,6 +8,7 @@ MEAL V2 configs load it like any user's weights: ``checkpoint: zoo/fashion_mnist
 
     python demo.py --rebuild-zoo     # train every zoo config, then export (see README for the time)
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -25,7 +26,18 @@ from typing import Optional
 ROOT = Path(__file__).resolve().parent
 ZOO_CONFIGS = ROOT / "configs" / "fashion_mnist" / "zoo"
 ZOO_DIR = ROOT / "zoo" / "fashion_mnist"
-FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+FASHION_MNIST_CLASSES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 FP16_TOLERANCE = 0.05  # val top-1 points fp16 weights may lose against fp32 before the zoo keeps fp32
 
 
@@ -65,12 +77,16 @@ def verify(zoo_dir: Path = ZOO_DIR) -> list[dict]:
     for model in MODELS:
         folder = zoo_dir / model.name
         if not (folder / "manifest.json").is_file() or not weights_path(zoo_dir, model.name).is_file():
-            raise ZooError(f"Zoo model '{folder}' is missing: run `python demo.py --rebuild-zoo` (or check out the repository's zoo/).")
+            raise ZooError(
+                f"Zoo model '{folder}' is missing: run `python demo.py --rebuild-zoo` (or check out the repository's zoo/)."
+            )
         manifest = json.loads((folder / "manifest.json").read_text())
         actual = sha256(weights_path(zoo_dir, model.name))
         if actual != manifest["sha256"]:
-            raise ZooError(f"Zoo weights '{weights_path(zoo_dir, model.name)}' do not match their manifest (sha256 {actual[:12]} "
-                           f"!= {manifest['sha256'][:12]}): restore them with git or run `python demo.py --rebuild-zoo`.")
+            raise ZooError(
+                f"Zoo weights '{weights_path(zoo_dir, model.name)}' do not match their manifest (sha256 {actual[:12]} "
+                f"!= {manifest['sha256'][:12]}): restore them with git or run `python demo.py --rebuild-zoo`."
+            )
         manifests.append(manifest)
     return manifests
 
@@ -86,7 +102,9 @@ def run_dir(work_dir: Path, model: ZooModel) -> Path:
     return work_dir / "runs" / "fashion_mnist" / "zoo" / model.name / "main"
 
 
-def rebuild(zoo_dir: Path = ZOO_DIR, work_dir: Path = ROOT, extra_args: tuple[str, ...] = (), data_dir: Optional[str] = None) -> list[dict]:
+def rebuild(
+    zoo_dir: Path = ZOO_DIR, work_dir: Path = ROOT, extra_args: tuple[str, ...] = (), data_dir: Optional[str] = None
+) -> list[dict]:
     """Train every zoo model (a finished run is reused, an interrupted one resumes), then export them all."""
     manifests = []
     for model in MODELS:
@@ -101,9 +119,23 @@ def rebuild(zoo_dir: Path = ZOO_DIR, work_dir: Path = ROOT, extra_args: tuple[st
             print(f"zoo: {model.name}: {shlex.join(command)}", flush=True)
             started = time.perf_counter()
             work_dir.mkdir(parents=True, exist_ok=True)
-            absolute = [sys.executable, str(ROOT / "cli.py"), "fit", "--config", str(ZOO_CONFIGS / f"{model.name}.yaml"), *command[5:]]
+            absolute = [
+                sys.executable,
+                str(ROOT / "cli.py"),
+                "fit",
+                "--config",
+                str(ZOO_CONFIGS / f"{model.name}.yaml"),
+                *command[5:],
+            ]
             subprocess.run(absolute, cwd=work_dir, check=True)
-            done.write_text(json.dumps({"seconds": round(time.perf_counter() - started, 1), "command": shlex.join(train_command(model, extra_args))}))
+            done.write_text(
+                json.dumps(
+                    {
+                        "seconds": round(time.perf_counter() - started, 1),
+                        "command": shlex.join(train_command(model, extra_args)),
+                    }
+                )
+            )
         manifests.append(export(model, folder, zoo_dir, json.loads(done.read_text()), data_dir))
     return manifests
 
@@ -132,14 +164,27 @@ def export(model: ZooModel, run: Path, zoo_dir: Path, done: dict, data_dir: Opti
     folder = zoo_dir / model.name
     folder.mkdir(parents=True, exist_ok=True)
     target = weights_path(zoo_dir, model.name)
-    data_config = {"mean": tuple(hparams["data_mean"]), "std": tuple(hparams["data_std"]), "input_size": (in_chans, 28, 28), "crop_pct": 1.0}
-    save_config_for_hf(network, str(folder / "config.json"), model_config={"label_names": FASHION_MNIST_CLASSES[:num_classes]},
-                       data_config=data_config)
+    data_config = {
+        "mean": tuple(hparams["data_mean"]),
+        "std": tuple(hparams["data_std"]),
+        "input_size": (in_chans, 28, 28),
+        "crop_pct": 1.0,
+    }
+    save_config_for_hf(
+        network,
+        str(folder / "config.json"),
+        model_config={"label_names": FASHION_MNIST_CLASSES[:num_classes]},
+        data_config=data_config,
+    )
 
     scores = {}
     for dtype in (torch.float32, torch.float16):
-        save_file({k: v.to(dtype if v.is_floating_point() else v.dtype).contiguous() for k, v in weights.items()}, str(target))
-        scores[str(dtype).removeprefix("torch.")], images = evaluate(ModelSource(arch, checkpoint=str(target)), num_classes, in_chans, data_args)
+        save_file(
+            {k: v.to(dtype if v.is_floating_point() else v.dtype).contiguous() for k, v in weights.items()}, str(target)
+        )
+        scores[str(dtype).removeprefix("torch.")], images = evaluate(
+            ModelSource(arch, checkpoint=str(target)), num_classes, in_chans, data_args
+        )
     kept = "float16" if scores["float16"] >= scores["float32"] - FP16_TOLERANCE else "float32"
     if kept == "float32":
         save_file({k: v.contiguous() for k, v in weights.items()}, str(target))
@@ -173,7 +218,10 @@ def export(model: ZooModel, run: Path, zoo_dir: Path, done: dict, data_dir: Opti
         "versions": versions(),
     }
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    print(f"zoo: {model.name}: val top-1 {scores[kept]:.2f} ({kept}; fp32 {scores['float32']:.2f}), {manifest['bytes'] / 1e6:.2f} MB", flush=True)
+    print(
+        f"zoo: {model.name}: val top-1 {scores[kept]:.2f} ({kept}; fp32 {scores['float32']:.2f}), {manifest['bytes'] / 1e6:.2f} MB",
+        flush=True,
+    )
     return manifest
 
 
@@ -184,7 +232,9 @@ def evaluate(source, num_classes: int, in_chans: int, data_args: dict) -> tuple[
     from datamodules import FashionMNISTData
     from lightning_modules.model_loading import create_model
 
-    data = FashionMNISTData(**{k: v for k, v in data_args.items() if k in ("data_dir", "in_chans", "download")}, batch_size=500)
+    data = FashionMNISTData(
+        **{k: v for k, v in data_args.items() if k in ("data_dir", "in_chans", "download")}, batch_size=500
+    )
     data.prepare_data()
     data.setup("validate")
     network, _ = create_model(source, num_classes, in_chans)
@@ -232,4 +282,9 @@ def versions() -> dict:
     import timm
     import torch
 
-    return {"python": platform.python_version(), "torch": torch.__version__, "lightning": lightning.__version__, "timm": timm.__version__}
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "lightning": lightning.__version__,
+        "timm": timm.__version__,
+    }

@@ -1,18 +1,24 @@
-"""Training throughput of the MEAL V2 step against its floor, on one device, in one run.
+"""Training throughput of the MEAL V2 step against its physical limit, on one device, in one run.
 
 Measures images/s of one optimizer step (forward, backward, SGD) on the same student, teachers,
 batch and image size for:
-  floor        the student alone on hard labels (the fastest any distillation step can be)
-  online_fp32  MEAL V2 with the teachers run plainly every step
-  online_fast  MEAL V2 with callbacks.FastTeachers (reduced precision / channels-last / folded BN)
-  cached       MEAL V2 from cached soft labels (no teacher in the step)
+  floor_*        the student alone on hard labels, at each setting (fp32 / bf16-mixed, +channels-last)
+  floor          the floor at the chosen student setting (--student-precision, --channels-last)
+  online_fp32    MEAL V2 with the teachers run plainly (fp32) every step
+  online_fast    MEAL V2 with callbacks.FastTeachers (precision from the hardware, channels-last, folded
+                 BN; --compile adds torch.compile, its compile time reported apart)
+  teachers_alone the fast teachers' inference alone
+  online_limit   1 / (1/floor + 1/teachers_alone): student step and teachers cannot overlap on one device
+  cached         MEAL V2 from cached soft labels (no teacher in the step)
 and how close the fast teachers' soft targets stay to fp32 (top-1 agreement, mean KL). Data loading
-is excluded: batches live on the device. Prints a Markdown table and writes JSON.
+is excluded: batches live on the device. On CUDA the peak memory of each step is reported too.
+Prints a Markdown table and writes JSON.
 
     python benchmarks/throughput.py                         # Fashion-MNIST-sized defaults, CPU here
     python benchmarks/throughput.py --device cuda --student resnet50 --teachers senet154 resnet152s \
-        --num-classes 1000 --image-size 224 --in-chans 3 --batch-size 64
+        --num-classes 1000 --image-size 224 --in-chans 3 --batch-size 128 --compile
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from callbacks.fast_teachers import accelerate_teacher  # noqa: E402
 from lightning_modules import MealV2  # noqa: E402
+from lightning_modules.hardware import fast_precision  # noqa: E402
 from lightning_modules.losses import ensemble_soft_targets  # noqa: E402
 
 
@@ -52,6 +59,16 @@ def images_per_second(step, batch_size: int, steps: int, warmup: int, device: to
     return best
 
 
+def measure(name: str, step, timing: dict, results: dict, memory: dict) -> None:
+    """images/s of ``step`` into ``results[name]``; on CUDA its peak memory (GiB) into ``memory[name]``."""
+    device = timing["device"]
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    results[name] = images_per_second(step, **timing)
+    if device.type == "cuda":
+        memory[name] = torch.cuda.max_memory_allocated(device) / 2**30
+
+
 def build(args, device: torch.device) -> MealV2:
     torch.manual_seed(0)
     module = MealV2(
@@ -73,38 +90,67 @@ def optimizer_for(module: MealV2) -> torch.optim.Optimizer:
 def run(args) -> dict:
     device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     generator = torch.Generator().manual_seed(0)
-    images = torch.randn(args.batch_size, args.in_chans, args.image_size, args.image_size, generator=generator).to(device)
+    shape = (args.batch_size, args.in_chans, args.image_size, args.image_size)
+    images = torch.randn(*shape, generator=generator).to(device)
     labels = torch.randint(0, args.num_classes, (args.batch_size,), generator=generator).to(device)
     module = build(args, device)
     optimizer = optimizer_for(module)
+    timing = dict(steps=args.steps, warmup=args.warmup, batch_size=args.batch_size, device=device)
+    results, memory = {}, {}
 
-    def floor_step():
+    def autocast(bf16: bool):
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+
+    def floor_step(bf16: bool):
         optimizer.zero_grad(set_to_none=True)
-        torch.nn.functional.cross_entropy(module.student(images), labels).backward()
+        with autocast(bf16):
+            loss = torch.nn.functional.cross_entropy(module.student(images).float(), labels)
+        loss.backward()
         optimizer.step()
+
+    student_bf16 = args.student_precision == "bf16-mixed"
+    for channels_last in (False, True):
+        module.student.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        for bf16 in (False, True):
+            name = f"floor_{'bf16' if bf16 else 'fp32'}{'_channels_last' if channels_last else ''}"
+            measure(name, lambda bf16=bf16: floor_step(bf16), timing, results, memory)
+    module.student.to(memory_format=torch.channels_last if args.channels_last else torch.contiguous_format)
+    results["floor"] = results[
+        f"floor_{'bf16' if student_bf16 else 'fp32'}{'_channels_last' if args.channels_last else ''}"
+    ]
 
     def meal_step(soft_targets=None):
         optimizer.zero_grad(set_to_none=True)
-        module.distillation_losses(images, labels, soft_targets)["loss"].backward()
+        with autocast(student_bf16):
+            loss = module.distillation_losses(images, labels, soft_targets)["loss"]
+        loss.backward()
         optimizer.step()
 
-    timing = dict(steps=args.steps, warmup=args.warmup, batch_size=args.batch_size, device=device)
-    results = {"floor": images_per_second(floor_step, **timing)}
-    results["online_fp32"] = images_per_second(meal_step, **timing)
+    measure("online_fp32", meal_step, timing, results, memory)
     with torch.no_grad():
         reference = ensemble_soft_targets(module.teachers(images))
-    results["cached"] = images_per_second(lambda: meal_step(reference), **timing)
+    measure("cached", lambda: meal_step(reference), timing, results, memory)
 
     for teacher in module.teachers:
         accelerate_teacher(teacher, args.teacher_precision, channels_last=args.channels_last, fold_bn=True)
-    results["online_fast"] = images_per_second(meal_step, **timing)
+        if args.compile:
+            teacher.model = torch.compile(teacher.model, dynamic=False)
+    synchronize(device)
+    started = time.perf_counter()
     with torch.no_grad():
-        fast = ensemble_soft_targets(module.teachers(images))
+        fast = ensemble_soft_targets(module.teachers(images))  # with --compile: the compile happens here
+    synchronize(device)
+    first_call_s = time.perf_counter() - started
+    measure("teachers_alone", lambda: module.teachers(images), timing, results, memory)
+    measure("online_fast", meal_step, timing, results, memory)
+    results["online_limit"] = 1 / (1 / results["floor"] + 1 / results["teachers_alone"])
     agreement = float((fast.argmax(-1) == reference.argmax(-1)).float().mean())
     kl = float((reference * (reference.clamp_min(1e-12).log() - fast.clamp_min(1e-12).log())).sum(-1).mean())
 
     report = {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+        "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
         "torch": torch.__version__,
         "student": args.student,
         "teachers": args.teachers,
@@ -112,14 +158,18 @@ def run(args) -> dict:
         "image_size": args.image_size,
         "in_chans": args.in_chans,
         "num_classes": args.num_classes,
+        "student_precision": args.student_precision,
         "teacher_precision": args.teacher_precision,
         "channels_last": args.channels_last,
+        "compile": args.compile,
+        "teachers_first_call_s": first_call_s,
         "images_per_s": results,
+        "peak_memory_gib": memory,
         "ratios": {
             "online_fast / online_fp32": results["online_fast"] / results["online_fp32"],
+            "online_fast / online_limit": results["online_fast"] / results["online_limit"],
+            "cached / floor": results["cached"] / results["floor"],
             "floor / cached": results["floor"] / results["cached"],
-            "floor / online_fp32": results["floor"] / results["online_fp32"],
-            "floor / online_fast": results["floor"] / results["online_fast"],
         },
         "fast_soft_targets": {"top1_agreement": agreement, "mean_kl": kl},
     }
@@ -127,20 +177,29 @@ def run(args) -> dict:
 
 
 def markdown(report: dict) -> str:
-    r, q = report["images_per_s"], report["ratios"]
+    r, q, memory = report["images_per_s"], report["ratios"], report["peak_memory_gib"]
     lines = [
-        f"{report['device']}, torch {report['torch']}; student {report['student']}, teachers {' + '.join(report['teachers'])}, "
-        f"batch {report['batch_size']}, {report['in_chans']}x{report['image_size']}x{report['image_size']}, {report['num_classes']} classes.",
+        f"{report['device']}, torch {report['torch']}; student {report['student']} ({report['student_precision']}, "
+        f"channels_last={report['channels_last']}), teachers {' + '.join(report['teachers'])}, batch {report['batch_size']}, "
+        f"{report['in_chans']}x{report['image_size']}x{report['image_size']}, {report['num_classes']} classes.",
         "",
-        "| step | images/s | vs floor |",
-        "|---|---:|---:|",
+        "| step | images/s | vs floor |" + (" peak GiB |" if memory else ""),
+        "|---|---:|---:|" + ("---:|" if memory else ""),
     ]
-    for name in ("floor", "online_fp32", "online_fast", "cached"):
-        lines.append(f"| {name} | {r[name]:.0f} | {r[name] / r['floor']:.2f}x |")
+    names = [n for n in r if n.startswith("floor_")]
+    names += ["floor", "online_fp32", "online_fast", "teachers_alone", "online_limit", "cached"]
+    for name in names:
+        mem = f" {memory[name]:.1f} |" if name in memory else (" |" if memory else "")
+        lines.append(f"| {name} | {r[name]:.0f} | {r[name] / r['floor']:.2f}x |{mem}")
     fast = report["fast_soft_targets"]
-    lines += ["", f"online_fast / online_fp32 = {q['online_fast / online_fp32']:.2f}x; floor / cached = {q['floor / cached']:.2f}x; "
-              f"fast teachers ({report['teacher_precision']}, channels_last={report['channels_last']}, folded BN): "
-              f"top-1 agreement {100 * fast['top1_agreement']:.2f}%, mean KL {fast['mean_kl']:.2e}."]
+    lines += [
+        "",
+        f"online_fast / online_fp32 = {q['online_fast / online_fp32']:.2f}x; online_fast / online_limit = "
+        f"{q['online_fast / online_limit']:.2f}x; cached / floor = {q['cached / floor']:.2f}x; fast teachers "
+        f"({report['teacher_precision']}, channels_last={report['channels_last']}, folded BN, compile={report['compile']}): "
+        f"top-1 agreement {100 * fast['top1_agreement']:.2f}%, mean KL {fast['mean_kl']:.2e}; their first call took "
+        f"{report['teachers_first_call_s']:.1f} s" + (" (the compile)." if report["compile"] else "."),
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -155,14 +214,19 @@ def main(argv=None) -> dict:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--teacher-precision", choices=["32", "bf16", "16"], default=None,
-                        help="default: bf16 on CUDA, 32 on CPU")
+    parser.add_argument(
+        "--teacher-precision", choices=["32", "bf16", "16"], default=None, help="default: from the hardware"
+    )
+    parser.add_argument(
+        "--student-precision", choices=["32", "bf16-mixed"], default=None, help="default: from the hardware"
+    )
     parser.add_argument("--no-channels-last", dest="channels_last", action="store_false")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the fast teachers")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "throughput.json")
     args = parser.parse_args(argv)
-    if args.teacher_precision is None:
-        cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
-        args.teacher_precision = "bf16" if cuda else "32"
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    args.teacher_precision = args.teacher_precision or fast_precision(device)
+    args.student_precision = args.student_precision or ("bf16-mixed" if fast_precision(device) == "bf16" else "32")
     report = run(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))

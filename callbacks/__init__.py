@@ -1,4 +1,5 @@
 """Trainer callbacks: memory format, exported students, loss guard, reproducible resume, soft-label cache, results in HParams."""
+
 from callbacks.channels_last import ChannelsLast
 from callbacks.export_student import ExportStudent
 from callbacks.fast_teachers import FastTeachers
@@ -8,4 +9,14 @@ from callbacks.last_checkpoint import LastCheckpoint
 from callbacks.rng_state import RestoreRandomState
 from callbacks.soft_label_writer import SoftLabelWriter
 
-__all__ = ["ChannelsLast", "ExportStudent", "FastTeachers", "FiniteLossGuard", "HParamsWithResults", "LastCheckpoint", "NonFiniteLossError", "RestoreRandomState", "SoftLabelWriter"]
+__all__ = [
+    "ChannelsLast",
+    "ExportStudent",
+    "FastTeachers",
+    "FiniteLossGuard",
+    "HParamsWithResults",
+    "LastCheckpoint",
+    "NonFiniteLossError",
+    "RestoreRandomState",
+    "SoftLabelWriter",
+]

@@ -1,4 +1,5 @@
 """Channels-last memory format for every convolution in the module (students and teachers)."""
+
 from __future__ import annotations
 
 import lightning.pytorch as pl

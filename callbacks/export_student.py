@@ -1,4 +1,5 @@
 """Write the student alone as timm-loadable weights for the best and the last epoch."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -52,7 +53,10 @@ class ExportStudent(pl.Callback):
 
     def _export(self, trainer: pl.Trainer, pl_module: pl.LightningModule, folder: Path, config: dict) -> None:
         model = pl_module.network
-        tensors = {k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous() for k, v in model.state_dict().items()}
+        tensors = {
+            k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous()
+            for k, v in model.state_dict().items()
+        }
         refuse_non_finite(tensors, f"exported student '{folder}'", trainer)
         if trainer.is_global_zero:
             _write(model, tensors, folder, config)

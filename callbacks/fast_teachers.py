@@ -1,4 +1,5 @@
 """Run the frozen teachers faster than the student: reduced precision, channels-last, folded BatchNorm."""
+
 from __future__ import annotations
 
 from typing import Literal, Optional
@@ -32,16 +33,29 @@ class FastTeachers(pl.Callback):
     The soft targets stay in fp32 (teachers return fp32 logits); the throughput benchmark reports
     their argmax agreement and mean KL against the plain fp32 teachers. ``precision`` None picks what
     the device runs fast: bf16 on CUDA with bf16 and on CPUs with AVX-512-BF16 or AMX, fp16 on older
-    CUDA, fp32 elsewhere (bf16 emulated on other CPUs is slower than fp32).
+    CUDA, fp32 elsewhere (bf16 emulated on other CPUs is slower than fp32). ``compile`` wraps each
+    teacher's inference in ``torch.compile`` (inductor, static shapes: one graph per input shape; the
+    first batch of each shape pays the compile time, which the throughput benchmark reports apart).
     """
 
-    def __init__(self, precision: Optional[TeacherPrecision] = None, channels_last: bool = True, fold_bn: bool = True):
+    def __init__(
+        self,
+        precision: Optional[TeacherPrecision] = None,
+        channels_last: bool = True,
+        fold_bn: bool = True,
+        compile: bool = False,
+        compile_mode: Optional[str] = None,
+    ):
         super().__init__()
         if precision is not None and precision not in _DTYPES:
-            raise ValueError(f"precision must be one of {sorted(_DTYPES)} or null (from the hardware), got '{precision}'.")
+            raise ValueError(
+                f"precision must be one of {sorted(_DTYPES)} or null (from the hardware), got '{precision}'."
+            )
         self.precision = precision
         self.channels_last = channels_last
         self.fold_bn = fold_bn
+        self.compile = compile
+        self.compile_mode = compile_mode
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         teachers = getattr(pl_module, "teachers", None)
@@ -50,6 +64,8 @@ class FastTeachers(pl.Callback):
         precision = self.precision or fast_precision(trainer.strategy.root_device)
         for teacher in teachers:
             accelerate_teacher(teacher, precision, self.channels_last, self.fold_bn)
+            if self.compile:
+                teacher.model = torch.compile(teacher.model, dynamic=False, mode=self.compile_mode)
 
 
 def accelerate_teacher(teacher: nn.Module, precision: TeacherPrecision, channels_last: bool, fold_bn: bool) -> None:

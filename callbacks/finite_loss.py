@@ -1,4 +1,5 @@
 """Stop on a non-finite training loss without a host sync every step; never save a non-finite tensor."""
+
 from __future__ import annotations
 
 import lightning.pytorch as pl
@@ -49,7 +50,11 @@ class FiniteLossGuard(pl.Callback):
 
 def non_finite_names(state_dict: dict[str, torch.Tensor]) -> list[str]:
     """Names of floating-point tensors holding NaN or inf (one host sync per call: for saves, not steps)."""
-    return [name for name, value in state_dict.items() if value.is_floating_point() and not bool(torch.isfinite(value).all())]
+    return [
+        name
+        for name, value in state_dict.items()
+        if value.is_floating_point() and not bool(torch.isfinite(value).all())
+    ]
 
 
 def refuse_non_finite(state_dict: dict[str, torch.Tensor], what: str, trainer) -> None:

@@ -1,4 +1,5 @@
 """Each run's hyperparameters with its final top-1 in TensorBoard's HParams tab, so runs line up for comparison."""
+
 from __future__ import annotations
 
 import lightning.pytorch as pl

@@ -1,4 +1,5 @@
 """``last.ckpt`` for resume, which after ``fit`` always holds the final state."""
+
 from __future__ import annotations
 
 import lightning.pytorch as pl

@@ -1,4 +1,5 @@
 """Random-number-generator states in checkpoints, so a resumed run draws what the straight run drew."""
+
 from __future__ import annotations
 
 import random
@@ -19,8 +20,13 @@ class RestoreRandomState(pl.Callback):
         version, python_state, gauss = random.getstate()
         state = {
             "torch": torch.get_rng_state(),
-            "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
-                      "has_gauss": int(has_gauss), "cached": float(cached)},
+            "numpy": {
+                "name": name,
+                "keys": torch.from_numpy(keys.astype(np.int64)),
+                "position": int(position),
+                "has_gauss": int(has_gauss),
+                "cached": float(cached),
+            },
             "python": {"version": version, "state": list(python_state), "gauss": gauss},
         }
         if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -30,8 +36,15 @@ class RestoreRandomState(pl.Callback):
     def load_state_dict(self, state_dict: dict) -> None:
         torch.set_rng_state(state_dict["torch"])
         numpy_state = state_dict["numpy"]
-        np.random.set_state((numpy_state["name"], numpy_state["keys"].numpy().astype(np.uint32), numpy_state["position"],
-                             numpy_state["has_gauss"], numpy_state["cached"]))
+        np.random.set_state(
+            (
+                numpy_state["name"],
+                numpy_state["keys"].numpy().astype(np.uint32),
+                numpy_state["position"],
+                numpy_state["has_gauss"],
+                numpy_state["cached"],
+            )
+        )
         python_state = state_dict["python"]
         random.setstate((python_state["version"], tuple(python_state["state"]), python_state["gauss"]))
         if "cuda" in state_dict and torch.cuda.is_available():

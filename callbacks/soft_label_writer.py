@@ -1,4 +1,5 @@
 """Writes the teachers' top-k predictions on stored crops into the DataModule's soft-label cache."""
+
 from __future__ import annotations
 
 import json
@@ -38,8 +39,10 @@ class SoftLabelWriter(BasePredictionWriter):
                 correct += int((probabilities.argmax(-1) == labels).sum())
                 total += len(labels)
         top1 = 100 * correct / max(total, 1)
-        rank_zero_info(f"Soft-label cache '{store.folder}': the teacher ensemble's val top-1 is {top1:.2f}% on {total} images; "
-                       "if that is not what your teachers score, stop now and check their weights.")
+        rank_zero_info(
+            f"Soft-label cache '{store.folder}': the teacher ensemble's val top-1 is {top1:.2f}% on {total} images; "
+            "if that is not what your teachers score, stop now and check their weights."
+        )
         if trainer.logger is not None:
             trainer.logger.log_metrics({"predict/ensemble_val_top1": top1}, step=0)
         if trainer.is_global_zero:
@@ -47,7 +50,9 @@ class SoftLabelWriter(BasePredictionWriter):
             (store.folder / "meta.json").write_text(json.dumps(store.meta))
         self._started, self._images = time.perf_counter(), 0
 
-    def write_on_batch_end(self, trainer: pl.Trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
+    def write_on_batch_end(
+        self, trainer: pl.Trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0
+    ):
         store = getattr(trainer.datamodule, "soft_label_store", None)
         if store is None or not isinstance(prediction, dict) or "probabilities" not in prediction:
             return
@@ -67,6 +72,8 @@ class SoftLabelWriter(BasePredictionWriter):
             return
         seconds = time.perf_counter() - self._started
         crops = store.meta["crops"]
-        rank_zero_info(f"Soft-label cache '{store.folder}': {self._images} images x {crops} crops in {seconds:.0f} s "
-                       f"({self._images / seconds:.1f} images/s, {self._images * crops / seconds:.0f} crops/s on this process); "
-                       f"{store.bytes_per_image()} bytes per image.")
+        rank_zero_info(
+            f"Soft-label cache '{store.folder}': {self._images} images x {crops} crops in {seconds:.0f} s "
+            f"({self._images / seconds:.1f} images/s, {self._images * crops / seconds:.0f} crops/s on this process); "
+            f"{store.bytes_per_image()} bytes per image."
+        )

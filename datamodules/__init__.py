@@ -1,4 +1,5 @@
 """LightningDataModules: ImageNet-style folders, CIFAR, and the embedded Fashion-MNIST default."""
+
 from datamodules.base import ClassificationDataModule, DataError
 from datamodules.cifar import CIFARData
 from datamodules.fashion_mnist import FashionMNISTData

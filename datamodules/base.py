@@ -1,4 +1,5 @@
 """Shared DataModule plumbing: loaders, and the facts the CLI links into the model."""
+
 from __future__ import annotations
 
 import functools
@@ -12,7 +13,15 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision.transforms import InterpolationMode
 
 from datamodules.errors import DataError
-from datamodules.soft_labels import CachedCrops, CropsToCache, SoftLabelCache, SoftLabelStore, concat_crops, crop_and_flip, fingerprint
+from datamodules.soft_labels import (
+    CachedCrops,
+    CropsToCache,
+    SoftLabelCache,
+    SoftLabelStore,
+    concat_crops,
+    crop_and_flip,
+    fingerprint,
+)
 
 
 def global_seed() -> int:
@@ -32,8 +41,16 @@ class EpochShuffle(DistributedSampler):
     when each sample takes m consecutive crops (so the m crops of successive epochs do not repeat while m * epochs <= R).
     """
 
-    def __init__(self, length: int, seed: int, epoch: int = 0, crops: int = 1, num_replicas: int = 1, rank: int = 0,
-                 per_sample: int = 1):
+    def __init__(
+        self,
+        length: int,
+        seed: int,
+        epoch: int = 0,
+        crops: int = 1,
+        num_replicas: int = 1,
+        rank: int = 0,
+        per_sample: int = 1,
+    ):
         super().__init__(range(length), num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=False)
         self.crops, self.per_sample = crops, per_sample
         self.generator = torch.Generator()
@@ -89,14 +106,18 @@ class ClassificationDataModule(L.LightningDataModule):
     def raw_train_set(self) -> Dataset:
         """Training images before augmentation, as (uint8 tensor [C, H, W], label): for the soft-label cache."""
         if self._raw_train is None:
-            raise DataError(f"{type(self).__name__} does not support the soft-label cache yet: use FashionMNISTData or CIFARData.")
+            raise DataError(
+                f"{type(self).__name__} does not support the soft-label cache yet: use FashionMNISTData or CIFARData."
+            )
         return self._raw_train
 
     def finish(self, image: torch.Tensor) -> torch.Tensor:
         """uint8 crop -> the model's input (dtype, channels, normalization)."""
         return self._finish(image)
 
-    def render(self, image: torch.Tensor, box: tuple[int, int, int, int], flip: bool, size: Optional[int] = None) -> torch.Tensor:
+    def render(
+        self, image: torch.Tensor, box: tuple[int, int, int, int], flip: bool, size: Optional[int] = None
+    ) -> torch.Tensor:
         """A training crop as the model sees it: box, resize to ``size`` (image_size), flip, normalize (online and cached alike)."""
         return self.finish(crop_and_flip(image, box, flip, size or self.image_size, self.interpolation_mode))
 
@@ -117,10 +138,13 @@ class ClassificationDataModule(L.LightningDataModule):
             return
         raw = self.raw_train_set()
         if stage == "predict" and self.soft_label_store is None:
-            self.soft_label_store = SoftLabelStore.create_or_resume(self.soft_labels, len(raw), self.num_classes, type(self).__name__,
-                                                                    self.cache_fingerprint(raw))
+            self.soft_label_store = SoftLabelStore.create_or_resume(
+                self.soft_labels, len(raw), self.num_classes, type(self).__name__, self.cache_fingerprint(raw)
+            )
         elif stage == "fit" and not isinstance(self.train_set, CachedCrops):
-            self.soft_label_store = SoftLabelStore.open(self.soft_labels, len(raw), self.num_classes, self.cache_fingerprint(raw))
+            self.soft_label_store = SoftLabelStore.open(
+                self.soft_labels, len(raw), self.num_classes, self.cache_fingerprint(raw)
+            )
             self.train_set = CachedCrops(raw, self.soft_label_store, self.render, self.soft_labels.crops_per_sample)
 
     def cache_fingerprint(self, raw: Dataset) -> dict:
@@ -130,7 +154,9 @@ class ClassificationDataModule(L.LightningDataModule):
         if teachers is None:
             raise DataError("The soft-label cache belongs to MealV2's teachers: use it with model MealV2.")
         names = [t["name"] for t in module.hparams.teachers]
-        return fingerprint(raw, [(name, teacher.model) for name, teacher in zip(names, teachers)], self.crop_settings())
+        return fingerprint(
+            raw, [(name, teacher.model) for name, teacher in zip(names, teachers, strict=True)], self.crop_settings()
+        )
 
     def predict_dataloader(self) -> DataLoader:
         """The training images still missing from the soft-label cache, R seeded crops each."""
@@ -150,9 +176,13 @@ class ClassificationDataModule(L.LightningDataModule):
         world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer is not None else (1, 0)
         images = len(self.train_set) // crops
         if images // world < self.batch_size:
-            raise DataError(f"The training set has {images} images, {images // world} per device: fewer than one batch of "
-                            f"{self.batch_size} (incomplete batches are dropped): lower data.batch_size or use more training images.")
-        sampler = EpochShuffle(images, global_seed(), epoch, crops, num_replicas=world, rank=rank, per_sample=per_sample)
+            raise DataError(
+                f"The training set has {images} images, {images // world} per device: fewer than one batch of "
+                f"{self.batch_size} (incomplete batches are dropped): lower data.batch_size or use more training images."
+            )
+        sampler = EpochShuffle(
+            images, global_seed(), epoch, crops, num_replicas=world, rank=rank, per_sample=per_sample
+        )
         return DataLoader(
             self.train_set,
             batch_size=self.batch_size,

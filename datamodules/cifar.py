@@ -1,4 +1,5 @@
 """CIFAR-10 / CIFAR-100 in torchvision's on-disk format (python pickles), standard augmentation."""
+
 from __future__ import annotations
 
 import pickle
@@ -35,14 +36,18 @@ class CIFARPickles(Dataset):
         for name in train_files if train else test_files:
             path = root / folder / name
             if not path.is_file():
-                raise DataError(f"{variant} file '{path}' not found: set data.download=true or point data.data_dir at it.")
+                raise DataError(
+                    f"{variant} file '{path}' not found: set data.download=true or point data.data_dir at it."
+                )
             try:
                 with open(path, "rb") as handle:
                     batch = pickle.load(handle, encoding="latin1")
                 images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
                 labels.extend(int(v) for v in batch[label_key])
             except (pickle.UnpicklingError, KeyError, ValueError, EOFError) as err:
-                raise DataError(f"{variant} file '{path}' is corrupt ({type(err).__name__}): delete it and download again.") from None
+                raise DataError(
+                    f"{variant} file '{path}' is corrupt ({type(err).__name__}): delete it and download again."
+                ) from None
         self.images = np.concatenate(images)
         self.labels = labels
         self.transform = transform
@@ -99,14 +104,20 @@ class CIFARData(ClassificationDataModule):
 
     def prepare_data(self) -> None:
         if self.download:
-            with downloading(self.variant, str(self.data_dir), f"Put the python-version files under {self.data_dir} and set data.download=false"):
+            with downloading(
+                self.variant,
+                str(self.data_dir),
+                f"Put the python-version files under {self.data_dir} and set data.download=false",
+            ):
                 for train in (True, False):
                     self._downloader(str(self.data_dir), train=train, download=True)
 
     def build_datasets(self):
         self._finish = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(self._mean, self._std)])
         to_tensor = v2.PILToTensor()
-        train_tf = v2.Compose([to_tensor, v2.RandomCrop(32, padding=self.crop_padding), v2.RandomHorizontalFlip(), self._finish])
+        train_tf = v2.Compose(
+            [to_tensor, v2.RandomCrop(32, padding=self.crop_padding), v2.RandomHorizontalFlip(), self._finish]
+        )
         train = CIFARPickles(self.data_dir, self.variant, train=True, transform=train_tf)
         test = CIFARPickles(self.data_dir, self.variant, train=False, transform=v2.Compose([to_tensor, self._finish]))
         self._raw_train = CIFARPickles(self.data_dir, self.variant, train=True, transform=to_tensor)

@@ -1,4 +1,5 @@
 """The data modules' one error type, and downloads that fail in one line."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator

@@ -1,4 +1,5 @@
 """Fashion-MNIST, the embedded default: the real 70,000 images from IDX files on disk."""
+
 from __future__ import annotations
 
 import gzip
@@ -34,7 +35,9 @@ def read_idx(path: Path) -> np.ndarray:
         with opener(path, "rb") as handle:
             raw = handle.read()
     except (OSError, EOFError) as err:
-        raise DataError(f"Cannot read '{path}' ({err}): the file is corrupt; delete it and get the data again.") from None
+        raise DataError(
+            f"Cannot read '{path}' ({err}): the file is corrupt; delete it and get the data again."
+        ) from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
         raise DataError(f"'{path}' is not a uint8 IDX file: expected Fashion-MNIST's original files.")
     ndim = raw[3]
@@ -132,7 +135,11 @@ class FashionMNISTData(ClassificationDataModule):
         except DataError:
             if not self.download:
                 raise
-            with downloading("Fashion-MNIST", str(self.data_dir), f"Without network: {HOW_TO_GET.replace(', set data.download=true', '')}"):
+            with downloading(
+                "Fashion-MNIST",
+                str(self.data_dir),
+                f"Without network: {HOW_TO_GET.replace(', set data.download=true', '')}",
+            ):
                 for train in (True, False):
                     datasets.FashionMNIST(str(self.data_dir), train=train, download=True)
 
@@ -141,7 +148,9 @@ class FashionMNISTData(ClassificationDataModule):
         images = read_idx(find_idx(folder, images_stem))
         labels = read_idx(find_idx(folder, labels_stem))
         if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-            raise DataError(f"Fashion-MNIST {split} files in '{folder}' disagree: {images.shape} images, {labels.shape} labels.")
+            raise DataError(
+                f"Fashion-MNIST {split} files in '{folder}' disagree: {images.shape} images, {labels.shape} labels."
+            )
         return torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))
 
     def build_datasets(self):
@@ -152,7 +161,9 @@ class FashionMNISTData(ClassificationDataModule):
         folder = self.locate()
         train_images, train_labels = self._split(folder, "train")
         if self.train_subset is not None and self.train_subset < len(train_labels):
-            keep = torch.randperm(len(train_labels), generator=torch.Generator().manual_seed(self.subset_seed))[: self.train_subset]
+            keep = torch.randperm(len(train_labels), generator=torch.Generator().manual_seed(self.subset_seed))[
+                : self.train_subset
+            ]
             train_images, train_labels = train_images[keep], train_labels[keep]
         self._raw_train = TensorImages(train_images, train_labels, transform=None)
         test = TensorImages(*self._split(folder, "test"), self._finish)

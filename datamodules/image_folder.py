@@ -1,4 +1,5 @@
 """ImageNet-style data: an ImageFolder root with ``train/`` and ``val/``, and the method's transforms."""
+
 from __future__ import annotations
 
 import math
@@ -63,7 +64,9 @@ class ImageFolderData(ClassificationDataModule):
 
     def _scan_classes(self) -> list[str]:
         if not self.data_dir.is_dir():
-            raise DataError(f"Data folder '{self.data_dir}' does not exist: set data.data_dir to your ImageFolder root.")
+            raise DataError(
+                f"Data folder '{self.data_dir}' does not exist: set data.data_dir to your ImageFolder root."
+            )
         reference: Optional[list[str]] = None
         for split in dict.fromkeys(self.splits):
             folder = self.data_dir / split
@@ -99,18 +102,31 @@ class ImageFolderData(ClassificationDataModule):
         return random_resized_box(generator, height, width, self.scale, self.ratio)
 
     def crop_settings(self) -> dict:
-        return {"image_size": self.image_size, "scale": list(self.scale), "ratio": list(self.ratio),
-                "interpolation": self.interpolation, "flip": True}
+        return {
+            "image_size": self.image_size,
+            "scale": list(self.scale),
+            "ratio": list(self.ratio),
+            "interpolation": self.interpolation,
+            "flip": True,
+        }
 
     def _eval_transform(self):
-        return create_transform(input_size=self.image_size, is_training=False, interpolation=self.interpolation,
-                                mean=self._mean, std=self._std, crop_pct=self.crop_pct)
+        return create_transform(
+            input_size=self.image_size,
+            is_training=False,
+            interpolation=self.interpolation,
+            mean=self._mean,
+            std=self._std,
+            crop_pct=self.crop_pct,
+        )
 
     def _dataset(self, split: str, transform) -> ImageFolder:
         folder = self.data_dir / split
         empty = [c for c in self.classes if not any(p.suffix.lower() in IMG_EXTENSIONS for p in (folder / c).iterdir())]
         if empty:
-            raise DataError(f"Class folder '{folder / empty[0]}' has no images ({len(empty)} such folders): add images or remove it.")
+            raise DataError(
+                f"Class folder '{folder / empty[0]}' has no images ({len(empty)} such folders): add images or remove it."
+            )
         return ImageFolder(str(folder), transform=transform, loader=load_rgb)
 
     def build_datasets(self):
@@ -123,8 +139,13 @@ class ImageFolderData(ClassificationDataModule):
         return self._dataset(train_split, v2.Compose([v2.PILToTensor(), crop])), val, test
 
 
-def random_resized_box(generator: Optional[torch.Generator], height: int, width: int, scale: tuple[float, float],
-                       ratio: tuple[float, float]) -> tuple[int, int, int, int]:
+def random_resized_box(
+    generator: Optional[torch.Generator],
+    height: int,
+    width: int,
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+) -> tuple[int, int, int, int]:
     """A RandomResizedCrop box (top, left, height, width): torchvision's algorithm, drawn from ``generator``."""
     area = height * width
     log_ratio = (math.log(ratio[0]), math.log(ratio[1]))

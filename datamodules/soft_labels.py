@@ -11,6 +11,7 @@ Layout of a cache folder (numpy memory-maps, one row per training image):
 The probability mass outside the top k is spread evenly over the other classes ("marginal
 smoothing"), so a stored label costs R * k * 4 bytes plus 17 bytes per crop.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -60,12 +61,23 @@ class SoftLabelStore:
         self.arrays = {name: np.load(folder / f"{name}.npy", mmap_mode=mode) for name in FILES}
 
     @classmethod
-    def create_or_resume(cls, config: SoftLabelCache, num_images: int, num_classes: int, source: str, fingerprint: dict) -> "SoftLabelStore":
+    def create_or_resume(
+        cls, config: SoftLabelCache, num_images: int, num_classes: int, source: str, fingerprint: dict
+    ) -> "SoftLabelStore":
         folder = Path(config.dir)
         if not 1 <= config.top_k <= num_classes or config.crops < 1:
-            raise DataError(f"soft_labels.top_k must be 1..{num_classes} (the classes) and crops >= 1, got {config.top_k} and {config.crops}.")
-        meta = {"images": num_images, "crops": config.crops, "top_k": config.top_k, "classes": num_classes, "source": source,
-                "teacher_image_size": config.teacher_image_size, "fingerprint": fingerprint}
+            raise DataError(
+                f"soft_labels.top_k must be 1..{num_classes} (the classes) and crops >= 1, got {config.top_k} and {config.crops}."
+            )
+        meta = {
+            "images": num_images,
+            "crops": config.crops,
+            "top_k": config.top_k,
+            "classes": num_classes,
+            "source": source,
+            "teacher_image_size": config.teacher_image_size,
+            "fingerprint": fingerprint,
+        }
         if (folder / "meta.json").is_file():
             check_fingerprint(folder, json.loads((folder / "meta.json").read_text()), meta, "predict into another dir")
             return cls(folder, meta, "r+")
@@ -73,8 +85,11 @@ class SoftLabelStore:
         n, r, k = num_images, config.crops, config.top_k
         index_dtype = np.int16 if num_classes < 2**15 else np.int32
         for name, shape, dtype in (
-            ("boxes", (n, r, 4), np.float32), ("flips", (n, r), np.uint8), ("values", (n, r, k), np.float16),
-            ("indices", (n, r, k), index_dtype), ("done", (n,), np.uint8),
+            ("boxes", (n, r, 4), np.float32),
+            ("flips", (n, r), np.uint8),
+            ("values", (n, r, k), np.float16),
+            ("indices", (n, r, k), index_dtype),
+            ("done", (n,), np.uint8),
         ):
             np.lib.format.open_memmap(folder / f"{name}.npy", mode="w+", dtype=dtype, shape=shape).flush()
         (folder / "meta.json").write_text(json.dumps(meta))
@@ -84,14 +99,23 @@ class SoftLabelStore:
     def open(cls, config: SoftLabelCache, num_images: int, num_classes: int, fingerprint: dict) -> "SoftLabelStore":
         folder = Path(config.dir)
         if not (folder / "meta.json").is_file():
-            raise DataError(f"No soft-label cache in '{folder}': make it first with `python cli.py predict` (see README).")
+            raise DataError(
+                f"No soft-label cache in '{folder}': make it first with `python cli.py predict` (see README)."
+            )
         meta = json.loads((folder / "meta.json").read_text())
         expected = {"images": num_images, "classes": num_classes, "fingerprint": fingerprint}
-        check_fingerprint(folder, meta, {**meta, **expected}, "re-create it for this data and these teachers with `python cli.py predict`")
+        check_fingerprint(
+            folder,
+            meta,
+            {**meta, **expected},
+            "re-create it for this data and these teachers with `python cli.py predict`",
+        )
         store = cls(folder, meta, "r")
         missing = int((store.arrays["done"] == 0).sum())
         if missing:
-            raise DataError(f"Soft-label cache '{folder}' is incomplete ({missing} images missing): run the predict step again to finish it.")
+            raise DataError(
+                f"Soft-label cache '{folder}' is incomplete ({missing} images missing): run the predict step again to finish it."
+            )
         return store
 
     def pending(self, shard: int = 0, num_shards: int = 1) -> np.ndarray:
@@ -100,7 +124,9 @@ class SoftLabelStore:
         candidates = np.arange(shard, len(done), num_shards)
         return candidates[done[candidates] == 0]
 
-    def write(self, image_indices: np.ndarray, boxes: np.ndarray, flips: np.ndarray, values: np.ndarray, indices: np.ndarray) -> None:
+    def write(
+        self, image_indices: np.ndarray, boxes: np.ndarray, flips: np.ndarray, values: np.ndarray, indices: np.ndarray
+    ) -> None:
         for name, data in (("boxes", boxes), ("flips", flips), ("values", values), ("indices", indices)):
             self.arrays[name][image_indices] = data
             self.arrays[name].flush()
@@ -112,9 +138,15 @@ class SoftLabelStore:
 
 
 PARTS = {  # meta / fingerprint key -> what the user is told differs
-    "images": "number of training images", "classes": "number of classes", "crops": "crops per image", "source": "data module",
-    "data": "training images (data files or subset)", "teachers": "teachers (names or weights)", "crop": "crop settings",
-    "top_k": "top_k", "teacher_image_size": "teacher resolution",
+    "images": "number of training images",
+    "classes": "number of classes",
+    "crops": "crops per image",
+    "source": "data module",
+    "data": "training images (data files or subset)",
+    "teachers": "teachers (names or weights)",
+    "crop": "crop settings",
+    "top_k": "top_k",
+    "teacher_image_size": "teacher resolution",
 }
 
 
@@ -124,8 +156,10 @@ def check_fingerprint(folder: Path, stored: dict, expected: dict, fix: str) -> N
     expected_parts = {**{k: v for k, v in expected.items() if k != "fingerprint"}, **expected.get("fingerprint", {})}
     for key, label in PARTS.items():
         if stored_parts.get(key) != expected_parts.get(key):
-            raise DataError(f"Soft-label cache '{folder}' was made for other {label} ({_short(stored_parts.get(key))} != "
-                            f"{_short(expected_parts.get(key))} now): {fix}.")
+            raise DataError(
+                f"Soft-label cache '{folder}' was made for other {label} ({_short(stored_parts.get(key))} != "
+                f"{_short(expected_parts.get(key))} now): {fix}."
+            )
 
 
 def _short(value) -> str:
@@ -135,8 +169,11 @@ def _short(value) -> str:
 
 def fingerprint(raw: Dataset, teachers: list[tuple[str, torch.nn.Module]], crop: dict) -> dict:
     """What a cache's labels depend on besides crops and top-k (in meta.json): the training images, each teacher's weights, crops."""
-    return {"data": images_digest(raw), "teachers": [{"name": name, "sha256": weights_digest(model)} for name, model in teachers],
-            "crop": crop}
+    return {
+        "data": images_digest(raw),
+        "teachers": [{"name": name, "sha256": weights_digest(model)} for name, model in teachers],
+        "crop": crop,
+    }
 
 
 def images_digest(raw: Dataset) -> str:
@@ -147,7 +184,9 @@ def images_digest(raw: Dataset) -> str:
             digest.update(f"{Path(path).relative_to(raw.root)}\t{Path(path).stat().st_size}\t{label}\n".encode())
         return digest.hexdigest()
     if not (hasattr(raw, "images") and hasattr(raw, "labels")):
-        raise DataError(f"The soft-label cache cannot fingerprint a {type(raw).__name__}: use an ImageFolder, CIFAR or Fashion-MNIST.")
+        raise DataError(
+            f"The soft-label cache cannot fingerprint a {type(raw).__name__}: use an ImageFolder, CIFAR or Fashion-MNIST."
+        )
     digest.update(np.ascontiguousarray(np.asarray(raw.images)).tobytes())
     digest.update(np.asarray(raw.labels, dtype=np.int64).tobytes())
     return digest.hexdigest()
@@ -171,8 +210,13 @@ def decode_soft_labels(values: torch.Tensor, indices: torch.Tensor, num_classes:
     return dense.scatter_(-1, indices.long(), values)
 
 
-def crop_and_flip(image: torch.Tensor, box: tuple[int, int, int, int], flip: bool, size: int,
-                  interpolation: InterpolationMode = InterpolationMode.BILINEAR) -> torch.Tensor:
+def crop_and_flip(
+    image: torch.Tensor,
+    box: tuple[int, int, int, int],
+    flip: bool,
+    size: int,
+    interpolation: InterpolationMode = InterpolationMode.BILINEAR,
+) -> torch.Tensor:
     """Apply a pixel box (top, left, height, width; may reach outside the image = zero padding), resize to size, flip."""
     top, left, height, width = box
     out = F.crop(image, top, left, height, width)
@@ -213,7 +257,12 @@ class CropsToCache(Dataset):
             boxes.append(relative_box(box, height, width))
             flips.append(flip)
             images.append(self.render(image, box, flip))
-        return {"index": index, "images": torch.stack(images), "boxes": torch.tensor(boxes), "flips": torch.tensor(flips)}
+        return {
+            "index": index,
+            "images": torch.stack(images),
+            "boxes": torch.tensor(boxes),
+            "flips": torch.tensor(flips),
+        }
 
 
 class CachedCrops(Dataset):
@@ -227,7 +276,9 @@ class CachedCrops(Dataset):
         self.raw, self.store, self.render, self.per_sample = raw, store, render, per_sample
         self.crops, self.classes = store.meta["crops"], store.meta["classes"]
         if not 1 <= per_sample <= self.crops:
-            raise DataError(f"soft_labels.crops_per_sample must be 1..{self.crops} (the crops stored per image), got {per_sample}.")
+            raise DataError(
+                f"soft_labels.crops_per_sample must be 1..{self.crops} (the crops stored per image), got {per_sample}."
+            )
 
     def __len__(self) -> int:
         return len(self.raw) * self.crops
@@ -237,9 +288,15 @@ class CachedCrops(Dataset):
         image, label = self.raw[index]
         arrays = self.store.arrays
         crops = [(first + j) % self.crops for j in range(self.per_sample)]
-        images = [self.render(image, pixel_box(arrays["boxes"][index, c], *image.shape[-2:]), bool(arrays["flips"][index, c])) for c in crops]
-        soft = decode_soft_labels(torch.from_numpy(np.array(arrays["values"][index, crops])),
-                                  torch.from_numpy(np.array(arrays["indices"][index, crops])), self.classes)
+        images = [
+            self.render(image, pixel_box(arrays["boxes"][index, c], *image.shape[-2:]), bool(arrays["flips"][index, c]))
+            for c in crops
+        ]
+        soft = decode_soft_labels(
+            torch.from_numpy(np.array(arrays["values"][index, crops])),
+            torch.from_numpy(np.array(arrays["indices"][index, crops])),
+            self.classes,
+        )
         if self.per_sample == 1:
             return images[0], label, soft[0]
         return torch.stack(images), torch.full((self.per_sample,), label), soft
@@ -247,4 +304,4 @@ class CachedCrops(Dataset):
 
 def concat_crops(items: list) -> list[torch.Tensor]:
     """Collate items of m crops each into one batch of B x m crops."""
-    return [torch.cat(parts) for parts in zip(*(tuple(item) for item in items))]
+    return [torch.cat(parts) for parts in zip(*(tuple(item) for item in items), strict=True)]

@@ -1,4 +1,5 @@
 """LightningModules of the project: MEAL V2 distillation and the plain supervised Classifier."""
+
 from lightning_modules.classifier import Classifier
 from lightning_modules.meal_v2 import MealV2
 from lightning_modules.model_loading import ModelSource

@@ -5,6 +5,7 @@
 - ``cifar_resnet8x4`` / ``cifar_resnet32x4``: the 4x wider variants common in CIFAR distillation papers.
 - ``cifar_wrn_{16_1,16_2,40_1,40_2,28_10}``: Wide ResNets (pre-activation), depth 6n+4, widen factor k.
 """
+
 from __future__ import annotations
 
 import torch.nn.functional as F
@@ -79,7 +80,11 @@ class CifarResNet(nn.Module):
             layers = []
             for block in range(blocks_per_stage):
                 stride = 2 if index > 0 and block == 0 else 1
-                layers.append(PreActWideBlock(in_planes, width, stride, drop_rate) if wide else BasicBlock(in_planes, width, stride))
+                layers.append(
+                    PreActWideBlock(in_planes, width, stride, drop_rate)
+                    if wide
+                    else BasicBlock(in_planes, width, stride)
+                )
                 in_planes = width
             stages.append(nn.Sequential(*layers))
         self.stages = nn.Sequential(*stages)

@@ -1,4 +1,5 @@
 """Plain supervised training on hard labels: teachers and student inits where no pretrained weights exist."""
+
 from __future__ import annotations
 
 from typing import Optional, Sequence
@@ -9,7 +10,14 @@ import torch.nn.functional as F
 from lightning_modules.errors import require_positive
 from lightning_modules.metrics import check_images, log_evaluation, top1_accuracy, topk_accuracy
 from lightning_modules.model_loading import ModelSource, create_model, data_facts
-from lightning_modules.optim import OptimizerName, ScheduleName, build_optimizer, check_schedule, schedule_factor, set_epoch_hyperparameters
+from lightning_modules.optim import (
+    OptimizerName,
+    ScheduleName,
+    build_optimizer,
+    check_schedule,
+    schedule_factor,
+    set_epoch_hyperparameters,
+)
 
 
 class Classifier(L.LightningModule):
@@ -32,7 +40,7 @@ class Classifier(L.LightningModule):
         weight_decay: float = 5e-4,
         label_smoothing: float = 0.0,
         schedule: ScheduleName = "cosine",
-        milestones: list[int] = [30, 60, 90],
+        milestones: Sequence[int] = (30, 60, 90),
         gamma: float = 0.1,
     ):
         super().__init__()
@@ -80,7 +88,13 @@ class Classifier(L.LightningModule):
     def configure_optimizers(self):
         hp = self.hparams
         check_schedule(hp.schedule, hp.milestones, self.trainer.max_epochs)
-        return build_optimizer([{"params": list(self.model.parameters()), "name": "model"}], hp.optimizer, hp.lr, hp.momentum, hp.weight_decay)
+        return build_optimizer(
+            [{"params": list(self.model.parameters()), "name": "model"}],
+            hp.optimizer,
+            hp.lr,
+            hp.momentum,
+            hp.weight_decay,
+        )
 
     def set_epoch_hyperparameters(self, epoch: int) -> None:
         hp = self.hparams

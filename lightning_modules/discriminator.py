@@ -1,4 +1,5 @@
 """The MEAL V2 discriminator on class logits, and the gradient reversal of its adversarial variant."""
+
 from __future__ import annotations
 
 import torch

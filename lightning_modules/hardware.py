@@ -1,4 +1,5 @@
 """Which reduced precision the hardware runs fast: bf16 on CUDA with bf16 and on CPUs with AVX-512-BF16 or AMX."""
+
 from __future__ import annotations
 
 from functools import lru_cache

@@ -1,4 +1,5 @@
 """The MEAL V2 losses as plain functions: soft targets, soft cross-entropy, discriminator BCE."""
+
 from __future__ import annotations
 
 import torch

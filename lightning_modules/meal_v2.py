@@ -2,6 +2,7 @@
 
 The whole training step is `distillation_losses` below; read it top to bottom.
 """
+
 from __future__ import annotations
 
 from typing import Literal, Optional, Sequence
@@ -17,7 +18,13 @@ from lightning_modules.errors import ConfigError, require_positive
 from lightning_modules.losses import discriminator_loss, ensemble_soft_targets, soft_cross_entropy
 from lightning_modules.metrics import check_images, log_evaluation, top1_accuracy, topk_accuracy
 from lightning_modules.model_loading import ModelSource, create_model, data_facts, expected_normalization
-from lightning_modules.optim import ScheduleName, build_optimizer, check_schedule, schedule_factor, set_epoch_hyperparameters
+from lightning_modules.optim import (
+    ScheduleName,
+    build_optimizer,
+    check_schedule,
+    schedule_factor,
+    set_epoch_hyperparameters,
+)
 from lightning_modules.teachers import FrozenTeacher, TeacherEnsemble
 
 DiscriminatorMode = Literal["official", "adversarial", "none"]
@@ -59,7 +66,7 @@ class MealV2(L.LightningModule):
         momentum: float = 0.9,
         weight_decay: float = 0.0,
         schedule: ScheduleName = "step",
-        milestones: list[int] = [100],
+        milestones: Sequence[int] = (100,),
         gamma: float = 0.1,
         cutmix_prob: float = 0.0,
         cutmix_alpha: float = 1.0,
@@ -71,7 +78,9 @@ class MealV2(L.LightningModule):
         if discriminator not in ("official", "adversarial", "none"):
             raise ValueError(f"discriminator must be 'official', 'adversarial' or 'none', got '{discriminator}'.")
         if soft_targets == "cached" and cutmix_prob > 0:
-            raise ValueError("CutMix needs the teachers online (cached labels belong to unmixed crops): set cutmix_prob 0.")
+            raise ValueError(
+                "CutMix needs the teachers online (cached labels belong to unmixed crops): set cutmix_prob 0."
+            )
         teacher_sources = [ModelSource.coerce(t) for t in teachers]
         student_source = ModelSource.coerce(student)
         # Plain dicts in the hyperparameters keep checkpoints loadable with weights_only=True.
@@ -135,7 +144,9 @@ class MealV2(L.LightningModule):
 
         d_loss = kd.new_zeros(())
         if self.discriminator is not None:
-            student_rows = reverse_gradient(student_logits) if self.hparams.discriminator == "adversarial" else student_logits
+            student_rows = (
+                reverse_gradient(student_logits) if self.hparams.discriminator == "adversarial" else student_logits
+            )
             d_input = torch.cat([student_rows, teacher_rows.to(student_rows.dtype)], dim=0)
             d_loss = discriminator_loss(self.discriminator(d_input))
 
@@ -190,9 +201,16 @@ class MealV2(L.LightningModule):
     def setup(self, stage: str) -> None:
         self._teacher_eval_pending = True
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        if stage == "fit" and self.hparams.soft_targets == "cached" and datamodule is not None and getattr(datamodule, "soft_labels", None) is None:
-            raise ConfigError("model.soft_targets is 'cached' but the data has no soft-label cache: set data.init_args.soft_labels.dir "
-                              "(made by `python cli.py predict`, see README) or use soft_targets 'online'.")
+        if (
+            stage == "fit"
+            and self.hparams.soft_targets == "cached"
+            and datamodule is not None
+            and getattr(datamodule, "soft_labels", None) is None
+        ):
+            raise ConfigError(
+                "model.soft_targets is 'cached' but the data has no soft-label cache: set data.init_args.soft_labels.dir "
+                "(made by `python cli.py predict`, see README) or use soft_targets 'online'."
+            )
         if self.hparams.sync_batchnorm_student and self.trainer is not None and self.trainer.world_size > 1:
             self.student = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.student)
 
@@ -209,7 +227,7 @@ class MealV2(L.LightningModule):
         log_evaluation(self, stage, logits, labels, metrics)
         if self._teacher_eval_pending and not self.trainer.sanity_checking:
             teacher_logits = self.teachers(images)
-            for metric, logits_k in zip(self.teacher_metrics, teacher_logits):
+            for metric, logits_k in zip(self.teacher_metrics[:-1], teacher_logits, strict=True):  # [-1]: the ensemble
                 metric.update(logits_k, labels)
             self.teacher_metrics[-1].update(ensemble_soft_targets(teacher_logits), labels)
 
@@ -223,9 +241,11 @@ class MealV2(L.LightningModule):
         if not self._teacher_eval_pending or self.trainer.sanity_checking:
             return
         names = [f"teacher{k}" for k in range(len(self.teachers))] + ["ensemble"]
-        for name, metric in zip(names, self.teacher_metrics):
+        for name, metric in zip(names, self.teacher_metrics, strict=True):
             for key, value in metric.compute().items():
-                self.log(f"{stage}/{name}_{key}", value, sync_dist=True)  # equal on all ranks (torchmetrics synced); avoids Lightning's DDP warning
+                self.log(
+                    f"{stage}/{name}_{key}", value, sync_dist=True
+                )  # equal on all ranks (torchmetrics synced); avoids Lightning's DDP warning
             metric.reset()
         self._teacher_eval_pending = False
 
@@ -239,7 +259,10 @@ class MealV2(L.LightningModule):
         """The ensemble's probabilities on R stored crops per image, for the soft-label cache."""
         crops = batch["images"]  # [B, R, C, H, W]
         probabilities = ensemble_soft_targets(self.teachers(crops.flatten(0, 1)))
-        return {**{k: batch[k] for k in ("index", "boxes", "flips")}, "probabilities": probabilities.view(*crops.shape[:2], -1)}
+        return {
+            **{k: batch[k] for k in ("index", "boxes", "flips")},
+            "probabilities": probabilities.view(*crops.shape[:2], -1),
+        }
 
     # ----------------------------------------------------------------------------------------------
     # Optimizer and checkpoints
@@ -254,13 +277,21 @@ class MealV2(L.LightningModule):
 
     def base_lrs(self) -> dict[str, float]:
         """Each optimizer group's lr before the schedule: the discriminator's d_lr defaults to the student's lr."""
-        return {"student": self.hparams.lr, "discriminator": self.hparams.d_lr if self.hparams.d_lr is not None else self.hparams.lr}
+        return {
+            "student": self.hparams.lr,
+            "discriminator": self.hparams.d_lr if self.hparams.d_lr is not None else self.hparams.lr,
+        }
 
     def set_epoch_hyperparameters(self, epoch: int) -> None:
         hp = self.hparams
         factor = schedule_factor(hp.schedule, epoch, self.trainer.max_epochs, hp.milestones, hp.gamma)
-        set_epoch_hyperparameters(self.optimizers(use_pl_optimizer=False), self.base_lrs(), factor,
-                                  momentum=hp.momentum, weight_decay=hp.weight_decay)
+        set_epoch_hyperparameters(
+            self.optimizers(use_pl_optimizer=False),
+            self.base_lrs(),
+            factor,
+            momentum=hp.momentum,
+            weight_decay=hp.weight_decay,
+        )
 
     def on_train_start(self) -> None:  # the first epoch, fresh or resumed: after the checkpoint's optimizer state
         self.set_epoch_hyperparameters(self.current_epoch)
@@ -283,4 +314,3 @@ class MealV2(L.LightningModule):
                 f"Checkpoint lacks {len(missing)} student/discriminator weights (e.g. '{missing[0]}'): "
                 "it was written by another model or configuration; use the matching config or a MealV2 checkpoint."
             )
-

@@ -1,4 +1,5 @@
 """Top-1 / top-5 accuracy (torchmetrics) with the project's metric names, evaluation logging, batch checks."""
+
 from __future__ import annotations
 
 import torch

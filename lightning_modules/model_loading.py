@@ -1,4 +1,5 @@
 """Build a timm model from a name plus a weight source: the hub, a local file, or nothing."""
+
 from __future__ import annotations
 
 import difflib
@@ -96,7 +97,9 @@ def read_state_dict(path: Union[str, Path]) -> tuple[dict[str, torch.Tensor], di
             f"Cannot read checkpoint '{path}' ({first_line}): it is corrupt or not a weights file; re-create or re-download it."
         ) from None
     if not isinstance(blob, dict):
-        raise ModelLoadingError(f"Checkpoint '{path}' holds a {type(blob).__name__}, not a state_dict: save model.state_dict().")
+        raise ModelLoadingError(
+            f"Checkpoint '{path}' holds a {type(blob).__name__}, not a state_dict: save model.state_dict()."
+        )
     if "pytorch-lightning_version" in blob or ("state_dict" in blob and "hyper_parameters" in blob):
         return _model_weights_from_lightning(blob["state_dict"], path), dict(blob.get("hyper_parameters", {}))
     for key in ("state_dict", "model", "state_dict_ema"):
@@ -108,7 +111,7 @@ def read_state_dict(path: Union[str, Path]) -> tuple[dict[str, torch.Tensor], di
 
 def _model_weights_from_lightning(state_dict: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:
     for prefix in ("model.", "student."):
-        weights = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+        weights = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
         if weights:
             return weights
     raise ModelLoadingError(
@@ -128,7 +131,9 @@ def create_model(
     hparams: dict = {}
     if source.checkpoint:
         state_dict, hparams = read_state_dict(source.checkpoint)
-        model = timm.create_model(source.name, pretrained=False, num_classes=num_classes, in_chans=in_chans, **source.model_kwargs)
+        model = timm.create_model(
+            source.name, pretrained=False, num_classes=num_classes, in_chans=in_chans, **source.model_kwargs
+        )
         _load_strict(model, state_dict, source)
     else:
         if source.pretrained and keep_pretrained_head:
@@ -207,4 +212,6 @@ def exported_pretrained_cfg(checkpoint: Union[str, Path]) -> dict:
     try:
         return dict(json.loads(config.read_text()).get("pretrained_cfg") or {})
     except (json.JSONDecodeError, AttributeError):
-        raise ModelLoadingError(f"'{config}' beside the weights is not timm's export config.json: fix or remove it.") from None
+        raise ModelLoadingError(
+            f"'{config}' beside the weights is not timm's export config.json: fix or remove it."
+        ) from None

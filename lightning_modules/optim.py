@@ -4,6 +4,7 @@ The schedule is a pure function of the configuration and the epoch (as timm's sc
 when training starts (after a checkpoint's optimizer state is restored) and at every epoch end for the next: a resumed run follows the schedule it is given (a longer ``max_epochs``, a new
 ``lr``), not the one stored in its checkpoint, and what the config records is what ran.
 """
+
 from __future__ import annotations
 
 import math
@@ -33,7 +34,9 @@ def check_schedule(schedule: ScheduleName, milestones: Sequence[int], max_epochs
         raise ValueError("schedule 'cosine' needs trainer.max_epochs: set it in the config.")
 
 
-def schedule_factor(schedule: ScheduleName, epoch: int, max_epochs: Optional[int], milestones: Sequence[int], gamma: float) -> float:
+def schedule_factor(
+    schedule: ScheduleName, epoch: int, max_epochs: Optional[int], milestones: Sequence[int], gamma: float
+) -> float:
     """The lr multiplier of ``epoch``: step decay by ``gamma`` at each milestone reached, or cosine to zero."""
     if schedule == "step":
         return gamma ** sum(epoch >= m for m in milestones)
@@ -42,7 +45,9 @@ def schedule_factor(schedule: ScheduleName, epoch: int, max_epochs: Optional[int
     return 1.0
 
 
-def set_epoch_hyperparameters(optimizer: torch.optim.Optimizer, base_lrs: dict[str, float], factor: float, **group_values) -> None:
+def set_epoch_hyperparameters(
+    optimizer: torch.optim.Optimizer, base_lrs: dict[str, float], factor: float, **group_values
+) -> None:
     """Write this epoch's lr (base lr of the group's ``name`` x factor) and the configured values into every group.
 
     Runs after a checkpoint's optimizer state is restored, so the config wins over the stored groups.

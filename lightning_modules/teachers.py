@@ -1,4 +1,5 @@
 """The frozen teacher ensemble: eval mode by construction, no gradients, per-teacher input normalization."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence

@@ -1,4 +1,5 @@
 """Every Trainer built by a test is shrunk: CPU, a few batches, at most two epochs, no progress bar."""
+
 from __future__ import annotations
 
 import functools
@@ -20,8 +21,14 @@ torch.set_num_threads(2)
 LIMITS = {"limit_train_batches": 4, "limit_val_batches": 2, "limit_test_batches": 2, "max_epochs": 2}
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "trainer(**limits): raise the shrunk Trainer limits for one test")
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` run only where torch sees a CUDA GPU (CI is CPU-only)."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(autouse=True)
@@ -37,7 +44,9 @@ def small_trainer(request, monkeypatch):
     def shrunk(self, *args, **kwargs):
         for key, cap in limits.items():
             value = kwargs.get(key)
-            keep = isinstance(value, int) and not isinstance(value, bool) and value <= cap and value != -1  # -1: unlimited
+            keep = (
+                isinstance(value, int) and not isinstance(value, bool) and value <= cap and value != -1
+            )  # -1: unlimited
             kwargs[key] = value if keep else cap
         kwargs.setdefault("accelerator", "cpu")
         if kwargs.get("accelerator") in (None, "auto", "gpu", "cuda"):
@@ -82,4 +91,6 @@ def imagenet_1000(tmp_path_factory):
     """1000 classes, one tiny image per class and split: the recipes' hub teachers predict 1000 classes."""
     from fixtures import write_image_folder
 
-    return write_image_folder(tmp_path_factory.mktemp("imagenet"), num_classes=1000, train_per_class=1, val_per_class=1, size=8)
+    return write_image_folder(
+        tmp_path_factory.mktemp("imagenet"), num_classes=1000, train_per_class=1, val_per_class=1, size=8
+    )

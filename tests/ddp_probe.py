@@ -1,4 +1,5 @@
 """Test helper loaded by the DDP subprocesses: every rank saves its batches and student weights."""
+
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -17,5 +18,7 @@ class SaveRankState(pl.Callback):
         Path(self.dirpath).mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu() for k, v in pl_module.student.state_dict().items()}
         modes = [m.training for m in pl_module.teachers.modules()]
-        torch.save({"student": state, "teacher_training": any(modes), "batches": self.batches},
-                   Path(self.dirpath) / f"rank{trainer.global_rank}.pt")
+        torch.save(
+            {"student": state, "teacher_training": any(modes), "batches": self.batches},
+            Path(self.dirpath) / f"rank{trainer.global_rank}.pt",
+        )

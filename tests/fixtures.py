@@ -1,4 +1,5 @@
 """Tiny data sets in the real on-disk formats and tiny weight files, written by the tests themselves."""
+
 from __future__ import annotations
 
 import pickle
@@ -23,7 +24,9 @@ def class_image(rng: np.random.Generator, label: int, size: int) -> np.ndarray:
     return np.clip(base + noise, 0, 255).astype(np.uint8)
 
 
-def write_image_folder(root: Path, num_classes: int = 3, train_per_class: int = 8, val_per_class: int = 4, size: int = 40) -> Path:
+def write_image_folder(
+    root: Path, num_classes: int = 3, train_per_class: int = 8, val_per_class: int = 4, size: int = 40
+) -> Path:
     """``root/{train,val}/class_k/*.jpg`` as ImageNet is laid out."""
     rng = np.random.default_rng(0)
     for split, count in (("train", train_per_class), ("val", val_per_class)):
@@ -47,7 +50,10 @@ def write_cifar(root: Path, variant: str = "cifar10", train_count: int = 32, tes
         return {"data": data, label_key: labels.tolist()}
 
     if variant == "cifar10":
-        folder, files = root / "cifar-10-batches-py", {**{f"data_batch_{i}": train_count // 5 for i in range(1, 6)}, "test_batch": test_count}
+        folder, files = (
+            root / "cifar-10-batches-py",
+            {**{f"data_batch_{i}": train_count // 5 for i in range(1, 6)}, "test_batch": test_count},
+        )
     else:
         folder, files = root / "cifar-100-python", {"train": train_count, "test": test_count}
     folder.mkdir(parents=True, exist_ok=True)
@@ -100,16 +106,34 @@ def write_meal_config(tmp_path: Path, **model_args) -> Path:
     """A MealV2 config on tiny Fashion-MNIST files with two small local teachers (CutMix on, auto-numbered runs)."""
     data_dir = write_fashion_mnist(tmp_path / "data", train_count=96, test_count=32)
     teachers = [
-        {"name": "cifar_resnet8", "checkpoint": str(write_weights(tmp_path / "t0.pt", "cifar_resnet8", 10, in_chans=1, seed=1))},
-        {"name": "cifar_wrn_16_1", "checkpoint": str(write_weights(tmp_path / "t1.pt", "cifar_wrn_16_1", 10, in_chans=1, seed=2))},
+        {
+            "name": "cifar_resnet8",
+            "checkpoint": str(write_weights(tmp_path / "t0.pt", "cifar_resnet8", 10, in_chans=1, seed=1)),
+        },
+        {
+            "name": "cifar_wrn_16_1",
+            "checkpoint": str(write_weights(tmp_path / "t1.pt", "cifar_wrn_16_1", 10, in_chans=1, seed=2)),
+        },
     ]
     config = {
         "seed_everything": 7,
-        "model": {"class_path": "MealV2", "init_args": {"teachers": teachers, "student": {"name": "cifar_resnet8"}, "lr": 0.05,
-                                                       "cutmix_prob": 0.5, **model_args}},
+        "model": {
+            "class_path": "MealV2",
+            "init_args": {
+                "teachers": teachers,
+                "student": {"name": "cifar_resnet8"},
+                "lr": 0.05,
+                "cutmix_prob": 0.5,
+                **model_args,
+            },
+        },
         "data": {"class_path": "FashionMNISTData", "init_args": {"data_dir": str(data_dir), "batch_size": 16}},
-        "trainer": {"logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-                               "init_args": {"save_dir": str(tmp_path / "runs"), "name": "meal"}}},
+        "trainer": {
+            "logger": {
+                "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                "init_args": {"save_dir": str(tmp_path / "runs"), "name": "meal"},
+            }
+        },
     }
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -119,8 +143,14 @@ def write_meal_config(tmp_path: Path, **model_args) -> Path:
 def write_meal_config_for_data(tmp_path: Path, data: dict, num_classes: int) -> Path:
     """A MealV2 config on the given data (RGB) with two small local teachers; runs under tmp_path/runs/meal."""
     teachers = [
-        {"name": "test_resnet", "checkpoint": str(write_weights(tmp_path / "t0.pt", "test_resnet", num_classes, seed=1))},
-        {"name": "cifar_resnet20", "checkpoint": str(write_weights(tmp_path / "t1.pt", "cifar_resnet20", num_classes, seed=2))},
+        {
+            "name": "test_resnet",
+            "checkpoint": str(write_weights(tmp_path / "t0.pt", "test_resnet", num_classes, seed=1)),
+        },
+        {
+            "name": "cifar_resnet20",
+            "checkpoint": str(write_weights(tmp_path / "t1.pt", "cifar_resnet20", num_classes, seed=2)),
+        },
     ]
     config = {
         "model": {
@@ -128,7 +158,13 @@ def write_meal_config_for_data(tmp_path: Path, data: dict, num_classes: int) -> 
             "init_args": {"teachers": teachers, "student": {"name": "test_efficientnet"}, "lr": 0.01},
         },
         "data": data,
-        "trainer": {"max_epochs": 2, "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": {"save_dir": str(tmp_path / "runs"), "name": "meal"}}},
+        "trainer": {
+            "max_epochs": 2,
+            "logger": {
+                "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                "init_args": {"save_dir": str(tmp_path / "runs"), "name": "meal"},
+            },
+        },
     }
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))

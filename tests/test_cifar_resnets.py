@@ -1,4 +1,5 @@
 """The small-image backbones are ordinary timm models."""
+
 from __future__ import annotations
 
 import pytest
@@ -10,7 +11,14 @@ import lightning_modules  # noqa: F401
 
 @pytest.mark.parametrize(
     "name, params_m",
-    [("cifar_resnet20", 0.27), ("cifar_resnet56", 0.86), ("cifar_resnet8x4", 1.23), ("cifar_resnet32x4", 7.43), ("cifar_wrn_40_2", 2.25), ("cifar_wrn_16_2", 0.70)],
+    [
+        ("cifar_resnet20", 0.27),
+        ("cifar_resnet56", 0.86),
+        ("cifar_resnet8x4", 1.23),
+        ("cifar_resnet32x4", 7.43),
+        ("cifar_wrn_40_2", 2.25),
+        ("cifar_wrn_16_2", 0.70),
+    ],
 )
 def test_backbones_build_through_timm_with_literature_sizes(name, params_m):
     model = timm.create_model(name, num_classes=100)

@@ -1,4 +1,5 @@
 """End-to-end: the CLI's fit / validate / test on generated data in the real on-disk formats."""
+
 from __future__ import annotations
 
 import pytest
@@ -14,7 +15,10 @@ from cli import main
 def test_fit_validate_test_on_image_folder_writes_logs_and_checkpoints(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     root = write_image_folder(tmp_path / "imagenet", num_classes=5, train_per_class=4, val_per_class=2, size=40)
-    data = {"class_path": "ImageFolderData", "init_args": {"data_dir": str(root), "image_size": 32, "batch_size": 4, "num_workers": 0}}
+    data = {
+        "class_path": "ImageFolderData",
+        "init_args": {"data_dir": str(root), "image_size": 32, "batch_size": 4, "num_workers": 0},
+    }
     config = meal_config(tmp_path, data, num_classes=5)
 
     main(["fit", "--config", str(config)])
@@ -25,7 +29,9 @@ def test_fit_validate_test_on_image_folder_writes_logs_and_checkpoints(tmp_path,
 
     last = str(run_dir / "checkpoints" / "last.ckpt")
     validate = main(["validate", "--config", str(config), "--ckpt_path", last])
-    assert {"val/top1", "val/top5", "val/loss", "val/ensemble_top1", "val/teacher0_top1"} <= set(validate.trainer.callback_metrics)
+    assert {"val/top1", "val/top5", "val/loss", "val/ensemble_top1", "val/teacher0_top1"} <= set(
+        validate.trainer.callback_metrics
+    )
     test = main(["test", "--config", str(config), "--ckpt_path", last])
     assert "test/top1" in test.trainer.callback_metrics
 
@@ -33,7 +39,10 @@ def test_fit_validate_test_on_image_folder_writes_logs_and_checkpoints(tmp_path,
 def test_fit_on_cifar_pickles(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     root = write_cifar(tmp_path / "cifar", "cifar10")
-    data = {"class_path": "CIFARData", "init_args": {"data_dir": str(root), "variant": "cifar10", "batch_size": 8, "num_workers": 0}}
+    data = {
+        "class_path": "CIFARData",
+        "init_args": {"data_dir": str(root), "variant": "cifar10", "batch_size": 8, "num_workers": 0},
+    }
     cli = main(["fit", "--config", str(meal_config(tmp_path, data, num_classes=10))])
     metrics = cli.trainer.callback_metrics
     assert {"train/kd_loss", "train/discriminator_loss", "train/loss", "train/agreement", "val/top1"} <= set(metrics)
@@ -43,7 +52,10 @@ def test_fit_on_cifar_pickles(tmp_path, monkeypatch):
 def test_rerun_into_the_same_run_directory_works_when_asked_to_overwrite(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     root = write_image_folder(tmp_path / "imagenet", num_classes=5, train_per_class=2, val_per_class=1, size=40)
-    data = {"class_path": "ImageFolderData", "init_args": {"data_dir": str(root), "image_size": 32, "batch_size": 4, "num_workers": 0}}
+    data = {
+        "class_path": "ImageFolderData",
+        "init_args": {"data_dir": str(root), "image_size": 32, "batch_size": 4, "num_workers": 0},
+    }
     config = meal_config(tmp_path, data, num_classes=5)
     args = ["fit", "--config", str(config), "--trainer.logger.init_args.version=main", "--trainer.max_epochs=1"]
     main(args)
@@ -54,11 +66,30 @@ def test_rerun_into_the_same_run_directory_works_when_asked_to_overwrite(tmp_pat
 def test_print_config_shows_every_knob(tmp_path, capsys):
     root = write_image_folder(tmp_path / "imagenet", num_classes=5, train_per_class=1, val_per_class=1)
     with pytest.raises(SystemExit):
-        main(["fit", "--model=MealV2", "--model.teachers=[{name: cifar_resnet20}]", "--model.student.name=cifar_resnet20",
-              "--data=ImageFolderData", f"--data.data_dir={root}", "--print_config"])
+        main(
+            [
+                "fit",
+                "--model=MealV2",
+                "--model.teachers=[{name: cifar_resnet20}]",
+                "--model.student.name=cifar_resnet20",
+                "--data=ImageFolderData",
+                f"--data.data_dir={root}",
+                "--print_config",
+            ]
+        )
     printed = yaml.safe_load(capsys.readouterr().out)
     knobs = printed["model"]["init_args"]
-    assert {"teachers", "student", "discriminator", "lr", "d_lr", "weight_decay", "schedule", "milestones", "cutmix_prob"} <= set(knobs)
+    assert {
+        "teachers",
+        "student",
+        "discriminator",
+        "lr",
+        "d_lr",
+        "weight_decay",
+        "schedule",
+        "milestones",
+        "cutmix_prob",
+    } <= set(knobs)
     assert knobs["teachers"][0]["name"] == "cifar_resnet20" and "checkpoint" in knobs["teachers"][0]
     assert printed["checkpoint"]["monitor"] == "val/top1"
     assert printed["trainer"]["logger"]["class_path"].endswith("TensorBoardLogger")
@@ -70,7 +101,11 @@ def test_runs_record_hparams_with_their_final_top1_and_every_groups_lr(tmp_path,
     main(["fit", "--config", str(config), "--trainer.max_epochs=1"])
     main(["test", "--config", str(config), "--ckpt_path=last"])
     run = tmp_path / "runs/meal/version_0"
-    tags = {tag for file in run.glob("events.out.tfevents.*") for tag in EventAccumulator(str(file)).Reload().Tags()["scalars"]}
+    tags = {
+        tag
+        for file in run.glob("events.out.tfevents.*")
+        for tag in EventAccumulator(str(file)).Reload().Tags()["scalars"]
+    }
     assert {"hparams/val_top1", "hparams/test_top1", "lr-SGD/student", "lr-SGD/discriminator"} <= tags
     assert "hp_metric" not in tags and "lr" not in tags
     assert zoo.read_scalars(run, "hparams/val_top1") == zoo.read_scalars(run, "val/top1")[-1:]

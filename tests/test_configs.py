@@ -1,4 +1,5 @@
 """Every recipe in configs/ parses and instantiates (hub downloads replaced by tiny local models)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,7 +11,9 @@ from fixtures import write_cifar, write_fashion_mnist, write_weights
 from cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if p.parent.name != "presets")  # presets: test_distributed
+CONFIGS = sorted(
+    p for p in (ROOT / "configs").rglob("*.yaml") if p.parent.name != "presets"
+)  # presets: test_distributed
 
 
 def _checkpoint_paths(config: dict) -> list[tuple[str, str]]:
@@ -29,6 +32,7 @@ def overlaid_configs(path: Path) -> list[Path]:
 
 def merged(paths: list[Path]) -> dict:
     """The YAML files merged as jsonargparse merges them (dicts key by key, anything else replaced)."""
+
     def merge(base, update):
         if isinstance(base, dict) and isinstance(update, dict):
             return {**base, **{k: merge(base.get(k), v) for k, v in update.items()}}
@@ -59,7 +63,10 @@ def test_config_parses_and_instantiates(path, tmp_path, monkeypatch, offline_hub
         write_weights(tmp_path / checkpoint, name, num_classes, in_chans=in_chans)
 
     config_args = [arg for p in paths for arg in ("--config", str(p))]
-    cli = main([*config_args, f"--data.init_args.data_dir={data_dir}", "--trainer.devices=1", "--trainer.strategy=auto"], run=False)
+    cli = main(
+        [*config_args, f"--data.init_args.data_dir={data_dir}", "--trainer.devices=1", "--trainer.strategy=auto"],
+        run=False,
+    )
     assert cli.model.hparams.num_classes == num_classes
     if config["model"]["class_path"] == "MealV2":
         expected_hub = [t["name"] for t in config["model"]["init_args"]["teachers"] if t.get("pretrained")]

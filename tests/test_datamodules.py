@@ -1,4 +1,5 @@
 """DataModules on tiny fixtures in the real on-disk formats."""
+
 from __future__ import annotations
 
 import shutil
@@ -12,11 +13,21 @@ from datamodules import CIFARData, DataError, ImageFolderData
 
 
 def test_image_folder_uses_the_method_transforms(tmp_path):
-    data = ImageFolderData(str(write_image_folder(tmp_path, num_classes=2, size=40)), image_size=224, batch_size=2, num_workers=0)
+    data = ImageFolderData(
+        str(write_image_folder(tmp_path, num_classes=2, size=40)), image_size=224, batch_size=2, num_workers=0
+    )
     data.setup("fit")
     crop = data.train_set.transform.transforms[-1]  # RandomResizedCrop + flip, replayable by the soft-label cache
-    assert (crop.scale, crop.ratio, crop.size, crop.interpolation.value) == ((0.08, 1.0), (3 / 4, 4 / 3), 224, "bilinear")
-    assert [type(t).__name__ for t in data.train_set.transform.transforms] == ["PILToTensor", "RandomCrop"]  # no colour jitter
+    assert (crop.scale, crop.ratio, crop.size, crop.interpolation.value) == (
+        (0.08, 1.0),
+        (3 / 4, 4 / 3),
+        224,
+        "bilinear",
+    )
+    assert [type(t).__name__ for t in data.train_set.transform.transforms] == [
+        "PILToTensor",
+        "RandomCrop",
+    ]  # no colour jitter
     resize, crop = data.val_set.transform.transforms[:2]
     assert isinstance(resize, transforms.Resize) and resize.size == 256
     assert isinstance(crop, transforms.CenterCrop) and crop.size == (224, 224)
@@ -26,7 +37,9 @@ def test_image_folder_uses_the_method_transforms(tmp_path):
 
 
 def test_image_folder_resolution_380_resizes_to_434(tmp_path):
-    data = ImageFolderData(str(write_image_folder(tmp_path, num_classes=2, size=40)), image_size=380, crop_pct=380 / 434, num_workers=0)
+    data = ImageFolderData(
+        str(write_image_folder(tmp_path, num_classes=2, size=40)), image_size=380, crop_pct=380 / 434, num_workers=0
+    )
     data.setup("validate")
     assert data.val_set.transform.transforms[0].size == 434
 
@@ -58,13 +71,20 @@ def test_image_folder_split_class_mismatch_is_refused(tmp_path):
 
 @pytest.mark.parametrize("variant, classes", [("cifar10", 10), ("cifar100", 100)])
 def test_cifar_reads_the_python_pickles(tmp_path, variant, classes):
-    data = CIFARData(str(write_cifar(tmp_path, variant, train_count=20, test_count=10)), variant=variant, batch_size=5, num_workers=0)
+    data = CIFARData(
+        str(write_cifar(tmp_path, variant, train_count=20, test_count=10)), variant=variant, batch_size=5, num_workers=0
+    )
     data.setup("fit")
     assert (len(data.train_set), len(data.val_set), data.num_classes) == (20, 10, classes)
     images, labels = next(iter(data.train_dataloader()))
     assert images.shape == (5, 3, 32, 32)
     ops = data.train_set.transform.transforms
-    assert [type(t).__name__ for t in ops[1:3]] == ["RandomCrop", "RandomHorizontalFlip"] and ops[1].padding == [4, 4, 4, 4]
+    assert [type(t).__name__ for t in ops[1:3]] == ["RandomCrop", "RandomHorizontalFlip"] and ops[1].padding == [
+        4,
+        4,
+        4,
+        4,
+    ]
 
 
 def test_cifar_missing_files_say_how_to_get_them(tmp_path):

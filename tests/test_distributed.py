@@ -1,4 +1,5 @@
 """DDP on CPU processes (gloo), precision modes, and TPU/multi-node presets."""
+
 from __future__ import annotations
 
 import os
@@ -22,15 +23,36 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def ddp_config(tmp_path: Path, discriminator: str) -> Path:
     data_dir = write_fashion_mnist(tmp_path / "data", train_count=64, test_count=32)
-    teachers = [{"name": "cifar_resnet8", "checkpoint": str(write_weights(tmp_path / "t.pt", "cifar_resnet8", 10, in_chans=1, seed=1))}]
-    student = {"name": "test_vit", "model_kwargs": {"img_size": 28, "patch_size": 4}}  # no BatchNorm: per-rank stats cannot differ
+    teachers = [
+        {
+            "name": "cifar_resnet8",
+            "checkpoint": str(write_weights(tmp_path / "t.pt", "cifar_resnet8", 10, in_chans=1, seed=1)),
+        }
+    ]
+    student = {
+        "name": "test_vit",
+        "model_kwargs": {"img_size": 28, "patch_size": 4},
+    }  # no BatchNorm: per-rank stats cannot differ
     config = {
         "seed_everything": 3,
-        "model": {"class_path": "MealV2", "init_args": {"teachers": teachers, "student": student, "lr": 0.05, "discriminator": discriminator}},
+        "model": {
+            "class_path": "MealV2",
+            "init_args": {"teachers": teachers, "student": student, "lr": 0.05, "discriminator": discriminator},
+        },
         "data": {"class_path": "FashionMNISTData", "init_args": {"data_dir": str(data_dir), "augment": False}},
-        "trainer": {"accelerator": "cpu", "max_epochs": 2, "limit_train_batches": 3, "limit_val_batches": 2,
-                    "enable_progress_bar": False, "enable_model_summary": False, "num_sanity_val_steps": 0,
-                    "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": {"save_dir": "runs", "name": "x", "version": "v"}}},
+        "trainer": {
+            "accelerator": "cpu",
+            "max_epochs": 2,
+            "limit_train_batches": 3,
+            "limit_val_batches": 2,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "num_sanity_val_steps": 0,
+            "logger": {
+                "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                "init_args": {"save_dir": "runs", "name": "x", "version": "v"},
+            },
+        },
     }
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -41,8 +63,16 @@ def fit(tmp_path: Path, folder: str, devices: int, per_device_batch: int, discri
     run_dir = tmp_path / folder
     run_dir.mkdir()
     probe = '{"class_path": "ddp_probe.SaveRankState", "init_args": {"dirpath": "ranks"}}'
-    command = [sys.executable, str(ROOT / "cli.py"), "fit", "--config", str(ddp_config(run_dir, discriminator)),
-               f"--trainer.devices={devices}", f"--data.init_args.batch_size={per_device_batch}", f"--trainer.callbacks+={probe}"]
+    command = [
+        sys.executable,
+        str(ROOT / "cli.py"),
+        "fit",
+        "--config",
+        str(ddp_config(run_dir, discriminator)),
+        f"--trainer.devices={devices}",
+        f"--data.init_args.batch_size={per_device_batch}",
+        f"--trainer.callbacks+={probe}",
+    ]
     if devices > 1:
         command.append("--trainer.strategy=ddp")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT)])}
@@ -50,6 +80,7 @@ def fit(tmp_path: Path, folder: str, devices: int, per_device_batch: int, discri
     return run_dir
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("discriminator", ["official", "adversarial"])
 def test_ddp_on_two_processes_matches_one_process_with_the_same_global_batch(tmp_path, discriminator):
     single = fit(tmp_path, "single", devices=1, per_device_batch=16, discriminator=discriminator)
@@ -59,7 +90,9 @@ def test_ddp_on_two_processes_matches_one_process_with_the_same_global_batch(tmp
     alone = torch.load(single / "ranks" / "rank0.pt", weights_only=True)
     for key, value in rank0["student"].items():
         assert torch.equal(value, rank1["student"][key]), f"ranks disagree on {key}"
-        torch.testing.assert_close(value, alone["student"][key], rtol=1e-4, atol=1e-5, msg=f"DDP differs from one process on {key}")
+        torch.testing.assert_close(
+            value, alone["student"][key], rtol=1e-4, atol=1e-5, msg=f"DDP differs from one process on {key}"
+        )
     assert not rank0["teacher_training"] and not rank1["teacher_training"]
     for tag in ("val/top1", "val/loss"):  # synchronized over ranks: the same 32 validation images either way
         ddp_value = zoo.read_scalars(ddp / "runs/x/v", tag)[-1]
@@ -69,30 +102,40 @@ def test_ddp_on_two_processes_matches_one_process_with_the_same_global_batch(tmp
 def test_ddp_ignores_the_teachers():
     module = MealV2(teachers=["cifar_resnet8"], student={"name": "cifar_resnet8"}, num_classes=10)
     ignored = set(module._ddp_params_and_buffers_to_ignore)
-    teacher_names = {f"teachers.{n}" for n, _ in module.teachers.named_parameters()} | {f"teachers.{n}" for n, _ in module.teachers.named_buffers()}
+    teacher_names = {f"teachers.{n}" for n, _ in module.teachers.named_parameters()} | {
+        f"teachers.{n}" for n, _ in module.teachers.named_buffers()
+    }
     assert ignored == teacher_names and not any(n.startswith("student") for n in ignored)
 
 
 def test_sync_batchnorm_option_converts_the_student_only():
-    module = MealV2(teachers=["cifar_resnet8"], student={"name": "cifar_resnet8"}, num_classes=10, sync_batchnorm_student=True)
+    module = MealV2(
+        teachers=["cifar_resnet8"], student={"name": "cifar_resnet8"}, num_classes=10, sync_batchnorm_student=True
+    )
     module.trainer = type("FakeTrainer", (), {"world_size": 2})()
     module.setup("fit")
     assert any(isinstance(m, torch.nn.SyncBatchNorm) for m in module.student.modules())
     assert not any(isinstance(m, torch.nn.SyncBatchNorm) for m in module.teachers.modules())
 
 
-@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed", "bf16-true"])  # 16-mixed: GPU only (Lightning swaps in bf16 on CPU)
+@pytest.mark.parametrize(
+    "precision", ["32-true", "bf16-mixed", "bf16-true"]
+)  # 16-mixed: GPU only (Lightning swaps in bf16 on CPU)
 def test_precision_modes_train(precision, tmp_path):
     module = MealV2(teachers=["cifar_resnet8"], student={"name": "cifar_resnet8"}, num_classes=10, in_chans=1)
     loader = DataLoader(TensorDataset(torch.randn(16, 1, 28, 28), torch.randint(0, 10, (16,))), batch_size=8)
-    trainer = pl.Trainer(max_epochs=1, precision=precision, logger=False, enable_checkpointing=False, default_root_dir=tmp_path)
+    trainer = pl.Trainer(
+        max_epochs=1, precision=precision, logger=False, enable_checkpointing=False, default_root_dir=tmp_path
+    )
     trainer.fit(module, loader)
     assert trainer.global_step == 2 and torch.isfinite(trainer.callback_metrics["train/kd_loss"])
 
 
 def test_kd_loss_and_soft_targets_stay_fp32_under_cpu_bf16_autocast():
     torch.manual_seed(0)
-    module = MealV2(teachers=["cifar_resnet8", "cifar_wrn_16_1"], student={"name": "cifar_resnet8"}, num_classes=10, in_chans=1)
+    module = MealV2(
+        teachers=["cifar_resnet8", "cifar_wrn_16_1"], student={"name": "cifar_resnet8"}, num_classes=10, in_chans=1
+    )
     images = torch.randn(8, 1, 28, 28)
     reference = module.distillation_losses(images)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -108,7 +151,19 @@ def test_presets_parse_on_top_of_a_recipe(preset, tmp_path, monkeypatch, offline
     monkeypatch.chdir(tmp_path)
     recipe = ROOT / "configs" / "imagenet" / "resnet50_from_senet154+resnet152s.yaml"
     preset_trainer = yaml.safe_load(preset.read_text())["trainer"]
-    cli = main(["--config", str(recipe), "--config", str(preset), f"--data.init_args.data_dir={imagenet_1000}",
-                "--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.num_nodes=1", "--trainer.strategy=auto"], run=False)
+    cli = main(
+        [
+            "--config",
+            str(recipe),
+            "--config",
+            str(preset),
+            f"--data.init_args.data_dir={imagenet_1000}",
+            "--trainer.accelerator=cpu",
+            "--trainer.devices=1",
+            "--trainer.num_nodes=1",
+            "--trainer.strategy=auto",
+        ],
+        run=False,
+    )
     assert cli.config.trainer.precision == preset_trainer["precision"]
     assert cli.trainer.precision == preset_trainer["precision"]

@@ -1,4 +1,5 @@
 """The exported student, evaluation of each artifact, and one-line errors on bad input."""
+
 from __future__ import annotations
 
 import json
@@ -25,10 +26,17 @@ def test_exported_student_loads_back_through_timm(tmp_path, monkeypatch):
     config = json.loads((folder / "last" / "config.json").read_text())
     assert config["architecture"] == "cifar_resnet8" and config["num_classes"] == 10
     assert config["pretrained_cfg"]["input_size"] == [1, 28, 28]
-    assert config["pretrained_cfg"]["mean"] == pytest.approx([0.286]) and config["pretrained_cfg"]["std"] == pytest.approx([0.353])
+    assert config["pretrained_cfg"]["mean"] == pytest.approx([0.286]) and config["pretrained_cfg"][
+        "std"
+    ] == pytest.approx([0.353])
 
-    by_file = timm.create_model("cifar_resnet8", pretrained=True, num_classes=10, in_chans=1,
-                                pretrained_cfg_overlay=dict(file=str(folder / "last" / "model.safetensors")))
+    by_file = timm.create_model(
+        "cifar_resnet8",
+        pretrained=True,
+        num_classes=10,
+        in_chans=1,
+        pretrained_cfg_overlay=dict(file=str(folder / "last" / "model.safetensors")),
+    )
     by_folder = timm.create_model(f"local-dir:{folder / 'last'}", pretrained=True)
     for model in (by_file, by_folder):
         state = model.state_dict()
@@ -41,9 +49,19 @@ def test_validate_evaluates_checkpoint_exported_student_and_ensemble_alike(tmp_p
     config = write_config(tmp_path)
     main(["fit", "--config", str(config), "--trainer.max_epochs=1"])
     run = tmp_path / "runs/meal/version_0"
-    from_checkpoint = main(["validate", "--config", str(config), f"--ckpt_path={run / 'checkpoints/last.ckpt'}"]).trainer.callback_metrics
-    exported = main(["validate", "--config", str(config), "--model=Classifier", "--model.model.name=cifar_resnet8",
-                     f"--model.model.checkpoint={run / 'student/last/model.safetensors'}"]).trainer.callback_metrics
+    from_checkpoint = main(
+        ["validate", "--config", str(config), f"--ckpt_path={run / 'checkpoints/last.ckpt'}"]
+    ).trainer.callback_metrics
+    exported = main(
+        [
+            "validate",
+            "--config",
+            str(config),
+            "--model=Classifier",
+            "--model.model.name=cifar_resnet8",
+            f"--model.model.checkpoint={run / 'student/last/model.safetensors'}",
+        ]
+    ).trainer.callback_metrics
     assert float(exported["val/top1"]) == pytest.approx(float(from_checkpoint["val/top1"]))
     assert float(exported["val/loss"]) == pytest.approx(float(from_checkpoint["val/loss"]), rel=1e-5)
     ensemble_only = main(["validate", "--config", str(config)]).trainer.callback_metrics
@@ -52,13 +70,21 @@ def test_validate_evaluates_checkpoint_exported_student_and_ensemble_alike(tmp_p
 
 def test_pretrained_teacher_with_another_head_is_refused_before_download():
     with pytest.raises(ModelLoadingError, match="pretrained weights for 1000 classes but the data has 10"):
-        MealV2(teachers=[{"name": "resnet18.tv_in1k", "pretrained": True}], student={"name": "cifar_resnet8"}, num_classes=10)
+        MealV2(
+            teachers=[{"name": "resnet18.tv_in1k", "pretrained": True}],
+            student={"name": "cifar_resnet8"},
+            num_classes=10,
+        )
 
 
 def test_teacher_student_and_data_class_counts_must_agree(tmp_path):
     path = write_weights(tmp_path / "teacher.pt", "cifar_resnet8", 100)
     with pytest.raises(ModelLoadingError, match="fc.weight.*num_classes"):
-        MealV2(teachers=[{"name": "cifar_resnet8", "checkpoint": str(path)}], student={"name": "cifar_resnet8"}, num_classes=10)
+        MealV2(
+            teachers=[{"name": "cifar_resnet8", "checkpoint": str(path)}],
+            student={"name": "cifar_resnet8"},
+            num_classes=10,
+        )
 
 
 def test_images_with_the_wrong_channel_count_are_refused_in_one_line():
@@ -86,7 +112,9 @@ def test_non_finite_loss_stops_names_the_step_and_keeps_the_last_good_checkpoint
     from datamodules import FashionMNISTData
 
     module = _ExplodingMeal(teachers=["cifar_resnet8"], student={"name": "cifar_resnet8"}, num_classes=10, in_chans=1)
-    checkpoint = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_top_k=0, every_n_train_steps=2)
+    checkpoint = pl.callbacks.ModelCheckpoint(
+        dirpath=tmp_path / "ckpt", save_last=True, save_top_k=0, every_n_train_steps=2
+    )
     trainer = pl.Trainer(max_epochs=2, logger=False, callbacks=[checkpoint, FiniteLossGuard(check_every_n_steps=50)])
     with pytest.raises(NonFiniteLossError, match=r"non-finite at step 4 .*Last good checkpoint: .*last.ckpt") as info:
         trainer.fit(module, datamodule=FashionMNISTData(str(data), batch_size=16))

@@ -1,4 +1,5 @@
 """The embedded default: Fashion-MNIST from IDX files, and the demo pipeline end to end."""
+
 from __future__ import annotations
 
 import json
@@ -70,12 +71,24 @@ def tiny_zoo(tmp_path_factory):
     """A zoo rebuilt from the zoo configs by ``demo.py --rebuild-zoo`` on a tiny data set (1 epoch each)."""
     root = tmp_path_factory.mktemp("zoo")
     data_dir = write_fashion_mnist(root / "data", train_count=64, test_count=32)
-    command = [sys.executable, str(ROOT / "demo.py"), "--rebuild-zoo", "--smoke", "--zoo", str(root / "zoo"), "--out", str(root / "work"),
-               "--data-dir", str(data_dir), "--no-progress-bar"]
+    command = [
+        sys.executable,
+        str(ROOT / "demo.py"),
+        "--rebuild-zoo",
+        "--smoke",
+        "--zoo",
+        str(root / "zoo"),
+        "--out",
+        str(root / "work"),
+        "--data-dir",
+        str(data_dir),
+        "--no-progress-bar",
+    ]
     subprocess.run(command, check=True, cwd=root, capture_output=True)
     return root / "zoo", data_dir
 
 
+@pytest.mark.slow
 def test_rebuilt_zoo_has_weights_config_and_a_manifest_that_matches(tiny_zoo):
     zoo_dir, _ = tiny_zoo
     manifests = zoo.verify(zoo_dir)
@@ -84,13 +97,21 @@ def test_rebuilt_zoo_has_weights_config_and_a_manifest_that_matches(tiny_zoo):
         folder = zoo_dir / manifest["name"]
         config = json.loads((folder / "config.json").read_text())
         assert config["architecture"] == manifest["architecture"] and config["pretrained_cfg"]["mean"] == [0.2860]
-        assert manifest["sha256"] == zoo.sha256(folder / "model.safetensors") and manifest["bytes"] == (folder / "model.safetensors").stat().st_size
+        assert (
+            manifest["sha256"] == zoo.sha256(folder / "model.safetensors")
+            and manifest["bytes"] == (folder / "model.safetensors").stat().st_size
+        )
         assert manifest["weights_dtype"] in ("float16", "float32") and 0 <= manifest["val_top1"] <= 100
-        expected = f"python cli.py fit --config configs/fashion_mnist/zoo/{manifest['name']}.yaml " + " ".join(demo.SMOKE_ARGS)
-        assert manifest["command"] == expected + " --trainer.enable_progress_bar=false" and manifest["val"].endswith("32 official Fashion-MNIST test images (fp32 compute)")
+        expected = f"python cli.py fit --config configs/fashion_mnist/zoo/{manifest['name']}.yaml " + " ".join(
+            demo.SMOKE_ARGS
+        )
+        assert manifest["command"] == expected + " --trainer.enable_progress_bar=false" and manifest["val"].endswith(
+            "32 official Fashion-MNIST test images (fp32 compute)"
+        )
         assert manifest["epochs"] == 1 and manifest["parameters"] > 0 and manifest["wall_seconds"] > 0
 
 
+@pytest.mark.slow
 def test_zoo_weights_that_differ_from_the_manifest_are_refused(tiny_zoo, tmp_path):
     zoo_dir, _ = tiny_zoo
     copy = tmp_path / "zoo"
@@ -99,31 +120,62 @@ def test_zoo_weights_that_differ_from_the_manifest_are_refused(tiny_zoo, tmp_pat
     weights.write_bytes(weights.read_bytes()[:-1] + b"\0")
     with pytest.raises(zoo.ZooError, match="do not match their manifest.*--rebuild-zoo"):
         zoo.verify(copy)
-    result = subprocess.run([sys.executable, str(ROOT / "demo.py"), "--zoo", str(copy), "--out", str(tmp_path / "out")],
-                            capture_output=True, text=True, cwd=tmp_path)
-    assert result.returncode != 0 and result.stderr.strip().startswith("error: Zoo weights") and "Traceback" not in result.stderr
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "demo.py"), "--zoo", str(copy), "--out", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert (
+        result.returncode != 0
+        and result.stderr.strip().startswith("error: Zoo weights")
+        and "Traceback" not in result.stderr
+    )
 
 
+@pytest.mark.slow
 def test_demo_distils_the_zoo_end_to_end_and_skips_finished_steps(tiny_zoo, tmp_path):
     zoo_dir, data_dir = tiny_zoo
     out = tmp_path / "results"
-    command = [sys.executable, str(ROOT / "demo.py"), "--smoke", "--zoo", str(zoo_dir), "--out", str(out), "--data-dir", str(data_dir),
-               "--no-progress-bar", "--precision", "32-true"]
+    command = [
+        sys.executable,
+        str(ROOT / "demo.py"),
+        "--smoke",
+        "--zoo",
+        str(zoo_dir),
+        "--out",
+        str(out),
+        "--data-dir",
+        str(data_dir),
+        "--no-progress-bar",
+        "--precision",
+        "32-true",
+    ]
     first = subprocess.run(command, check=True, cwd=tmp_path, capture_output=True, text=True)
     assert "zoo on the 10,000 test images: teacher: ResNet-20" in first.stdout
 
     result = json.loads((out / "results.json").read_text())
     runs = [row["run"] for row in result["rows"]]
-    assert runs == ["teacher: ResNet-20", "teacher: WRN-16-2", "teacher ensemble (mean of probabilities)",
-                    "student init (hard labels)", "baseline: init + hard labels", "MEAL V2 student"]
+    assert runs == [
+        "teacher: ResNet-20",
+        "teacher: WRN-16-2",
+        "teacher ensemble (mean of probabilities)",
+        "student init (hard labels)",
+        "baseline: init + hard labels",
+        "MEAL V2 student",
+    ]
     assert all(0 <= row["val_top1"] <= 100 and row["params"] > 0 for row in result["rows"])
     by_run = {row["run"]: row["val_top1"] for row in result["rows"]}
-    assert result["meal_minus_baseline"] == pytest.approx(by_run["MEAL V2 student"] - by_run["baseline: init + hard labels"])
+    assert result["meal_minus_baseline"] == pytest.approx(
+        by_run["MEAL V2 student"] - by_run["baseline: init + hard labels"]
+    )
     assert (out / "results.md").read_text().count("\n| ") == len(runs) + 1
     assert (out / "val_top1.png").stat().st_size > 1000
     meal_run = out / "runs" / "fashion_mnist" / "resnet8_from_resnet20+wrn_16_2" / "main"
-    assert yaml.safe_load((meal_run / "config.yaml").read_text())["model"]["init_args"]["student"]["checkpoint"] == \
-        "zoo/fashion_mnist/student_init_resnet8/model.safetensors"
+    assert (
+        yaml.safe_load((meal_run / "config.yaml").read_text())["model"]["init_args"]["student"]["checkpoint"]
+        == "zoo/fashion_mnist/student_init_resnet8/model.safetensors"
+    )
 
     rerun = subprocess.run(command, check=True, cwd=tmp_path, capture_output=True, text=True)
     assert rerun.stdout.count("done earlier, skipped") == 3
@@ -131,10 +183,16 @@ def test_demo_distils_the_zoo_end_to_end_and_skips_finished_steps(tiny_zoo, tmp_
 
 def test_demo_summary_gives_mean_std_and_paired_gaps_over_seeds(tmp_path):
     for seed, (init, baseline, meal, ensemble) in enumerate([(90.0, 90.2, 90.8, 92.0), (89.0, 89.3, 90.1, 93.0)]):
-        rows = [{"run": "student init (hard labels)", "val_top1": init}, {"run": "baseline: init + hard labels", "val_top1": baseline},
-                {"run": "MEAL V2 student", "val_top1": meal}, {"run": "teacher ensemble (mean of probabilities)", "val_top1": ensemble}]
+        rows = [
+            {"run": "student init (hard labels)", "val_top1": init},
+            {"run": "baseline: init + hard labels", "val_top1": baseline},
+            {"run": "MEAL V2 student", "val_top1": meal},
+            {"run": "teacher ensemble (mean of probabilities)", "val_top1": ensemble},
+        ]
         (tmp_path / f"seed{seed}").mkdir()
-        (tmp_path / f"seed{seed}" / "results.json").write_text(json.dumps({"seed": seed, "rows": rows, **demo.gaps({r["run"]: r["val_top1"] for r in rows})}))
+        (tmp_path / f"seed{seed}" / "results.json").write_text(
+            json.dumps({"seed": seed, "rows": rows, **demo.gaps({r["run"]: r["val_top1"] for r in rows})})
+        )
 
     summary = demo.main(["--summary", "--out", str(tmp_path)])
 

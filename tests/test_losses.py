@@ -1,4 +1,5 @@
 """The MEAL V2 losses against values computed by hand."""
+
 from __future__ import annotations
 
 import math
@@ -6,7 +7,12 @@ import math
 import torch
 
 from lightning_modules.discriminator import Discriminator, hidden_widths
-from lightning_modules.losses import discriminator_loss, discriminator_targets, ensemble_soft_targets, soft_cross_entropy
+from lightning_modules.losses import (
+    discriminator_loss,
+    discriminator_targets,
+    ensemble_soft_targets,
+    soft_cross_entropy,
+)
 
 
 def test_soft_target_is_mean_of_probabilities_not_softmax_of_mean_logits():

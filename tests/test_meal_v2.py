@@ -1,4 +1,5 @@
 """MealV2's training step: wiring of teachers, student and discriminator, and frozen teachers."""
+
 from __future__ import annotations
 
 import copy
@@ -64,7 +65,7 @@ def test_gradients_are_identical_when_labels_are_permuted():
         loss = module.distillation_losses(images, batch_labels)["loss"]
         loss.backward()
         grads.append([p.grad.clone() for p in module.student.parameters()])
-    for a, b in zip(*grads):
+    for a, b in zip(*grads, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
@@ -89,10 +90,13 @@ def test_adversarial_mode_reverses_the_discriminator_gradient_into_the_student()
     for mode in ("official", "adversarial"):
         module = tiny_meal(discriminator=mode)
         module.distillation_losses(images)["discriminator"].backward()
-        grads[mode] = ([p.grad.clone() for p in module.student.parameters()], [p.grad.clone() for p in module.discriminator.parameters()])
-    for official, adversarial in zip(grads["official"][0], grads["adversarial"][0]):
+        grads[mode] = (
+            [p.grad.clone() for p in module.student.parameters()],
+            [p.grad.clone() for p in module.discriminator.parameters()],
+        )
+    for official, adversarial in zip(grads["official"][0], grads["adversarial"][0], strict=True):
         torch.testing.assert_close(adversarial, -official)
-    for official, adversarial in zip(grads["official"][1], grads["adversarial"][1]):
+    for official, adversarial in zip(grads["official"][1], grads["adversarial"][1], strict=True):
         torch.testing.assert_close(adversarial, official)
 
 
@@ -131,18 +135,22 @@ def test_teachers_stay_bit_identical_and_in_eval_mode_through_fit_validate_test(
     student_before = [p.clone() for p in module.student.parameters()]
     disc_before = [p.clone() for p in module.discriminator.parameters()]
     probe = _ModeProbe()
-    trainer = pl.Trainer(max_epochs=2, callbacks=[probe], logger=False, default_root_dir=tmp_path, enable_checkpointing=False)
+    trainer = pl.Trainer(
+        max_epochs=2, callbacks=[probe], logger=False, default_root_dir=tmp_path, enable_checkpointing=False
+    )
     trainer.fit(module, _loader(shuffle=True), _loader(8, seed=1))
     trainer.validate(module, _loader(8, seed=1))
     trainer.test(module, _loader(8, seed=2))
 
-    assert probe.seen and all(not teacher_training and student_training for teacher_training, student_training in probe.seen)
+    assert probe.seen and all(
+        not teacher_training and student_training for teacher_training, student_training in probe.seen
+    )
     after = module.teachers.state_dict()
     assert before.keys() == after.keys() and any("running_mean" in k for k in after)
     for key, value in before.items():
         assert torch.equal(value, after[key]), f"teacher tensor {key} changed"
-    assert any(not torch.equal(a, b) for a, b in zip(student_before, module.student.parameters()))
-    assert any(not torch.equal(a, b) for a, b in zip(disc_before, module.discriminator.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(student_before, module.student.parameters(), strict=True))
+    assert any(not torch.equal(a, b) for a, b in zip(disc_before, module.discriminator.parameters(), strict=True))
 
 
 def test_validation_logs_the_teacher_ceiling_once_per_fit(tmp_path):
@@ -150,7 +158,15 @@ def test_validation_logs_the_teacher_ceiling_once_per_fit(tmp_path):
     trainer = pl.Trainer(max_epochs=2, logger=False, default_root_dir=tmp_path, enable_checkpointing=False)
     trainer.fit(module, _loader(), _loader(8, seed=1))
     metrics = trainer.callback_metrics
-    assert {"val/teacher0_top1", "val/teacher1_top1", "val/ensemble_top1", "val/ensemble_top5", "val/top1", "val/top5", "val/loss"} <= set(metrics)
+    assert {
+        "val/teacher0_top1",
+        "val/teacher1_top1",
+        "val/ensemble_top1",
+        "val/ensemble_top5",
+        "val/top1",
+        "val/top5",
+        "val/loss",
+    } <= set(metrics)
     assert not module._teacher_eval_pending
 
 
@@ -179,7 +195,9 @@ def test_optimizer_has_student_and_discriminator_groups_with_their_own_lr(schedu
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
             used[trainer.current_epoch] = [g["lr"] for g in trainer.optimizers[0].param_groups]
 
-    trainer = pl.Trainer(max_epochs=2, logger=False, default_root_dir=tmp_path, enable_checkpointing=False, callbacks=[RecordLr()])
+    trainer = pl.Trainer(
+        max_epochs=2, logger=False, default_root_dir=tmp_path, enable_checkpointing=False, callbacks=[RecordLr()]
+    )
     trainer.fit(module, _loader())
     optimizer = trainer.optimizers[0]
     assert [g["name"] for g in optimizer.param_groups] == ["student", "discriminator"]

@@ -1,4 +1,5 @@
 """Teacher and student weights from local files of every supported kind, and clear errors."""
+
 from __future__ import annotations
 
 import lightning.pytorch as pl
@@ -53,10 +54,18 @@ def test_exported_folder_gives_a_teacher_its_normalization(tmp_path):
     """timm's export format (the zoo, exported students): mean/std come from the config.json beside the weights."""
     model, _ = create_model(ModelSource("cifar_resnet8"), num_classes=4, in_chans=1)
     save_file(model.state_dict(), str(tmp_path / "model.safetensors"))
-    save_config_for_hf(model, str(tmp_path / "config.json"), data_config={"mean": (0.25,), "std": (0.5,), "input_size": (1, 28, 28)})
+    save_config_for_hf(
+        model, str(tmp_path / "config.json"), data_config={"mean": (0.25,), "std": (0.5,), "input_size": (1, 28, 28)}
+    )
 
-    meal = MealV2(teachers=[{"name": "cifar_resnet8", "checkpoint": str(tmp_path / "model.safetensors")}],
-                  student={"name": "cifar_resnet8"}, num_classes=4, in_chans=1, data_mean=(0.5,), data_std=(0.25,))
+    meal = MealV2(
+        teachers=[{"name": "cifar_resnet8", "checkpoint": str(tmp_path / "model.safetensors")}],
+        student={"name": "cifar_resnet8"},
+        num_classes=4,
+        in_chans=1,
+        data_mean=(0.5,),
+        data_std=(0.25,),
+    )
     teacher = meal.teachers.members[0]
     assert teacher.renormalize and _same_weights(teacher.model, model)
     torch.testing.assert_close(teacher.scale.flatten(), torch.tensor([0.25 / 0.5]))
@@ -65,7 +74,10 @@ def test_exported_folder_gives_a_teacher_its_normalization(tmp_path):
 
 def test_meal_checkpoint_student_loads_as_a_new_student(tmp_path):
     meal = MealV2(teachers=["cifar_resnet20"], student={"name": "test_efficientnet"}, num_classes=5)
-    torch.save({"state_dict": meal.state_dict(), "hyper_parameters": dict(meal.hparams), "pytorch-lightning_version": "2.6"}, tmp_path / "m.ckpt")
+    torch.save(
+        {"state_dict": meal.state_dict(), "hyper_parameters": dict(meal.hparams), "pytorch-lightning_version": "2.6"},
+        tmp_path / "m.ckpt",
+    )
     student, _ = create_model(ModelSource("test_efficientnet", checkpoint=str(tmp_path / "m.ckpt")), num_classes=5)
     assert _same_weights(student, meal.student)
 

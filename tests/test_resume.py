@@ -1,4 +1,5 @@
 """Checkpoints and resume: no teachers stored, exact continuation, hard kills, TensorBoard continuity."""
+
 from __future__ import annotations
 
 import math
@@ -31,13 +32,18 @@ def assert_same_training_state(a: dict, b: dict) -> None:
     assert a["state_dict"].keys() == b["state_dict"].keys()
     for key in a["state_dict"]:
         torch.testing.assert_close(a["state_dict"][key], b["state_dict"][key], rtol=0, atol=0, msg=f"{key} differs")
-    for group_a, group_b in zip(a["optimizer_states"][0]["param_groups"], b["optimizer_states"][0]["param_groups"]):
+    for group_a, group_b in zip(
+        a["optimizer_states"][0]["param_groups"], b["optimizer_states"][0]["param_groups"], strict=True
+    ):
         assert group_a["lr"] == group_b["lr"]
     for index, state in a["optimizer_states"][0]["state"].items():
-        torch.testing.assert_close(state["momentum_buffer"], b["optimizer_states"][0]["state"][index]["momentum_buffer"], rtol=0, atol=0)
+        torch.testing.assert_close(
+            state["momentum_buffer"], b["optimizer_states"][0]["state"][index]["momentum_buffer"], rtol=0, atol=0
+        )
     assert a["lr_schedulers"] == b["lr_schedulers"]
 
 
+@pytest.mark.slow
 @pytest.mark.trainer(max_epochs=4)
 def test_resume_from_last_equals_an_uninterrupted_run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -52,7 +58,9 @@ def test_resume_from_last_equals_an_uninterrupted_run(tmp_path, monkeypatch):
     resumed = load(tmp_path / "resumed/runs/meal/version_0/checkpoints/last.ckpt")
     assert straight["global_step"] == 4 * 4
     assert_same_training_state(straight, resumed)
-    assert [p.name for p in (tmp_path / "resumed/runs/meal").iterdir()] == ["version_0"], "resume opened a new TensorBoard run"
+    assert [p.name for p in (tmp_path / "resumed/runs/meal").iterdir()] == ["version_0"], (
+        "resume opened a new TensorBoard run"
+    )
     assert len(list((tmp_path / "resumed/runs/meal/version_0").glob("events.out.tfevents.*"))) == 2
 
 
@@ -83,7 +91,16 @@ def test_last_checkpoint_is_the_final_state_with_step_checkpoints(tmp_path, monk
     assert last["global_step"] == 2 * 4  # 4 steps per epoch: the step checkpoints came at 3 and 6 only
     assert best["global_step"] <= last["global_step"]
 
-    main(["fit", "--config", str(config), "--trainer.max_epochs=3", "--last_checkpoint.every_n_train_steps=3", "--ckpt_path=last"])
+    main(
+        [
+            "fit",
+            "--config",
+            str(config),
+            "--trainer.max_epochs=3",
+            "--last_checkpoint.every_n_train_steps=3",
+            "--ckpt_path=last",
+        ]
+    )
     assert load(checkpoints / "last.ckpt")["global_step"] == 3 * 4  # resumes after the final step: one more epoch
 
 
@@ -108,7 +125,9 @@ def test_checkpoint_is_student_and_discriminator_only_and_weights_only_loadable(
     assert {k.split(".")[0] for k in keys} == {"student", "discriminator"}
     assert checkpoint["hyper_parameters"]["teachers"][0]["name"] == "cifar_resnet8"
     stored = sum(v.numel() for v in checkpoint["state_dict"].values())
-    trainable = sum(p.numel() for p in cli.model.student.parameters()) + sum(p.numel() for p in cli.model.discriminator.parameters())
+    trainable = sum(p.numel() for p in cli.model.student.parameters()) + sum(
+        p.numel() for p in cli.model.discriminator.parameters()
+    )
     assert stored < 1.1 * trainable + 1000
 
 
@@ -124,7 +143,10 @@ def test_checkpoint_missing_a_student_key_is_an_error(tmp_path, monkeypatch):
         main(["validate", "--config", str(config), f"--ckpt_path={tmp_path / 'broken.ckpt'}"])
 
 
-@pytest.mark.parametrize("content, message", [(b"garbage", "cannot be read"), (None, "not a Lightning checkpoint"), ("missing", "does not exist")])
+@pytest.mark.parametrize(
+    "content, message",
+    [(b"garbage", "cannot be read"), (None, "not a Lightning checkpoint"), ("missing", "does not exist")],
+)
 def test_bad_ckpt_path_is_refused_before_anything_is_built(tmp_path, monkeypatch, content, message):
     from cli import CheckpointError
 
@@ -139,12 +161,22 @@ def test_bad_ckpt_path_is_refused_before_anything_is_built(tmp_path, monkeypatch
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.slow
 def test_hard_kill_mid_epoch_resumes_from_the_step_checkpoint(tmp_path):
     config = write_config(tmp_path)
     run = tmp_path / "runs/meal/version_0/checkpoints"
-    base = [sys.executable, str(ROOT / "cli.py"), "fit", "--config", str(config), "--trainer.max_epochs=2",
-            "--trainer.enable_progress_bar=false", "--trainer.limit_val_batches=1", "--last_checkpoint.every_n_train_steps=2",
-            "--data.init_args.batch_size=4"]  # 24 steps per epoch
+    base = [
+        sys.executable,
+        str(ROOT / "cli.py"),
+        "fit",
+        "--config",
+        str(config),
+        "--trainer.max_epochs=2",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.limit_val_batches=1",
+        "--last_checkpoint.every_n_train_steps=2",
+        "--data.init_args.batch_size=4",
+    ]  # 24 steps per epoch
     process = subprocess.Popen(base, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline and not (run / "last.ckpt").exists():
@@ -155,6 +187,8 @@ def test_hard_kill_mid_epoch_resumes_from_the_step_checkpoint(tmp_path):
     killed_at = load(run / "last.ckpt")["global_step"]
     assert 0 < killed_at < 48, "the run was not interrupted mid-way"
 
-    subprocess.run(base + ["--ckpt_path=last"], cwd=tmp_path, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        base + ["--ckpt_path=last"], cwd=tmp_path, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     final = load(run / "last.ckpt")
     assert final["epoch"] == 1 and final["global_step"] >= 48 - 2

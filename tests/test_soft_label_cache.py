@@ -1,4 +1,5 @@
 """The soft-label cache: written by `cli.py predict`, replayed by training without teachers."""
+
 from __future__ import annotations
 
 import json
@@ -22,8 +23,11 @@ def test_decoded_labels_keep_top_k_and_spread_the_rest_evenly():
 
 
 def cache_args(tmp_path, **extra) -> list[str]:
-    args = [f"--data.init_args.soft_labels.dir={tmp_path / 'cache'}", "--data.init_args.soft_labels.crops=3",
-            "--data.init_args.soft_labels.top_k=4"]
+    args = [
+        f"--data.init_args.soft_labels.dir={tmp_path / 'cache'}",
+        "--data.init_args.soft_labels.crops=3",
+        "--data.init_args.soft_labels.top_k=4",
+    ]
     return args + [f"--data.init_args.soft_labels.{k}={v}" for k, v in extra.items()]
 
 
@@ -50,11 +54,15 @@ def test_predict_writes_a_complete_cache_that_matches_the_teachers(tmp_path, mon
 def test_predict_resumes_and_shards_fill_disjoint_images(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     config = write_config(tmp_path)
-    first = main(["predict", "--config", str(config), *cache_args(tmp_path, shard=0, num_shards=2)]).datamodule.soft_label_store
+    first = main(
+        ["predict", "--config", str(config), *cache_args(tmp_path, shard=0, num_shards=2)]
+    ).datamodule.soft_label_store
     done = np.array(first.arrays["done"])
     assert done[0::2].all() and not done[1::2].any()
     before = np.array(first.arrays["values"][0::2])
-    second = main(["predict", "--config", str(config), *cache_args(tmp_path, shard=1, num_shards=2)]).datamodule.soft_label_store
+    second = main(
+        ["predict", "--config", str(config), *cache_args(tmp_path, shard=1, num_shards=2)]
+    ).datamodule.soft_label_store
     assert np.array(second.arrays["done"]).all()
     np.testing.assert_array_equal(np.array(second.arrays["values"][0::2]), before)
 
@@ -68,9 +76,21 @@ def test_training_from_the_cache_runs_no_teacher(tmp_path, monkeypatch):
     from lightning_modules.teachers import TeacherEnsemble
 
     original = TeacherEnsemble.forward
-    monkeypatch.setattr(TeacherEnsemble, "forward", lambda self, x: calls.append(torch.is_grad_enabled()) or original(self, x))
-    cli = main(["fit", "--config", str(config), *cache_args(tmp_path), "--model.init_args.soft_targets=cached",
-                "--trainer.max_epochs=1", "--trainer.num_sanity_val_steps=0", "--trainer.limit_val_batches=0"])
+    monkeypatch.setattr(
+        TeacherEnsemble, "forward", lambda self, x: calls.append(torch.is_grad_enabled()) or original(self, x)
+    )
+    cli = main(
+        [
+            "fit",
+            "--config",
+            str(config),
+            *cache_args(tmp_path),
+            "--model.init_args.soft_targets=cached",
+            "--trainer.max_epochs=1",
+            "--trainer.num_sanity_val_steps=0",
+            "--trainer.limit_val_batches=0",
+        ]
+    )
     assert cli.trainer.global_step == 4 and calls == []
     assert float(cli.trainer.callback_metrics["train/kd_loss"]) > 0
 
@@ -85,9 +105,19 @@ def test_training_from_an_incomplete_cache_is_refused(tmp_path, monkeypatch):
 
 def test_cached_mode_without_a_cache_is_refused(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(ValueError, match="soft_targets is 'cached' but the data has no soft-label cache: set data.init_args.soft_labels.dir"):
-        main(["fit", "--config", str(write_config(tmp_path, cutmix_prob=0.0)), "--model.init_args.soft_targets=cached",
-              "--trainer.num_sanity_val_steps=0"])
+    with pytest.raises(
+        ValueError,
+        match="soft_targets is 'cached' but the data has no soft-label cache: set data.init_args.soft_labels.dir",
+    ):
+        main(
+            [
+                "fit",
+                "--config",
+                str(write_config(tmp_path, cutmix_prob=0.0)),
+                "--model.init_args.soft_targets=cached",
+                "--trainer.num_sanity_val_steps=0",
+            ]
+        )
 
 
 def test_cache_made_for_another_training_subset_is_refused(tmp_path, monkeypatch):
@@ -95,8 +125,17 @@ def test_cache_made_for_another_training_subset_is_refused(tmp_path, monkeypatch
     config = write_config(tmp_path, cutmix_prob=0.0)
     main(["predict", "--config", str(config), *cache_args(tmp_path), "--data.init_args.train_subset=64"])
     with pytest.raises(DataError, match=r"made for other training images \(data files or subset\).*predict`") as info:
-        main(["fit", "--config", str(config), *cache_args(tmp_path), "--model.init_args.soft_targets=cached",
-              "--data.init_args.train_subset=64", "--data.init_args.subset_seed=1"])
+        main(
+            [
+                "fit",
+                "--config",
+                str(config),
+                *cache_args(tmp_path),
+                "--model.init_args.soft_targets=cached",
+                "--data.init_args.train_subset=64",
+                "--data.init_args.subset_seed=1",
+            ]
+        )
     assert "\n" not in str(info.value)
 
 
@@ -108,7 +147,9 @@ def test_cache_made_by_other_teachers_is_refused(tmp_path, monkeypatch):
     with pytest.raises(DataError, match=r"made for other teachers \(names or weights\)"):
         main(["fit", "--config", str(config), *cache_args(tmp_path), "--model.init_args.soft_targets=cached"])
     with pytest.raises(DataError, match=r"made for other teachers"):
-        main(["predict", "--config", str(config), *cache_args(tmp_path)])  # resuming generation with them is refused too
+        main(
+            ["predict", "--config", str(config), *cache_args(tmp_path)]
+        )  # resuming generation with them is refused too
 
 
 def test_resuming_generation_with_another_top_k_is_refused(tmp_path, monkeypatch):
@@ -126,7 +167,10 @@ def image_folder_cache(tmp_path, monkeypatch):
     root = write_image_folder(tmp_path / "images", num_classes=3, train_per_class=4, val_per_class=2, size=40)
     for path in (root / "train").rglob("*.JPEG"):  # non-square images, so boxes and resizes are not trivial
         Image.open(path).resize((56, 40)).save(path, quality=90)
-    data = {"class_path": "ImageFolderData", "init_args": {"data_dir": str(root), "image_size": 32, "batch_size": 4, "num_workers": 0}}
+    data = {
+        "class_path": "ImageFolderData",
+        "init_args": {"data_dir": str(root), "image_size": 32, "batch_size": 4, "num_workers": 0},
+    }
     config = write_meal_config_for_data(tmp_path, data, num_classes=3)
     cli = main(["predict", "--config", str(config), *cache_args(tmp_path, top_k=2)])
     return cli, config
@@ -173,8 +217,16 @@ def test_cache_for_image_folders_refuses_changed_files(image_folder_cache, tmp_p
     extra = tmp_path / "images" / "train" / "class_0" / "extra.JPEG"
     Image.new("RGB", (40, 40)).save(extra)
     with pytest.raises(DataError, match="made for other (training images|number of training images)"):
-        main(["fit", "--config", str(config), *cache_args(tmp_path, top_k=2), "--model.init_args.soft_targets=cached",
-              "--model.init_args.cutmix_prob=0.0"])
+        main(
+            [
+                "fit",
+                "--config",
+                str(config),
+                *cache_args(tmp_path, top_k=2),
+                "--model.init_args.soft_targets=cached",
+                "--model.init_args.cutmix_prob=0.0",
+            ]
+        )
 
 
 def test_training_from_an_image_folder_cache_runs_no_teacher(image_folder_cache, tmp_path, monkeypatch):
@@ -184,15 +236,37 @@ def test_training_from_an_image_folder_cache_runs_no_teacher(image_folder_cache,
     calls = []
     original = TeacherEnsemble.forward
     monkeypatch.setattr(TeacherEnsemble, "forward", lambda self, x: calls.append(1) or original(self, x))
-    cli = main(["fit", "--config", str(config), *cache_args(tmp_path, top_k=2), "--model.init_args.soft_targets=cached",
-                "--model.init_args.cutmix_prob=0.0", "--trainer.max_epochs=1", "--trainer.limit_val_batches=0"])
-    assert cli.trainer.global_step == 12 // 4 and calls == []  # each image once per epoch, through one of its stored crops
+    cli = main(
+        [
+            "fit",
+            "--config",
+            str(config),
+            *cache_args(tmp_path, top_k=2),
+            "--model.init_args.soft_targets=cached",
+            "--model.init_args.cutmix_prob=0.0",
+            "--trainer.max_epochs=1",
+            "--trainer.limit_val_batches=0",
+        ]
+    )
+    assert (
+        cli.trainer.global_step == 12 // 4 and calls == []
+    )  # each image once per epoch, through one of its stored crops
 
 
 def test_several_crops_per_decoded_image_fill_the_batch_without_repeating(image_folder_cache, tmp_path):
     _, config = image_folder_cache
-    cli = main(["fit", "--config", str(config), *cache_args(tmp_path, top_k=2, crops_per_sample=3), "--model.init_args.soft_targets=cached",
-                "--model.init_args.cutmix_prob=0.0", "--trainer.max_epochs=1", "--trainer.limit_val_batches=0"])
+    cli = main(
+        [
+            "fit",
+            "--config",
+            str(config),
+            *cache_args(tmp_path, top_k=2, crops_per_sample=3),
+            "--model.init_args.soft_targets=cached",
+            "--model.init_args.cutmix_prob=0.0",
+            "--trainer.max_epochs=1",
+            "--trainer.limit_val_batches=0",
+        ]
+    )
     data = cli.datamodule
     images, labels, soft = next(iter(data.train_dataloader()))
     assert images.shape == (4 * 3, 3, 32, 32) and labels.shape == (12,) and soft.shape == (12, 3)
@@ -205,9 +279,18 @@ def test_several_crops_per_decoded_image_fill_the_batch_without_repeating(image_
 def test_teachers_label_the_same_crops_at_their_own_resolution(image_folder_cache, tmp_path):
     cli, config = image_folder_cache
     student_store = cli.datamodule.soft_label_store
-    high = main(["predict", "--config", str(config), *cache_args(tmp_path, top_k=2, dir=tmp_path / "cache48", teacher_image_size=48)])
+    high = main(
+        [
+            "predict",
+            "--config",
+            str(config),
+            *cache_args(tmp_path, top_k=2, dir=tmp_path / "cache48", teacher_image_size=48),
+        ]
+    )
     store, data = high.datamodule.soft_label_store, high.datamodule
-    np.testing.assert_array_equal(np.array(store.arrays["boxes"]), np.array(student_store.arrays["boxes"]))  # same crops, seeded
+    np.testing.assert_array_equal(
+        np.array(store.arrays["boxes"]), np.array(student_store.arrays["boxes"])
+    )  # same crops, seeded
 
     raw, _ = data.raw_train_set()[4]
     box = pixel_box(store.arrays["boxes"][4, 1], *raw.shape[-2:])
@@ -215,10 +298,23 @@ def test_teachers_label_the_same_crops_at_their_own_resolution(image_folder_cach
     with torch.no_grad():
         probabilities = high.model.teachers(teacher_view[None]).float().softmax(-1).mean(0)[0]
     top = np.array(store.arrays["indices"][4, 1]).astype(np.int64)
-    torch.testing.assert_close(torch.from_numpy(np.array(store.arrays["values"][4, 1])).float(), probabilities[top], atol=2e-3, rtol=0)
-    assert CachedCrops(data.raw_train_set(), store, data.render)[4 * 3 + 1][0].shape == (3, 32, 32)  # the student replays at 32
+    torch.testing.assert_close(
+        torch.from_numpy(np.array(store.arrays["values"][4, 1])).float(), probabilities[top], atol=2e-3, rtol=0
+    )
+    assert CachedCrops(data.raw_train_set(), store, data.render)[4 * 3 + 1][0].shape == (
+        3,
+        32,
+        32,
+    )  # the student replays at 32
     with pytest.raises(DataError, match=r"made for other teacher resolution \(48 != 64 now\)"):
-        main(["predict", "--config", str(config), *cache_args(tmp_path, top_k=2, dir=tmp_path / "cache48", teacher_image_size=64)])
+        main(
+            [
+                "predict",
+                "--config",
+                str(config),
+                *cache_args(tmp_path, top_k=2, dir=tmp_path / "cache48", teacher_image_size=64),
+            ]
+        )
 
 
 def test_cache_generation_checks_the_ensemble_on_val_first_and_reports_its_cost(image_folder_cache):
@@ -230,4 +326,6 @@ def test_cache_generation_checks_the_ensemble_on_val_first_and_reports_its_cost(
             correct += int((cli.model.teachers(images).float().softmax(-1).mean(0).argmax(-1) == labels).sum())
             total += len(labels)
     assert meta["ensemble_val_top1"] == {"top1": round(100 * correct / total, 2), "images": 6}
-    assert cli.datamodule.soft_label_store.bytes_per_image() == 3 * (16 + 1 + 2 * 2 + 2 * 2) + 1  # boxes, flip, values, indices; done
+    assert (
+        cli.datamodule.soft_label_store.bytes_per_image() == 3 * (16 + 1 + 2 * 2 + 2 * 2) + 1
+    )  # boxes, flip, values, indices; done

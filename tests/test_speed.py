@@ -1,4 +1,5 @@
 """Fast teachers keep the soft targets, and the throughput benchmark reports every mode."""
+
 from __future__ import annotations
 
 import json
@@ -24,7 +25,9 @@ def count_batchnorm(module: torch.nn.Module) -> int:
 
 def small_meal() -> MealV2:
     torch.manual_seed(0)
-    return MealV2(teachers=["cifar_resnet8", "cifar_wrn_16_1"], student={"name": "cifar_resnet8"}, num_classes=10, in_chans=1)
+    return MealV2(
+        teachers=["cifar_resnet8", "cifar_wrn_16_1"], student={"name": "cifar_resnet8"}, num_classes=10, in_chans=1
+    )
 
 
 @pytest.mark.parametrize("precision, max_kl", [("32", 1e-6), ("bf16", 1e-2)])
@@ -51,8 +54,13 @@ def test_fast_teachers_keep_soft_targets_within_tolerance(precision, max_kl):
 def test_fast_teachers_callback_applies_to_the_teachers_only(tmp_path):
     module = small_meal()
     loader = DataLoader(TensorDataset(torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))), batch_size=4)
-    trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, default_root_dir=tmp_path,
-                         callbacks=[FastTeachers(precision="32")])
+    trainer = pl.Trainer(
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        default_root_dir=tmp_path,
+        callbacks=[FastTeachers(precision="32")],
+    )
     trainer.fit(module, loader)
     assert count_batchnorm(module.teachers.members[0]) == 0
     assert count_batchnorm(module.student) > 0
@@ -64,11 +72,24 @@ def test_throughput_benchmark_reports_every_mode(tmp_path):
     import throughput
 
     out = tmp_path / "throughput.json"
-    throughput.main(["--steps", "1", "--warmup", "0", "--batch-size", "4", "--teachers", "cifar_resnet8", "--out", str(out)])
+    throughput.main(
+        ["--steps", "1", "--warmup", "0", "--batch-size", "4", "--teachers", "cifar_resnet8", "--out", str(out)]
+    )
     report = json.loads(out.read_text())
-    assert set(report["images_per_s"]) == {"floor", "online_fp32", "online_fast", "cached"}
+    floors = {f"floor_{p}{c}" for p in ("fp32", "bf16") for c in ("", "_channels_last")}
+    assert set(report["images_per_s"]) == floors | {
+        "floor",
+        "online_fp32",
+        "online_fast",
+        "teachers_alone",
+        "online_limit",
+        "cached",
+    }
     assert all(v > 0 for v in report["images_per_s"].values())
-    assert report["fast_soft_targets"]["top1_agreement"] == 1.0 and "online_fast / online_fp32" in report["ratios"]
+    r = report["images_per_s"]
+    assert r["online_limit"] == pytest.approx(1 / (1 / r["floor"] + 1 / r["teachers_alone"]))
+    assert report["ratios"]["online_fast / online_limit"] == pytest.approx(r["online_fast"] / r["online_limit"])
+    assert report["fast_soft_targets"]["top1_agreement"] == 1.0
 
 
 @pytest.mark.parametrize("cpu_bf16, dtype", [(True, torch.bfloat16), (False, torch.float32)])
@@ -78,9 +99,36 @@ def test_fast_teachers_pick_their_precision_from_the_hardware(tmp_path, monkeypa
     monkeypatch.setattr(hardware, "cpu_has_bf16", lambda: cpu_bf16)
     module = small_meal()
     loader = DataLoader(TensorDataset(torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))), batch_size=4)
-    trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, default_root_dir=tmp_path, callbacks=[FastTeachers()])
+    trainer = pl.Trainer(
+        max_epochs=1, logger=False, enable_checkpointing=False, default_root_dir=tmp_path, callbacks=[FastTeachers()]
+    )
     trainer.fit(module, loader)
     assert {p.dtype for t in module.teachers for p in t.parameters()} == {dtype}
     assert {p.dtype for p in module.student.parameters()} == {torch.float32}
-    if not torch.cuda.is_available():  # the Trainer's precision for the demo follows the same rule on a CPU-only machine
+    if (
+        not torch.cuda.is_available()
+    ):  # the Trainer's precision for the demo follows the same rule on a CPU-only machine
         assert hardware.fast_trainer_precision() == ("bf16-mixed" if cpu_bf16 else "32-true")
+
+
+@pytest.mark.slow
+def test_compiled_fast_teachers_keep_the_soft_targets(tmp_path):
+    module = small_meal()
+    images = torch.randn(16, 1, 28, 28)
+    with torch.no_grad():
+        reference = ensemble_soft_targets(module.teachers(images))
+    trainer = pl.Trainer(
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        default_root_dir=tmp_path,
+        callbacks=[FastTeachers(precision="32", compile=True)],
+    )
+    trainer.validate(module, DataLoader(TensorDataset(images, torch.randint(0, 10, (16,))), batch_size=16))
+    assert all(type(t.model).__name__ == "OptimizedModule" for t in module.teachers)
+    with torch.no_grad():
+        compiled = ensemble_soft_targets(module.teachers(images))
+    kl = (reference * (reference.log() - compiled.log())).sum(-1).mean()
+    assert (
+        compiled.dtype == torch.float32 and float(kl) < 1e-6 and torch.equal(compiled.argmax(-1), reference.argmax(-1))
+    )
