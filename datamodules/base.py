@@ -99,6 +99,22 @@ class ClassificationDataModule(L.LightningDataModule):
         self._raw_train: Optional[Dataset] = None
         self._finish: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
 
+    _in_chans: int = 3
+    _mean: tuple[float, ...]  # set by subclasses
+    _std: tuple[float, ...]
+
+    @property
+    def in_chans(self) -> int:
+        return self._in_chans
+
+    @property
+    def mean(self) -> tuple[float, ...]:
+        return self._mean
+
+    @property
+    def std(self) -> tuple[float, ...]:
+        return self._std
+
     def build_datasets(self) -> tuple[Dataset, Dataset, Dataset]:
         """Return (train, val, test) datasets."""
         raise NotImplementedError

@@ -90,18 +90,6 @@ class CIFARData(ClassificationDataModule):
     def num_classes(self) -> int:
         return self._num_classes
 
-    @property
-    def in_chans(self) -> int:
-        return 3
-
-    @property
-    def mean(self) -> tuple[float, ...]:
-        return self._mean
-
-    @property
-    def std(self) -> tuple[float, ...]:
-        return self._std
-
     def prepare_data(self) -> None:
         if self.download:
             with downloading(

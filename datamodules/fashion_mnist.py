@@ -98,7 +98,7 @@ class FashionMNISTData(ClassificationDataModule):
             raise DataError(f"in_chans must be 1 or 3 for Fashion-MNIST, got {in_chans}.")
         self.data_dir = Path(data_dir)
         self.download = download
-        self._in_chans = in_chans
+        self._in_chans, self._mean, self._std = in_chans, MEAN * in_chans, STD * in_chans
         self.train_subset = train_subset
         self.subset_seed = subset_seed
         self.augment = augment
@@ -109,18 +109,6 @@ class FashionMNISTData(ClassificationDataModule):
     @property
     def num_classes(self) -> int:
         return 10
-
-    @property
-    def in_chans(self) -> int:
-        return self._in_chans
-
-    @property
-    def mean(self) -> tuple[float, ...]:
-        return MEAN * self._in_chans
-
-    @property
-    def std(self) -> tuple[float, ...]:
-        return STD * self._in_chans
 
     def locate(self) -> Path:
         """The folder holding the four IDX files, or a one-line error saying how to get them."""

@@ -86,18 +86,6 @@ class ImageFolderData(ClassificationDataModule):
     def num_classes(self) -> int:
         return len(self.classes)
 
-    @property
-    def in_chans(self) -> int:
-        return 3
-
-    @property
-    def mean(self) -> tuple[float, ...]:
-        return self._mean
-
-    @property
-    def std(self) -> tuple[float, ...]:
-        return self._std
-
     def sample_box(self, generator: Optional[torch.Generator], height: int, width: int) -> tuple[int, int, int, int]:
         return random_resized_box(generator, height, width, self.scale, self.ratio)
 

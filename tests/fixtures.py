@@ -128,16 +128,9 @@ def write_meal_config(tmp_path: Path, **model_args) -> Path:
             },
         },
         "data": {"class_path": "FashionMNISTData", "init_args": {"data_dir": str(data_dir), "batch_size": 16}},
-        "trainer": {
-            "logger": {
-                "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-                "init_args": {"save_dir": str(tmp_path / "runs"), "name": "meal"},
-            }
-        },
+        "trainer": {"logger": tensorboard_logger(tmp_path)},
     }
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+    return write_yaml(tmp_path / "config.yaml", config)
 
 
 def write_meal_config_for_data(tmp_path: Path, data: dict, num_classes: int) -> Path:
@@ -158,14 +151,19 @@ def write_meal_config_for_data(tmp_path: Path, data: dict, num_classes: int) -> 
             "init_args": {"teachers": teachers, "student": {"name": "test_efficientnet"}, "lr": 0.01},
         },
         "data": data,
-        "trainer": {
-            "max_epochs": 2,
-            "logger": {
-                "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-                "init_args": {"save_dir": str(tmp_path / "runs"), "name": "meal"},
-            },
-        },
+        "trainer": {"max_epochs": 2, "logger": tensorboard_logger(tmp_path)},
     }
-    path = tmp_path / "config.yaml"
+    return write_yaml(tmp_path / "config.yaml", config)
+
+
+def tensorboard_logger(tmp_path: Path) -> dict:
+    """Runs under tmp_path/runs/meal/version_N."""
+    return {
+        "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+        "init_args": {"save_dir": str(tmp_path / "runs"), "name": "meal"},
+    }
+
+
+def write_yaml(path: Path, config: dict) -> Path:
     path.write_text(yaml.safe_dump(config))
     return path

@@ -12,14 +12,20 @@ import zoo
 from cli import main
 
 
-def test_fit_validate_test_on_image_folder_writes_logs_and_checkpoints(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    root = write_image_folder(tmp_path / "imagenet", num_classes=5, train_per_class=4, val_per_class=2, size=40)
+def image_folder_meal_config(tmp_path, train_per_class: int, val_per_class: int):
+    root = write_image_folder(
+        tmp_path / "imagenet", num_classes=5, train_per_class=train_per_class, val_per_class=val_per_class, size=40
+    )
     data = {
         "class_path": "ImageFolderData",
         "init_args": {"data_dir": str(root), "image_size": 32, "batch_size": 4, "num_workers": 0},
     }
-    config = meal_config(tmp_path, data, num_classes=5)
+    return meal_config(tmp_path, data, num_classes=5)
+
+
+def test_fit_validate_test_on_image_folder_writes_logs_and_checkpoints(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = image_folder_meal_config(tmp_path, train_per_class=4, val_per_class=2)
 
     main(["fit", "--config", str(config)])
     run_dir = tmp_path / "runs" / "meal" / "version_0"
@@ -51,12 +57,7 @@ def test_fit_on_cifar_pickles(tmp_path, monkeypatch):
 
 def test_rerun_into_the_same_run_directory_works_when_asked_to_overwrite(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    root = write_image_folder(tmp_path / "imagenet", num_classes=5, train_per_class=2, val_per_class=1, size=40)
-    data = {
-        "class_path": "ImageFolderData",
-        "init_args": {"data_dir": str(root), "image_size": 32, "batch_size": 4, "num_workers": 0},
-    }
-    config = meal_config(tmp_path, data, num_classes=5)
+    config = image_folder_meal_config(tmp_path, train_per_class=2, val_per_class=1)
     args = ["fit", "--config", str(config), "--trainer.logger.init_args.version=main", "--trainer.max_epochs=1"]
     main(args)
     main(args + ["--overwrite=true"])  # config.yaml from the first run does not block the second

@@ -160,6 +160,13 @@ def test_resuming_generation_with_another_top_k_is_refused(tmp_path, monkeypatch
         main(["predict", "--config", str(config), *cache_args(tmp_path, shard=1, num_shards=2, top_k=5)])
 
 
+def fit_one_epoch_from_cache(config, tmp_path, **cache):
+    args = ["--model.init_args.soft_targets=cached", "--model.init_args.cutmix_prob=0.0", "--trainer.max_epochs=1"]
+    return main(
+        ["fit", "--config", str(config), *cache_args(tmp_path, **cache), *args, "--trainer.limit_val_batches=0"]
+    )
+
+
 @pytest.fixture
 def image_folder_cache(tmp_path, monkeypatch):
     """`predict` over a JPEG ImageFolder (40x56 images, 3 crops each at 32 px), and its config."""
@@ -236,18 +243,7 @@ def test_training_from_an_image_folder_cache_runs_no_teacher(image_folder_cache,
     calls = []
     original = TeacherEnsemble.forward
     monkeypatch.setattr(TeacherEnsemble, "forward", lambda self, x: calls.append(1) or original(self, x))
-    cli = main(
-        [
-            "fit",
-            "--config",
-            str(config),
-            *cache_args(tmp_path, top_k=2),
-            "--model.init_args.soft_targets=cached",
-            "--model.init_args.cutmix_prob=0.0",
-            "--trainer.max_epochs=1",
-            "--trainer.limit_val_batches=0",
-        ]
-    )
+    cli = fit_one_epoch_from_cache(config, tmp_path, top_k=2)
     assert (
         cli.trainer.global_step == 12 // 4 and calls == []
     )  # each image once per epoch, through one of its stored crops
@@ -255,18 +251,7 @@ def test_training_from_an_image_folder_cache_runs_no_teacher(image_folder_cache,
 
 def test_several_crops_per_decoded_image_fill_the_batch_without_repeating(image_folder_cache, tmp_path):
     _, config = image_folder_cache
-    cli = main(
-        [
-            "fit",
-            "--config",
-            str(config),
-            *cache_args(tmp_path, top_k=2, crops_per_sample=3),
-            "--model.init_args.soft_targets=cached",
-            "--model.init_args.cutmix_prob=0.0",
-            "--trainer.max_epochs=1",
-            "--trainer.limit_val_batches=0",
-        ]
-    )
+    cli = fit_one_epoch_from_cache(config, tmp_path, top_k=2, crops_per_sample=3)
     data = cli.datamodule
     images, labels, soft = next(iter(data.train_dataloader()))
     assert images.shape == (4 * 3, 3, 32, 32) and labels.shape == (12,) and soft.shape == (12, 3)
