@@ -12,10 +12,12 @@ import pytest
 import torch
 import yaml
 from fixtures import write_fashion_mnist
+from safetensors.torch import load_file
 
 import datamodules.fashion_mnist as fashion_mnist
 import demo
 import zoo
+from cli import main
 from datamodules import DataError, FashionMNISTData
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -203,3 +205,18 @@ def test_demo_summary_gives_mean_std_and_paired_gaps_over_seeds(tmp_path):
     text = (tmp_path / "summary.md").read_text()
     assert "| MEAL V2 - baseline (points) | 2 | +0.70 | 0.14 | s0 +0.60, s1 +0.80 |" in text
     assert "| share of init -> ensemble gap closed (%) | 2 | 33.75 | 8.84 | s0 40.00, s1 27.50 |" in text
+
+
+def test_committed_zoo_matches_its_manifests_and_loads_through_the_recipe(tmp_path, monkeypatch):
+    manifests = {m["name"]: m for m in zoo.verify()}  # sha256 of every shipped file against its manifest
+    assert all(m["val_top1"] >= 93.0 for m in manifests.values() if m["role"] == "teacher")
+    monkeypatch.chdir(ROOT)  # the recipe names zoo/fashion_mnist/... relative to the repository
+    data = write_fashion_mnist(tmp_path / "data")
+    cli = main(["--config", str(demo.MEAL_CONFIG), f"--data.init_args.data_dir={data}"], run=False)
+    for teacher, name in zip(cli.model.teachers, ("teacher_resnet20", "teacher_wrn_16_2"), strict=True):
+        shipped = load_file(str(zoo.weights_path(zoo.ZOO_DIR, name)))
+        assert all(
+            torch.equal(teacher.model.state_dict()[k], v.float()) for k, v in shipped.items() if v.is_floating_point()
+        )
+        assert not teacher.renormalize  # config.json's mean/std are the data's: no re-normalization
+    assert cli.model.student.state_dict()["fc.weight"].dtype == torch.float32
