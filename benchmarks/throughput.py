@@ -206,7 +206,7 @@ def markdown(report: dict) -> str:
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--student", default="cifar_resnet8")
-    parser.add_argument("--teachers", nargs="+", default=["cifar_resnet14", "cifar_wrn_16_1"])
+    parser.add_argument("--teachers", nargs="+", default=["cifar_resnet20", "cifar_wrn_16_2"])  # the zoo's pair
     parser.add_argument("--num-classes", type=int, default=10)
     parser.add_argument("--in-chans", type=int, default=1)
     parser.add_argument("--image-size", type=int, default=28)
