@@ -101,8 +101,11 @@ class MealCLI(LightningCLI):
         for source, target in LINKS:
             parser.link_arguments(f"data.{source}", f"model.init_args.{target}", apply_on="instantiate")
 
+    def _subcommand_config(self):
+        return self.config.get(self.subcommand) if self.subcommand else self.config
+
     def before_instantiate_classes(self) -> None:
-        config = self.config.get(self.subcommand) if self.subcommand else self.config
+        config = self._subcommand_config()
         accelerator = str(config.get("trainer.accelerator") or "auto")
         if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
             raise ConfigError(
@@ -122,7 +125,7 @@ class MealCLI(LightningCLI):
 
     def _check_linked_values(self) -> None:
         """The data's classes, channels and normalization win over a model value the user set: say so instead of ignoring it."""
-        config = self.config.get(self.subcommand) if self.subcommand else self.config
+        config = self._subcommand_config()
         for source, target in LINKS:
             given, actual = config.get(f"model.init_args.{target}"), getattr(self.datamodule, source, None)
             if given is not None and actual is not None and _plain(given) != _plain(actual):
@@ -186,16 +189,28 @@ def run_files(run_dir: Path) -> list[Path]:
     )
 
 
-def run_directories(config) -> list[Path]:
-    """Where this config's runs live: the TensorBoard version folders (the fixed one, or all), else default_root_dir."""
+def tensorboard_args(config):
+    """The TensorBoardLogger's init_args in the parsed config, or None for another logger or none."""
     logger = config.get("trainer.logger")
     if (
-        logger is not None
-        and not isinstance(logger, bool)
-        and str(logger.get("class_path", "")).endswith("TensorBoardLogger")
+        logger is None
+        or isinstance(logger, bool)
+        or not str(logger.get("class_path", "")).endswith("TensorBoardLogger")
     ):
-        args = logger.get("init_args") or {}
-        run_root = Path(args.get("save_dir") or "runs") / (args.get("name") or "lightning_logs")
+        return None
+    return logger.get("init_args")
+
+
+def tensorboard_run_root(args) -> Path:
+    """save_dir/name: the folder holding a TensorBoardLogger's version folders."""
+    return Path(args.get("save_dir") or "runs") / (args.get("name") or "lightning_logs")
+
+
+def run_directories(config) -> list[Path]:
+    """Where this config's runs live: the TensorBoard version folders (the fixed one, or all), else default_root_dir."""
+    args = tensorboard_args(config)
+    if args is not None:
+        run_root = tensorboard_run_root(args)
         version = args.get("version")
         if version is not None:
             return [run_root / (version if isinstance(version, str) else f"version_{version}")]
@@ -257,18 +272,10 @@ def check_checkpoint_fits_model(checkpoint: dict, path: str, model_class: str) -
 
 def continue_logger_version(config, ckpt_path: str) -> None:
     """Log into the run directory the checkpoint came from: resumed curves continue, evaluations sit with their run."""
-    logger = config.get("trainer.logger")
-    if (
-        logger is None
-        or isinstance(logger, bool)
-        or not str(logger.get("class_path", "")).endswith("TensorBoardLogger")
-    ):
-        return
-    args = logger.get("init_args")
+    args = tensorboard_args(config)
     if args is None or args.get("version") is not None:
         return
-    run_root = Path(args.get("save_dir") or "runs") / (args.get("name") or "lightning_logs")
-    version = _version_of(Path(ckpt_path), run_root)
+    version = _version_of(Path(ckpt_path), tensorboard_run_root(args))
     if version is not None:
         args.version = version
 

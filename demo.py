@@ -141,7 +141,7 @@ class Pipeline:
             done.write_text(json.dumps({"seconds": round(time.perf_counter() - started, 1)}))
             if step.subcommand == "validate":
                 print(zoo_line(self), flush=True)
-        return report(self)
+        return report(self, manifests)
 
 
 def zoo_line(pipeline: Pipeline) -> str:
@@ -165,8 +165,8 @@ def zoo_evaluation(pipeline: Pipeline) -> dict[str, Optional[float]]:
 # --------------------------------------------------------------------------------------------------
 # Results: TensorBoard scalars -> table (Markdown + JSON) and plot
 # --------------------------------------------------------------------------------------------------
-def report(pipeline: Pipeline) -> dict:
-    manifests = {m["name"]: m for m in zoo.verify(pipeline.zoo_dir)}
+def report(pipeline: Pipeline, verified: list[dict]) -> dict:
+    manifests = {m["name"]: m for m in verified}
     evaluation = zoo_evaluation(pipeline)
     arch = {m.label: manifests[m.name] for m in zoo.MODELS}
     teachers = [m for m in zoo.MODELS if m.role == "teacher"]

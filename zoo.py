@@ -264,17 +264,15 @@ def read_scalars(run_dir: Path, tag: str) -> list[float]:
 
 
 def machine() -> str:
+    from lightning_modules.hardware import cpu_has_bf16
+
     model = platform.processor() or platform.machine()
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-        flags = Path("/proc/cpuinfo").read_text()
-        bf16 = "with AVX-512-BF16/AMX" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "without bf16 units"
+        names = [line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")]
+        model = names[0].split(":", 1)[1].strip() if names else model
     except OSError:
-        bf16 = ""
-    return f"{model}, {os.cpu_count()} cores, {bf16}".strip(", ")
+        pass
+    return f"{model}, {os.cpu_count()} cores, {'with AVX-512-BF16/AMX' if cpu_has_bf16() else 'without bf16 units'}"
 
 
 def versions() -> dict:

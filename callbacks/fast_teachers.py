@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Optional
 
 import lightning.pytorch as pl
 import torch
 from torch import nn
 from torch.fx.experimental import optimization as fx_optimization
 
-from lightning_modules.hardware import fast_precision
+from lightning_modules.hardware import FastPrecision, fast_precision
 
-TeacherPrecision = Literal["32", "bf16", "16"]  # = lightning_modules.hardware.FastPrecision
+TeacherPrecision = FastPrecision
 _DTYPES = {"32": torch.float32, "bf16": torch.bfloat16, "16": torch.float16}
 
 

@@ -50,11 +50,11 @@ class FiniteLossGuard(pl.Callback):
 
 def non_finite_names(state_dict: dict[str, torch.Tensor]) -> list[str]:
     """Names of floating-point tensors holding NaN or inf (one host sync per call: for saves, not steps)."""
-    return [
-        name
-        for name, value in state_dict.items()
-        if value.is_floating_point() and not bool(torch.isfinite(value).all())
-    ]
+    names = [name for name, value in state_dict.items() if value.is_floating_point()]
+    if not names:
+        return []
+    finite = torch.stack([torch.isfinite(state_dict[name]).all().to(state_dict[names[0]].device) for name in names])
+    return [name for name, ok in zip(names, finite.tolist(), strict=True) if not ok]
 
 
 def refuse_non_finite(state_dict: dict[str, torch.Tensor], what: str, trainer) -> None:

@@ -10,6 +10,8 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info
 
+from lightning_modules.losses import ensemble_soft_targets
+
 
 class SoftLabelWriter(BasePredictionWriter):
     """With ``python cli.py predict``: each batch's crops, flips and top-k probabilities go to disk at
@@ -35,7 +37,7 @@ class SoftLabelWriter(BasePredictionWriter):
                 if self.check_batches is not None and index >= self.check_batches:
                     break
                 images, labels = images.to(pl_module.device), labels.to(pl_module.device)
-                probabilities = pl_module.teachers(images).float().softmax(-1).mean(0)
+                probabilities = ensemble_soft_targets(pl_module.teachers(images))
                 correct += int((probabilities.argmax(-1) == labels).sum())
                 total += len(labels)
         top1 = 100 * correct / max(total, 1)

@@ -123,7 +123,7 @@ class ClassificationDataModule(L.LightningDataModule):
         """Training images before augmentation, as (uint8 tensor [C, H, W], label): for the soft-label cache."""
         if self._raw_train is None:
             raise DataError(
-                f"{type(self).__name__} does not support the soft-label cache yet: use FashionMNISTData or CIFARData."
+                f"{type(self).__name__} does not support the soft-label cache yet: use ImageFolderData, CIFARData or FashionMNISTData."
             )
         return self._raw_train
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 from typing import Optional, Sequence
@@ -120,11 +121,13 @@ class ImageFolderData(ClassificationDataModule):
     def build_datasets(self):
         train_split, val_split, test_split = self.splits
         self._finish = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(self._mean, self._std)])
-        self._raw_train = self._dataset(train_split, v2.PILToTensor())
         val = self._dataset(val_split, self._eval_transform())
         test = val if test_split == val_split else self._dataset(test_split, self._eval_transform())
         crop = RandomCrop(self.scale, self.ratio, self.image_size, self.interpolation_mode, self._finish)
-        return self._dataset(train_split, v2.Compose([v2.PILToTensor(), crop])), val, test
+        train = self._dataset(train_split, v2.Compose([v2.PILToTensor(), crop]))
+        self._raw_train = copy.copy(train)  # the same file list (listed once), decoded without augmentation
+        self._raw_train.transform = v2.PILToTensor()
+        return train, val, test
 
 
 def random_resized_box(

@@ -11,16 +11,15 @@ from lightning_modules.errors import require_positive
 from lightning_modules.metrics import check_images, log_evaluation, top1_accuracy, topk_accuracy
 from lightning_modules.model_loading import ModelSource, create_model, data_facts
 from lightning_modules.optim import (
+    EpochSchedule,
     OptimizerName,
     ScheduleName,
     build_optimizer,
     check_schedule,
-    schedule_factor,
-    set_epoch_hyperparameters,
 )
 
 
-class Classifier(L.LightningModule):
+class Classifier(EpochSchedule, L.LightningModule):
     """Cross-entropy on hard labels; its checkpoints load as teacher or student weights in ``MealV2``.
 
     The data normalization is stored in the hyperparameters so a teacher built from this
@@ -96,14 +95,9 @@ class Classifier(L.LightningModule):
             hp.weight_decay,
         )
 
-    def set_epoch_hyperparameters(self, epoch: int) -> None:
+    def epoch_hyperparameters(self) -> tuple[dict[str, float], dict[str, float]]:
         hp = self.hparams
-        factor = schedule_factor(hp.schedule, epoch, self.trainer.max_epochs, hp.milestones, hp.gamma)
-        values = {"weight_decay": hp.weight_decay, **({"momentum": hp.momentum} if hp.optimizer == "sgd" else {})}
-        set_epoch_hyperparameters(self.optimizers(use_pl_optimizer=False), {"model": hp.lr}, factor, **values)
-
-    def on_train_start(self) -> None:  # the first epoch, fresh or resumed: after the checkpoint's optimizer state
-        self.set_epoch_hyperparameters(self.current_epoch)
-
-    def on_train_epoch_end(self) -> None:  # the next epoch's, before callbacks (LearningRateMonitor) read it
-        self.set_epoch_hyperparameters(self.current_epoch + 1)
+        return {"model": hp.lr}, {
+            "weight_decay": hp.weight_decay,
+            **({"momentum": hp.momentum} if hp.optimizer == "sgd" else {}),
+        }

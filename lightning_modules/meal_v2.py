@@ -19,11 +19,10 @@ from lightning_modules.losses import discriminator_loss, ensemble_soft_targets, 
 from lightning_modules.metrics import check_images, log_evaluation, top1_accuracy, topk_accuracy
 from lightning_modules.model_loading import ModelSource, create_model, data_facts, expected_normalization
 from lightning_modules.optim import (
+    EpochSchedule,
     ScheduleName,
     build_optimizer,
     check_schedule,
-    schedule_factor,
-    set_epoch_hyperparameters,
 )
 from lightning_modules.teachers import FrozenTeacher, TeacherEnsemble
 
@@ -31,7 +30,7 @@ DiscriminatorMode = Literal["official", "adversarial", "none"]
 SoftTargets = Literal["online", "cached"]
 
 
-class MealV2(L.LightningModule):
+class MealV2(EpochSchedule, L.LightningModule):
     """Frozen teacher ensemble -> student, trained on the teachers' averaged probabilities only.
 
     Args:
@@ -275,29 +274,11 @@ class MealV2(L.LightningModule):
             groups.append({"params": list(self.discriminator.parameters()), "name": "discriminator"})
         return build_optimizer(groups, "sgd", hp.lr, hp.momentum, hp.weight_decay)
 
-    def base_lrs(self) -> dict[str, float]:
-        """Each optimizer group's lr before the schedule: the discriminator's d_lr defaults to the student's lr."""
-        return {
-            "student": self.hparams.lr,
-            "discriminator": self.hparams.d_lr if self.hparams.d_lr is not None else self.hparams.lr,
-        }
-
-    def set_epoch_hyperparameters(self, epoch: int) -> None:
+    def epoch_hyperparameters(self) -> tuple[dict[str, float], dict[str, float]]:
+        """The discriminator's d_lr defaults to the student's lr (what the released code effectively runs)."""
         hp = self.hparams
-        factor = schedule_factor(hp.schedule, epoch, self.trainer.max_epochs, hp.milestones, hp.gamma)
-        set_epoch_hyperparameters(
-            self.optimizers(use_pl_optimizer=False),
-            self.base_lrs(),
-            factor,
-            momentum=hp.momentum,
-            weight_decay=hp.weight_decay,
-        )
-
-    def on_train_start(self) -> None:  # the first epoch, fresh or resumed: after the checkpoint's optimizer state
-        self.set_epoch_hyperparameters(self.current_epoch)
-
-    def on_train_epoch_end(self) -> None:  # the next epoch's, before callbacks (LearningRateMonitor) read it
-        self.set_epoch_hyperparameters(self.current_epoch + 1)
+        base_lrs = {"student": hp.lr, "discriminator": hp.d_lr if hp.d_lr is not None else hp.lr}
+        return base_lrs, {"momentum": hp.momentum, "weight_decay": hp.weight_decay}
 
     def state_dict(self, *args, destination=None, prefix: str = "", keep_vars: bool = False):
         """Student and discriminator only: the frozen teachers are rebuilt from their sources."""

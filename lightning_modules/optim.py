@@ -45,6 +45,30 @@ def schedule_factor(
     return 1.0
 
 
+class EpochSchedule:
+    """LightningModule mixin: each epoch's optimizer values follow the config, via ``epoch_hyperparameters()``.
+
+    Applied when training starts (after a checkpoint's optimizer state is restored, fresh or resumed) and at
+    every epoch end for the next epoch (so callbacks such as LearningRateMonitor read what the epoch runs).
+    """
+
+    def epoch_hyperparameters(self) -> tuple[dict[str, float], dict[str, float]]:
+        """(base lr of each optimizer group by ``name``, other values written into every group, e.g. momentum)."""
+        raise NotImplementedError
+
+    def apply_schedule(self, epoch: int) -> None:
+        hp = self.hparams
+        base_lrs, group_values = self.epoch_hyperparameters()
+        factor = schedule_factor(hp.schedule, epoch, self.trainer.max_epochs, hp.milestones, hp.gamma)
+        set_epoch_hyperparameters(self.optimizers(use_pl_optimizer=False), base_lrs, factor, **group_values)
+
+    def on_train_start(self) -> None:
+        self.apply_schedule(self.current_epoch)
+
+    def on_train_epoch_end(self) -> None:
+        self.apply_schedule(self.current_epoch + 1)
+
+
 def set_epoch_hyperparameters(
     optimizer: torch.optim.Optimizer, base_lrs: dict[str, float], factor: float, **group_values
 ) -> None:
