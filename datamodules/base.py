@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from typing import Optional
 
 import lightning as L
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision.transforms import InterpolationMode
@@ -98,6 +99,7 @@ class ClassificationDataModule(L.LightningDataModule):
         # set by build_datasets() of data modules that support the soft-label cache
         self._raw_train: Optional[Dataset] = None
         self._finish: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
+        self._pending: Optional[np.ndarray] = None  # images predict still has to write (listed in setup)
 
     _in_chans: int = 3
     _mean: tuple[float, ...]  # set by subclasses
@@ -153,15 +155,29 @@ class ClassificationDataModule(L.LightningDataModule):
         if self.soft_labels is None:
             return
         raw = self.raw_train_set()
-        if stage == "predict" and self.soft_label_store is None:
-            self.soft_label_store = SoftLabelStore.create_or_resume(
-                self.soft_labels, len(raw), self.num_classes, type(self).__name__, self.cache_fingerprint(raw)
-            )
+        if stage == "predict":
+            self._open_store_for_predict(raw)
         elif stage == "fit" and not isinstance(self.train_set, CachedCrops):
             self.soft_label_store = SoftLabelStore.open(
                 self.soft_labels, len(raw), self.num_classes, self.cache_fingerprint(raw)
             )
             self.train_set = CachedCrops(raw, self.soft_label_store, self.render, self.soft_labels.crops_per_sample)
+
+    def _open_store_for_predict(self, raw: Dataset) -> None:
+        """Under DDP rank 0 creates (or checks) the cache folder first, and every rank lists the pending images
+        before any rank writes, so all ranks split the same list (Lightning gives each rank its share)."""
+        strategy = self.trainer.strategy if self.trainer is not None else None
+        first = strategy is None or strategy.is_global_zero
+        args = (self.soft_labels, len(raw), self.num_classes, type(self).__name__, self.cache_fingerprint(raw))
+        if first:
+            self.soft_label_store = SoftLabelStore.create_or_resume(*args)
+        if strategy is not None:
+            strategy.barrier("soft_label_cache_created")
+        if not first:
+            self.soft_label_store = SoftLabelStore.create_or_resume(*args)
+        self._pending = self.soft_label_store.pending(self.soft_labels.shard, self.soft_labels.num_shards)
+        if strategy is not None:
+            strategy.barrier("soft_label_cache_listed")
 
     def cache_fingerprint(self, raw: Dataset) -> dict:
         """The soft-label cache's fingerprint for this data, crop settings and the trainer's teachers."""
@@ -179,9 +195,8 @@ class ClassificationDataModule(L.LightningDataModule):
         if self.soft_labels is None:
             raise DataError("predict writes the soft-label cache: set data.init_args.soft_labels.dir.")
         cache = self.soft_labels
-        pending = self.soft_label_store.pending(cache.shard, cache.num_shards)
         render = functools.partial(self.render, size=cache.teacher_image_size)  # the teachers' resolution, if their own
-        dataset = CropsToCache(self.raw_train_set(), pending, cache.crops, global_seed(), self.sample_box, render)
+        dataset = CropsToCache(self.raw_train_set(), self._pending, cache.crops, global_seed(), self.sample_box, render)
         return DataLoader(dataset, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers)
 
     def train_dataloader(self) -> DataLoader:

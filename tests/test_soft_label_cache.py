@@ -13,7 +13,7 @@ from PIL import Image
 
 from cli import main
 from datamodules.errors import DataError
-from datamodules.soft_labels import CachedCrops, decode_soft_labels, pixel_box
+from datamodules.soft_labels import FILES, CachedCrops, decode_soft_labels, pixel_box
 
 
 def test_decoded_labels_keep_top_k_and_spread_the_rest_evenly():
@@ -65,6 +65,25 @@ def test_predict_resumes_and_shards_fill_disjoint_images(tmp_path, monkeypatch):
     ).datamodule.soft_label_store
     assert np.array(second.arrays["done"]).all()
     np.testing.assert_array_equal(np.array(second.arrays["values"][0::2]), before)
+
+
+@pytest.mark.slow
+def test_predict_under_ddp_shares_the_pending_images_and_matches_one_process(tmp_path, monkeypatch):
+    """Half the cache from one process (shard 0 of 2), the rest from 2 DDP processes: the same cache as one run."""
+    monkeypatch.chdir(tmp_path)
+    config = write_config(tmp_path)
+    main(["predict", "--config", str(config), *cache_args(tmp_path, shard=0, num_shards=2)])
+    ddp = ["--trainer.strategy=ddp_spawn", "--trainer.devices=2", "--trainer.accelerator=cpu"]
+    main(["predict", "--config", str(config), *cache_args(tmp_path), *ddp])
+    reference = tmp_path / "reference"
+    main(["predict", "--config", str(config), *cache_args(reference)])
+    shared, alone = (
+        {name: np.load(root / "cache" / f"{name}.npy") for name in FILES} for root in (tmp_path, reference)
+    )
+    assert shared["done"].all()
+    for name in ("boxes", "flips", "indices"):
+        np.testing.assert_array_equal(shared[name], alone[name])
+    np.testing.assert_allclose(shared["values"].astype(np.float32), alone["values"].astype(np.float32), atol=1e-3)
 
 
 def test_training_from_the_cache_runs_no_teacher(tmp_path, monkeypatch):

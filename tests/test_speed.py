@@ -1,4 +1,4 @@
-"""Fast teachers keep the soft targets, and the throughput benchmark reports every mode."""
+"""Fast teachers keep the soft targets, and the throughput benchmarks report every mode."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
+from fixtures import write_fashion_mnist
+from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
 
 from callbacks import FastTeachers
@@ -132,3 +134,26 @@ def test_compiled_fast_teachers_keep_the_soft_targets(tmp_path):
     assert (
         compiled.dtype == torch.float32 and float(kl) < 1e-6 and torch.equal(compiled.argmax(-1), reference.argmax(-1))
     )
+
+
+def test_image_folder_benchmark_reports_every_setting_with_data_loading(tmp_path):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import image_folder_throughput
+
+    source = write_fashion_mnist(tmp_path / "fmnist", train_count=200, test_count=8)
+    out = tmp_path / "bench.json"
+    tiny = ["--student", "test_resnet", "--teachers", "test_resnet", "--image-size", "32", "--batch-size", "8"]
+    loop = ["--crops", "1", "4", "--warmup", "1", "--batches", "2", "--workers", "0"]
+    folder = ["--train-per-class", "4", "--val-per-class", "1", "--fashion-mnist", str(source)]
+    paths = ["--folder", str(tmp_path / "jpeg"), "--cache-dir", str(tmp_path / "cache"), "--out", str(out)]
+    image_folder_throughput.main([*tiny, *loop, *folder, *paths])
+    report = json.loads(out.read_text())
+    rates = report["crops_per_s"]
+    assert set(rates) == {"decode", "loader_online", "floor", "online"} | {
+        f"{kind}_m{m}" for kind in ("cached", "loader_cached") for m in (1, 4)
+    }
+    assert all(rate > 0 for rate in rates.values())
+    assert report["ratios"]["floor / cached_m4"] == pytest.approx(rates["floor"] / rates["cached_m4"])
+    assert report["cache"]["images"] == 40 and report["cache"]["crops"] == 4
+    sizes = [Image.open(path).size for path in (tmp_path / "jpeg" / "train").rglob("*.JPEG")]
+    assert len(sizes) == 40 and all(256 <= side <= 500 for size in sizes for side in size)
