@@ -7,16 +7,18 @@ grain so the files weigh about what photos of that size weigh (quality 90). Then
 teachers and step batch B (B training crops per optimizer step everywhere), with the workers of
 ``data.num_workers`` and the Trainer's precision from the hardware:
 
-  decode              the raw training loader alone: JPEG decode to a uint8 tensor, images/s
-  loader_online       the online training loader alone: decode + RandomResizedCrop + flip + normalize
+  decode              the raw training images alone: JPEG decode to a uint8 tensor, images/s
+  loader_online       the online training data alone: decode + RandomResizedCrop + flip + normalize
   floor               the student alone on hard labels (Classifier) with that loader: the limit
   online              MEAL V2 with the teachers in the step (FastTeachers: their fast precision, folded BN)
   cached_m{m}         MEAL V2 from the soft-label cache, m crops per decoded image (B/m images x m crops)
-  loader_cached_m{m}  that cached loader alone (crops/s)
+  loader_cached_m{m}  that cached data alone (crops/s)
+(the loaders alone: the DataModule's datasets and collate, --loader-batches random batches, same workers)
 
-and the cache's generation (``predict``: crops/s, bytes per image). Rates are training crops per second
-over the steps after ``--warmup`` (worker start-up and the first batches excluded), timed with two host
-syncs per run (Lightning's ThroughputMonitor synchronizes CUDA on every step). The teachers' cost
+and the cache's generation (``predict``, once: crops/s, bytes per image). Rates are training crops per
+second over the steps after ``--warmup`` (worker start-up and the first batches excluded), timed with two
+host syncs per run (Lightning's ThroughputMonitor synchronizes CUDA on every step); every setting is
+measured ``--repeats`` times in turn, reported as mean +- std, ratios paired by run. The teachers' cost
 relative to the student's step is read from the same runs: (1/online - 1/floor) / (1/floor).
 
     python benchmarks/image_folder_throughput.py            # CPU here: resnet18 from seresnet152 + resnet152, 224 px
@@ -40,7 +42,7 @@ import lightning as L
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, RandomSampler
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -48,7 +50,7 @@ sys.path.insert(0, str(ROOT))
 from callbacks import ChannelsLast, FastTeachers, SoftLabelWriter  # noqa: E402
 from datamodules import ImageFolderData  # noqa: E402
 from datamodules.fashion_mnist import find_idx, read_idx  # noqa: E402
-from datamodules.soft_labels import SoftLabelCache  # noqa: E402
+from datamodules.soft_labels import SoftLabelCache, concat_crops  # noqa: E402
 from lightning_modules import Classifier, MealV2  # noqa: E402
 from lightning_modules.hardware import fast_trainer_precision  # noqa: E402
 
@@ -130,18 +132,18 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def loader_rate(loader: DataLoader, warmup: int, batches: int) -> float:
-    """Samples (crops, or images for the raw loader) per second the loader alone delivers."""
-    samples, started = 0, 0.0
+def loader_rate(dataset, batch_size: int, workers: int, collate_fn, warmup: int, batches: int) -> float:
+    """Samples (crops; images for the raw loader) per second a loader over ``dataset`` alone delivers: the
+    DataModule's dataset and collate, ``batches`` random batches after ``warmup`` (one iterator, so the window
+    is long enough to be steady and no epoch restarts the workers)."""
+    sampler = RandomSampler(dataset, replacement=True, num_samples=(warmup + batches) * batch_size)
+    loader = DataLoader(dataset, batch_size, sampler=sampler, num_workers=workers, collate_fn=collate_fn)
+    samples, started = 0, time.perf_counter()
     for index, batch in enumerate(loader):
         if index == warmup:
             started = time.perf_counter()
         elif index > warmup:
             samples += len(batch[1])
-        if index == warmup + batches:
-            break
-    if index < warmup + batches:
-        raise ValueError(f"the loader has {index + 1} batches, fewer than --warmup + --batches: add training images.")
     return samples / (time.perf_counter() - started)
 
 
@@ -210,19 +212,16 @@ class Benchmark:
     def decode_rate(self) -> float:
         data = self.data()
         data.setup("fit")
-        loader = DataLoader(
-            data.raw_train_set(),
-            batch_size=self.args.batch_size,
-            shuffle=True,
-            num_workers=self.args.workers,
-            collate_fn=as_lists,
-        )
-        return loader_rate(loader, self.args.warmup, self.args.batches)
+        return self.loader_rate(data.raw_train_set(), self.args.batch_size, as_lists)
 
     def loader_online_rate(self) -> float:
         data = self.data()
         data.setup("fit")
-        return loader_rate(data.train_dataloader(), self.args.warmup, self.args.batches)
+        return self.loader_rate(data.train_set, self.args.batch_size)
+
+    def loader_rate(self, dataset, batch_size: int, collate_fn=None) -> float:
+        args = self.args
+        return loader_rate(dataset, batch_size, args.workers, collate_fn, args.warmup, args.loader_batches)
 
     def floor_rate(self) -> float:
         data = self.data()
@@ -237,8 +236,11 @@ class Benchmark:
         return self.train_rate(self.model(data), data, FastTeachers())
 
     def generate_cache(self) -> dict:
-        """``predict`` into a fresh cache with max(--crops) crops per image: crops/s and bytes per image."""
-        shutil.rmtree(self.args.cache_dir, ignore_errors=True)
+        """``predict`` into a fresh cache with max(--crops) crops per image: crops/s and bytes per image.
+        With --keep-cache a complete cache for these settings is checked (its fingerprint) and reused, untimed."""
+        reuse = self.args.keep_cache and (self.args.cache_dir / "meta.json").is_file()
+        if not reuse:
+            shutil.rmtree(self.args.cache_dir, ignore_errors=True)
         data = self.data(cached=True)
         trainer = self.trainer(SoftLabelWriter(), FastTeachers())
         started = time.perf_counter()
@@ -246,6 +248,8 @@ class Benchmark:
         seconds = time.perf_counter() - started
         store = data.soft_label_store
         images = store.meta["images"]
+        if reuse:
+            return {"images": images, "crops": store.meta["crops"], "reused": True}
         return {
             "images": images,
             "crops": store.meta["crops"],
@@ -254,11 +258,20 @@ class Benchmark:
             "bytes_per_image": store.bytes_per_image(),
         }
 
+    def all_rates(self) -> dict[str, float]:
+        """One measurement of every setting (the cache must exist)."""
+        rates = {"decode": self.decode_rate(), "loader_online": self.loader_online_rate()}
+        rates["floor"] = self.floor_rate()
+        rates["online"] = self.online_rate()
+        for m in self.args.crops:
+            rates[f"cached_m{m}"], rates[f"loader_cached_m{m}"] = self.cached_rates(m)
+        return rates
+
     def cached_rates(self, m: int) -> tuple[float, float]:
         """MEAL V2 from the cache with m crops per decoded image, and that loader alone."""
         data = self.data(crops_per_sample=m, cached=True)
         train = self.train_rate(self.model(data, soft_targets="cached"), data)
-        return train, loader_rate(data.train_dataloader(), self.args.warmup, self.args.batches)
+        return train, self.loader_rate(data.train_set, data.batch_size, concat_crops if m > 1 else None)
 
 
 def run(args) -> dict:
@@ -267,12 +280,12 @@ def run(args) -> dict:
         raise SystemExit(f"No Fashion-MNIST IDX files in '{source}': run `make data` or pass --fashion-mnist DIR.")
     folder_report = write_jpeg_folder(args.folder, source, args.train_per_class, args.val_per_class)
     bench = Benchmark(args, args.folder)
-    rates = {"decode": bench.decode_rate(), "loader_online": bench.loader_online_rate()}
-    rates["floor"] = bench.floor_rate()
-    rates["online"] = bench.online_rate()
     generation = bench.generate_cache()
-    for m in args.crops:
-        rates[f"cached_m{m}"], rates[f"loader_cached_m{m}"] = bench.cached_rates(m)
+    bench.decode_rate()  # discarded: a process's first loader runs slower (first file reads, allocator)
+    runs = [bench.all_rates() for _ in range(args.repeats)]
+    rates = {name: mean_std([run[name] for run in runs]) for name in runs[0]}
+    ratios = {f"floor / cached_m{m}": ("floor", f"cached_m{m}") for m in args.crops}
+    ratios |= {f"cached_m{m} / online": (f"cached_m{m}", "online") for m in args.crops}
     device = bench.trainer().strategy.root_device
     return {
         "device": torch.cuda.get_device_name(device)
@@ -288,13 +301,17 @@ def run(args) -> dict:
         "steps_timed": args.batches,
         "folder": folder_report,
         "cache": generation,
+        "repeats": args.repeats,
+        "runs": runs,
         "crops_per_s": rates,
-        "teacher_cost_over_student_step": rates["floor"] / rates["online"] - 1,
-        "ratios": {
-            **{f"floor / cached_m{m}": rates["floor"] / rates[f"cached_m{m}"] for m in args.crops},
-            **{f"cached_m{m} / online": rates[f"cached_m{m}"] / rates["online"] for m in args.crops},
-        },
+        "teacher_cost_over_student_step": mean_std([run["floor"] / run["online"] - 1 for run in runs]),
+        "ratios": {name: mean_std([run[a] / run[b] for run in runs]) for name, (a, b) in ratios.items()},
     }
+
+
+def mean_std(values: list[float]) -> dict:
+    """Mean and sample standard deviation (0 for one value) of repeated measurements."""
+    return {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0}
 
 
 def markdown(report: dict) -> str:
@@ -305,17 +322,25 @@ def markdown(report: dict) -> str:
         f"{report['workers']} loader workers, {report['steps_timed']} steps timed. Folder: {folder['images']} JPEGs, "
         f"mean {folder['mean_width']:.0f}x{folder['mean_height']:.0f} px, {folder['mean_kb']:.0f} kB.",
         "",
-        "| setting | crops/s | vs floor |",
+        f"| setting | crops/s (mean +- std, {report['repeats']} runs) | vs floor |",
         "|---|---:|---:|",
     ]
-    lines += [f"| {name} | {rate:.1f} | {rate / r['floor']:.2f}x |" for name, rate in r.items()]
-    q = report["ratios"]
+    floor = r["floor"]["mean"]
+    lines += [
+        f"| {name} | {rate['mean']:.1f} +- {rate['std']:.1f} | {rate['mean'] / floor:.2f}x |"
+        for name, rate in r.items()
+    ]
+    q, cost = report["ratios"], report["teacher_cost_over_student_step"]
     lines += [
         "",
-        f"Teachers cost {report['teacher_cost_over_student_step']:.2f}x the student's step (with loading). "
-        + "; ".join(f"{k} = {v:.2f}x" for k, v in q.items())
-        + f". Cache: {cache['images']} images x {cache['crops']} crops in {cache['seconds']:.0f} s "
-        f"({cache['crops_per_s']:.1f} crops/s, ensemble val check included), {cache['bytes_per_image']} bytes per image.",
+        f"Teachers cost {cost['mean']:.2f} +- {cost['std']:.2f}x the student's step (with loading); ratios per run: "
+        + "; ".join(f"{k} = {v['mean']:.2f} +- {v['std']:.2f}x" for k, v in q.items())
+        + (
+            f". Cache: {cache['images']} images x {cache['crops']} crops in {cache['seconds']:.0f} s "
+            f"({cache['crops_per_s']:.1f} crops/s, ensemble val check included), {cache['bytes_per_image']} bytes per image."
+            if not cache.get("reused")
+            else f". Cache reused (--keep-cache): {cache['images']} images x {cache['crops']} crops."
+        ),
     ]
     return "\n".join(lines) + "\n"
 
@@ -331,6 +356,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
     parser.add_argument("--warmup", type=int, default=4)
     parser.add_argument("--batches", type=int, default=24, help="steps timed after the warm-up")
+    parser.add_argument("--loader-batches", type=int, default=120, help="batches timed for the loaders alone")
     parser.add_argument("--train-per-class", type=int, default=48)
     parser.add_argument("--val-per-class", type=int, default=10)
     parser.add_argument("--accelerator", default="auto")
@@ -338,6 +364,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--fashion-mnist", type=Path, default=FASHION_MNIST)
     parser.add_argument("--folder", type=Path, default=ROOT / "results" / "jpeg_folder")
     parser.add_argument("--cache-dir", type=Path, default=ROOT / "results" / "jpeg_folder_cache")
+    parser.add_argument("--repeats", type=int, default=3, help="measurements of every setting (mean +- std)")
+    parser.add_argument("--keep-cache", action="store_true", help="reuse a complete cache there (no generation timing)")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "image_folder_throughput.json")
     args = parser.parse_args(argv)
     report = run(args)
