@@ -206,7 +206,13 @@ class Benchmark:
 
     def train_rate(self, module: L.LightningModule, data: ImageFolderData, *callbacks) -> float:
         timer = StepTimer(self.args.warmup)
-        self.trainer(timer, *callbacks, batches=self.args.warmup + self.args.batches).fit(module, datamodule=data)
+        trainer = self.trainer(timer, *callbacks, batches=self.args.warmup + self.args.batches)
+        trainer.fit(module, datamodule=data)
+        if trainer.num_training_batches < self.args.warmup + self.args.batches:
+            raise SystemExit(
+                f"An epoch has {trainer.num_training_batches} batches, fewer than --warmup + --batches "
+                f"({self.args.warmup + self.args.batches}): raise --train-per-class or lower --batches."
+            )
         return timer.rate
 
     def decode_rate(self) -> float:
