@@ -30,9 +30,9 @@ Models are randomly initialized (speed does not depend on the weights); writes r
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
-import platform
 import shutil
 import sys
 import time
@@ -46,6 +46,8 @@ from torch.utils.data import DataLoader, RandomSampler
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from reporting import device_name, save_and_print, synchronize  # noqa: E402
 
 from callbacks import ChannelsLast, FastTeachers, SoftLabelWriter  # noqa: E402
 from datamodules import ImageFolderData  # noqa: E402
@@ -61,8 +63,10 @@ def write_jpeg_folder(root: Path, source: Path, train_per_class: int, val_per_cl
     """Fashion-MNIST as RGB JPEGs of 256-500 px per side in ``root/{train,val}/<class>/``; reused if it matches."""
     settings = {"source": str(source), "train_per_class": train_per_class, "val_per_class": val_per_class, "seed": seed}
     manifest = root / "folder.json"
-    if manifest.is_file() and json.loads(manifest.read_text())["settings"] == settings:
-        return json.loads(manifest.read_text())
+    if manifest.is_file():
+        existing = json.loads(manifest.read_text())
+        if existing["settings"] == settings:
+            return existing
     shutil.rmtree(root, ignore_errors=True)
     images = read_idx(find_idx(source, "train-images-idx3-ubyte"))
     labels = read_idx(find_idx(source, "train-labels-idx1-ubyte"))
@@ -127,11 +131,6 @@ class StepTimer(L.Callback):
             self.rate = self.samples / (time.perf_counter() - self.started)
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def loader_rate(dataset, batch_size: int, workers: int, collate_fn, warmup: int, batches: int) -> float:
     """Samples (crops; images for the raw loader) per second a loader over ``dataset`` alone delivers: the
     DataModule's dataset and collate, ``batches`` random batches after ``warmup`` (one iterator, so the window
@@ -167,7 +166,7 @@ class Benchmark:
             raise ValueError(f"--batch-size {args.batch_size} must be a multiple of every m in --crops.")
         soft_labels = None
         if cached:
-            soft_labels = SoftLabelCache(**{**vars(self.cache), "crops_per_sample": crops_per_sample})
+            soft_labels = dataclasses.replace(self.cache, crops_per_sample=crops_per_sample)
         return ImageFolderData(
             str(self.folder),
             image_size=args.image_size,
@@ -294,9 +293,7 @@ def run(args) -> dict:
     ratios |= {f"cached_m{m} / online": (f"cached_m{m}", "online") for m in args.crops}
     device = bench.trainer().strategy.root_device
     return {
-        "device": torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",
+        "device": device_name(device),
         "torch": torch.__version__,
         "student": args.student,
         "teachers": args.teachers,
@@ -374,11 +371,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--keep-cache", action="store_true", help="reuse a complete cache there (no generation timing)")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "image_folder_throughput.json")
     args = parser.parse_args(argv)
-    report = run(args)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
-    print(markdown(report))
-    return report
+    return save_and_print(run(args), args.out, markdown)
 
 
 if __name__ == "__main__":

@@ -22,8 +22,6 @@ Prints a Markdown table and writes JSON.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -33,15 +31,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from reporting import device_name, save_and_print, synchronize  # noqa: E402
+
 from callbacks.fast_teachers import accelerate_teacher  # noqa: E402
 from lightning_modules import MealV2  # noqa: E402
 from lightning_modules.hardware import fast_precision  # noqa: E402
 from lightning_modules.losses import ensemble_soft_targets  # noqa: E402
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def images_per_second(step, batch_size: int, steps: int, warmup: int, device: torch.device, rounds: int = 3) -> float:
@@ -148,9 +143,7 @@ def run(args) -> dict:
     kl = float((reference * (reference.clamp_min(1e-12).log() - fast.clamp_min(1e-12).log())).sum(-1).mean())
 
     report = {
-        "device": torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+        "device": device_name(device),
         "torch": torch.__version__,
         "student": args.student,
         "teachers": args.teachers,
@@ -227,11 +220,7 @@ def main(argv=None) -> dict:
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     args.teacher_precision = args.teacher_precision or fast_precision(device)
     args.student_precision = args.student_precision or ("bf16-mixed" if fast_precision(device) == "bf16" else "32")
-    report = run(args)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
-    print(markdown(report))
-    return report
+    return save_and_print(run(args), args.out, markdown)
 
 
 if __name__ == "__main__":
