@@ -34,8 +34,9 @@ demo: setup data
 zoo: setup data
 	$(PY) demo.py --rebuild-zoo
 
-# Lint and format check (ruff, configured in pyproject.toml), then the whole test suite.
-test: setup
+# Lint and format check (ruff, configured in pyproject.toml), then the whole test suite (some tests
+# check the shipped zoo against the real Fashion-MNIST, hence data).
+test: setup data
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -26,6 +28,24 @@ from callbacks import (
 from datamodules.base import ClassificationDataModule, DataError
 from lightning_modules.errors import ConfigError
 from lightning_modules.model_loading import ModelLoadingError
+
+# Expected in this project and nothing a user can act on, so kept off the console (narrowly, by message):
+# MealV2's frozen teachers are in eval mode at the start of training by design (they ignore .train());
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
+# Lightning 2.6's model summary cannot size bf16/fp16 mixed precision (only its MB estimate is off);
+warnings.filterwarnings("ignore", message=r"Precision \S+ is not supported by the model summary")
+# Lightning's own use of a torch pytree API that torch deprecated (Lightning's code, not ours or the user's).
+warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+
+
+class _WithoutAdvert(logging.Filter):
+    """Lightning's tip advertising a cloud logger on every run is not about the run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_WithoutAdvert())
 
 DEFAULTS = {
     # best student by val/top1

@@ -1,10 +1,11 @@
 """The embedded default: MEAL V2 on real Fashion-MNIST, distilling the project's model zoo, through cli.py.
 
-The zoo (``zoo/fashion_mnist/``: two converged teachers and the student's converged init, trained by
-this project on all 60,000 images) is evaluated, then the same init is trained for the same epochs
-twice: with MEAL V2 from the teachers, and on hard labels (the baseline). Finished steps are skipped
-and an interrupted one resumes from its last checkpoint. Ends with a table (Markdown + JSON) and a
-plot of val top-1 per epoch under ``results/demo/seed<seed>/``.
+The zoo (``zoo/fashion_mnist/``: two converged teachers, the student's converged init and the teachers'
+soft labels on stored crops of all 60,000 training images, made by this project) is verified and
+evaluated, then the same init is trained for the same epochs twice, side by side (one process per run,
+the cores shared out): with MEAL V2 from the shipped soft labels, and on hard labels (the baseline).
+Finished steps are skipped and an interrupted one resumes from its last checkpoint. Ends with a table
+(Markdown + JSON) and a plot of val top-1 per epoch under ``results/demo/seed<seed>/``.
 
     python demo.py                 # one seed (SEED=1 python demo.py, or --seed 1, for another)
     python demo.py --summary       # mean and std over the seeds run so far, paired by seed
@@ -20,6 +21,7 @@ import os
 import subprocess
 import sys
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -30,10 +32,10 @@ ROOT = Path(__file__).resolve().parent
 CONFIGS = ROOT / "configs" / "fashion_mnist"
 MEAL_CONFIG = CONFIGS / "resnet8_from_resnet20+wrn_16_2.yaml"
 RUNS = Path("runs") / "fashion_mnist"  # relative to the seed's results folder, as in the configs
-SMOKE_ARGS = (
+SMOKE_ARGS = (  # a few batches of the whole training set, so the shipped soft labels (made for all of it) fit
     "--trainer.max_epochs=1",
+    "--trainer.limit_train_batches=4",
     "--trainer.limit_val_batches=2",
-    "--data.init_args.train_subset=64",
     "--data.init_args.batch_size=16",
 )
 
@@ -73,10 +75,9 @@ class Pipeline:
     seed: int = 0
     zoo_dir: Path = zoo.ZOO_DIR
     data_dir: Optional[str] = None
-    precision: Optional[str] = None  # None: bf16-mixed where the hardware has bf16 units, else 32-true
+    precision: Optional[str] = None  # None: bf16-mixed where bf16 is fast (AMX, CUDA), else 32-true
     ablations: bool = False
     smoke: bool = False  # tiny runs for the tests
-    progress_bar: bool = True
 
     def steps(self) -> list[Step]:
         return [s for s in STEPS if self.ablations or not s.ablation]
@@ -97,10 +98,9 @@ class Pipeline:
             args += SMOKE_ARGS
         if self.data_dir:
             args.append(f"--data.init_args.data_dir={self.data_dir}")
-        if step.subcommand == "fit" and self.progress_bar:
-            args.append("--trainer.callbacks+=lightning.pytorch.callbacks.RichProgressBar")
-        elif step.subcommand == "fit":
-            args.append("--trainer.enable_progress_bar=false")
+        if step.subcommand == "fit":  # runs share the console: a line per epoch instead of progress bars
+            args += ["--trainer.callbacks+=EpochLine", "--trainer.enable_progress_bar=false"]
+            args.append("--trainer.enable_model_summary=false")
         last = self.run_dir(step) / "checkpoints" / "last.ckpt"
         if step.subcommand == "fit" and last.is_file():
             args.append(f"--ckpt_path={last}")  # an interrupted run continues
@@ -108,40 +108,73 @@ class Pipeline:
             args.append("--overwrite=true")  # killed before its first checkpoint: nothing to keep
         return args
 
-    def link_zoo(self) -> None:
-        """The configs name ``zoo/fashion_mnist/...`` relative to where cli.py runs: point that at the zoo."""
-        link = self.out / "zoo" / "fashion_mnist"
-        link.parent.mkdir(parents=True, exist_ok=True)
-        if link.is_symlink() and link.resolve() != self.zoo_dir.resolve():
-            link.unlink()
-        if not link.exists():
-            link.symlink_to(self.zoo_dir.resolve(), target_is_directory=True)
-
     def run(self) -> dict:
-        from lightning_modules.hardware import fast_trainer_precision
+        from lightning_modules.hardware import cpu_description, fast_trainer_precision
 
+        started = time.perf_counter()
         manifests = zoo.verify(self.zoo_dir)
         self.precision = self.precision or fast_trainer_precision()
         self.out.mkdir(parents=True, exist_ok=True)
-        self.link_zoo()
+        zoo.link(self.zoo_dir, self.out)
         print(
-            f"MEAL V2 demo, seed {self.seed}, precision {self.precision}, zoo {self.zoo_dir}: "
+            f"MEAL V2 demo, seed {self.seed}, precision {self.precision} ({os.cpu_count()} cores, CPU: "
+            f"{cpu_description()}), zoo {self.zoo_dir} verified: "
             + ", ".join(f"{m['name']} {m['val_top1']:.2f}%" for m in manifests),
             flush=True,
         )
-        steps = self.steps()
-        for index, step in enumerate(steps, 1):
-            done = self.run_dir(step) / "done.json"
-            if done.is_file():
-                print(f"[{index}/{len(steps)}] {step.name}: done earlier, skipped", flush=True)
-                continue
-            print(f"[{index}/{len(steps)}] {step.name}", flush=True)
-            started = time.perf_counter()
-            subprocess.run(self.command(step), cwd=self.out, check=True)
-            done.write_text(json.dumps({"seconds": round(time.perf_counter() - started, 1)}))
-            if step.subcommand == "validate":
-                print(zoo_line(self), flush=True)
-        return report(self, manifests)
+        steps = [s for s in self.steps() if not (self.run_dir(s) / "done.json").is_file()]
+        for step in self.steps():
+            if step not in steps:
+                print(f"{step.name}: done earlier, skipped", flush=True)
+        if STEPS[0] in steps:
+            self.run_steps([STEPS[0]])
+            print(zoo_line(self), flush=True)
+        self.run_steps([s for s in steps if s.subcommand == "fit"])
+        result = report(self, manifests, round(time.perf_counter() - started, 1))
+        print(f"demo finished in {result['seconds']:.0f} s; results in {self.out}", flush=True)
+        return result
+
+    def run_steps(self, steps: list[Step]) -> None:
+        """Run the steps side by side, as many as there are cores, sharing the cores' threads out among them.
+
+        A run's per-epoch lines go to the console, its log (warnings included) to ``logs/<step>.log``."""
+        cores = os.cpu_count() or 1
+        slots = max(1, min(len(steps), cores))
+        threads = str(max(1, cores // slots))
+        environment = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+        (self.out / "logs").mkdir(exist_ok=True)
+        pending, running = deque(steps), {}
+        try:
+            while pending or running:
+                while pending and len(running) < slots:
+                    step = pending.popleft()
+                    log = open(self.out / "logs" / f"{step.name}.log", "w")  # noqa: SIM115 (closed when the run ends)
+                    process = subprocess.Popen(self.command(step), cwd=self.out, env=environment, stderr=log)
+                    running[step] = (process, log, time.perf_counter())
+                    print(f"{step.name}: {step.subcommand} on {threads} thread(s), log {log.name}", flush=True)
+                for step, (process, log, began) in list(running.items()):
+                    if process.poll() is None:
+                        continue
+                    log.close()
+                    del running[step]
+                    if process.returncode != 0:
+                        raise DemoError(f"{step.name} failed (exit {process.returncode}):\n{tail(Path(log.name))}")
+                    seconds = round(time.perf_counter() - began, 1)
+                    (self.run_dir(step) / "done.json").write_text(json.dumps({"seconds": seconds}))
+                    print(f"{step.name}: finished in {seconds:.0f} s", flush=True)
+                time.sleep(0.2)
+        finally:
+            for process, log, _ in running.values():
+                process.terminate()
+                log.close()
+
+
+class DemoError(RuntimeError):
+    """A step of the demo failed: its log's last lines say why."""
+
+
+def tail(log: Path, lines: int = 15) -> str:
+    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
 
 
 def zoo_line(pipeline: Pipeline) -> str:
@@ -165,7 +198,7 @@ def zoo_evaluation(pipeline: Pipeline) -> dict[str, Optional[float]]:
 # --------------------------------------------------------------------------------------------------
 # Results: TensorBoard scalars -> table (Markdown + JSON) and plot
 # --------------------------------------------------------------------------------------------------
-def report(pipeline: Pipeline, verified: list[dict]) -> dict:
+def report(pipeline: Pipeline, verified: list[dict], seconds: Optional[float] = None) -> dict:
     manifests = {m["name"]: m for m in verified}
     evaluation = zoo_evaluation(pipeline)
     arch = {m.label: manifests[m.name] for m in zoo.MODELS}
@@ -200,6 +233,8 @@ def report(pipeline: Pipeline, verified: list[dict]) -> dict:
     result = {
         "seed": pipeline.seed,
         "precision": pipeline.precision,
+        "machine": zoo.machine(),
+        "seconds": seconds,
         "rows": rows,
         **gaps({r["run"]: r["val_top1"] for r in rows}),
     }
@@ -225,7 +260,9 @@ def gaps(by_run: dict[str, Optional[float]]) -> dict:
 
 def markdown_table(result: dict) -> str:
     lines = [
-        f"Fashion-MNIST, seed {result['seed']}, precision {result['precision']}: the zoo (trained on all 60,000 training "
+        f"Fashion-MNIST, seed {result['seed']}, precision {result['precision']}, {result['machine']}"
+        + (f", this run {result['seconds'] / 60:.1f} min" if result.get("seconds") else "")
+        + ": the zoo (trained on all 60,000 training "
         "images) and the student trained on from its init; val top-1 on the official 10,000 test images, last epoch.",
         "",
         "| run | epochs | val top-1 (%) | params | wall (s) |",
@@ -339,7 +376,7 @@ def main(argv: Optional[list[str]] = None):
     parser.add_argument(
         "--precision",
         default=None,
-        help="Trainer precision (default: bf16-mixed where the hardware has bf16 units, else 32-true)",
+        help="Trainer precision (default: bf16-mixed where bf16 runs faster than fp32: AMX CPUs, CUDA; else 32-true)",
     )
     parser.add_argument("--ablations", action="store_true", help="also run the paper's ablations")
     parser.add_argument("--summary", action="store_true", help="only summarize the seeds already run")
@@ -347,7 +384,7 @@ def main(argv: Optional[list[str]] = None):
         "--rebuild-zoo", action="store_true", help="train the zoo from its configs and export it into --zoo"
     )
     parser.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)  # tiny runs, for the tests
-    parser.add_argument("--no-progress-bar", action="store_true")
+    parser.add_argument("--no-progress-bar", action="store_true", help="--rebuild-zoo: no progress bars")
     args = parser.parse_args(argv)
     data_dir = str(Path(args.data_dir).resolve()) if args.data_dir else None
     if args.summary:
@@ -368,9 +405,8 @@ def main(argv: Optional[list[str]] = None):
             args.precision,
             args.ablations,
             args.smoke,
-            progress_bar=not args.no_progress_bar,
         ).run()
-    except zoo.ZooError as error:
+    except (zoo.ZooError, DemoError) as error:
         raise SystemExit(f"error: {error}") from None
 
 

@@ -5,6 +5,9 @@ A zoo entry is a folder in timm's export format plus a manifest:
     zoo/fashion_mnist/<name>/config.json         timm's config: architecture, classes, input size, mean/std
     zoo/fashion_mnist/<name>/manifest.json       how it was made and what it scores, with the sha256
 MEAL V2 configs load it like any user's weights: ``checkpoint: zoo/fashion_mnist/<name>/model.safetensors``.
+Beside the models, ``zoo/fashion_mnist/soft_labels/`` holds the teachers' ensemble on stored crops of every
+training image (a soft-label cache made by ``cli.py predict``, every class stored) with its own manifest;
+the MEAL V2 recipe trains from it through the ordinary ``data.soft_labels`` option.
 
     python demo.py --rebuild-zoo     # train every zoo config, then export (see README for the time)
 """
@@ -16,6 +19,7 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -57,6 +61,8 @@ MODELS = [
     ZooModel("teacher_wrn_16_2", "teacher", "teacher: WRN-16-2"),
     ZooModel("student_init_resnet8", "student_init", "student init (hard labels)"),
 ]
+SOFT_LABELS = "soft_labels"  # zoo folder of the ensemble's soft-label cache
+SOFT_LABEL_RECIPE = "configs/fashion_mnist/resnet8_from_resnet20+wrn_16_2.yaml"  # names the cache folder and its crops
 
 
 def weights_path(zoo_dir: Path, name: str) -> Path:
@@ -72,7 +78,8 @@ def sha256(path: Path) -> str:
 
 
 def verify(zoo_dir: Path = ZOO_DIR) -> list[dict]:
-    """Every model's weights exist and match the sha256 of its manifest; returns the manifests."""
+    """Every model's weights and the soft labels' files exist and match the sha256 of their manifests; returns
+    the models' manifests."""
     manifests = []
     for model in MODELS:
         folder = zoo_dir / model.name
@@ -88,7 +95,40 @@ def verify(zoo_dir: Path = ZOO_DIR) -> list[dict]:
                 f"!= {manifest['sha256'][:12]}): restore them with git or run `python demo.py --rebuild-zoo`."
             )
         manifests.append(manifest)
+    verify_soft_labels(zoo_dir)
     return manifests
+
+
+def verify_soft_labels(zoo_dir: Path = ZOO_DIR) -> dict:
+    """The shipped soft-label cache's files match the sha256 of its manifest; returns the manifest."""
+    folder = zoo_dir / SOFT_LABELS
+    if not (folder / "manifest.json").is_file():
+        raise ZooError(
+            f"Zoo soft labels '{folder}' are missing or unfinished: run `python demo.py --rebuild-zoo` "
+            "(or check out the repository's zoo/)."
+        )
+    manifest = json.loads((folder / "manifest.json").read_text())
+    for name, expected in manifest["files"].items():
+        actual = sha256(folder / name) if (folder / name).is_file() else "missing"
+        if actual != expected["sha256"]:
+            raise ZooError(
+                f"Zoo soft labels '{folder / name}' do not match their manifest (sha256 {actual[:12]} != "
+                f"{expected['sha256'][:12]}): restore them with git or run `python demo.py --rebuild-zoo`."
+            )
+    return manifest
+
+
+def link(zoo_dir: Path, work_dir: Path) -> None:
+    """The configs name ``zoo/fashion_mnist/...`` relative to where cli.py runs: point that at ``zoo_dir``."""
+    path = work_dir / "zoo" / "fashion_mnist"
+    if path.resolve() == zoo_dir.resolve():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_symlink():
+        path.unlink()
+    if path.exists():
+        raise ZooError(f"'{path}' is a folder, not a link to the zoo '{zoo_dir}': move it away or use another --out.")
+    path.symlink_to(zoo_dir.resolve(), target_is_directory=True)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -105,14 +145,16 @@ def run_dir(work_dir: Path, model: ZooModel) -> Path:
 def rebuild(
     zoo_dir: Path = ZOO_DIR, work_dir: Path = ROOT, extra_args: tuple[str, ...] = (), data_dir: Optional[str] = None
 ) -> list[dict]:
-    """Train every zoo model (a finished run is reused, an interrupted one resumes), then export them all."""
-    manifests = []
+    """Train every zoo model (a finished run is reused, an interrupted one resumes), export them all, then make
+    the ensemble's soft labels (remade when a teacher was retrained, resumed when interrupted)."""
+    manifests, retrained = [], False
     for model in MODELS:
         args = list(extra_args) + ([f"--data.init_args.data_dir={data_dir}"] if data_dir else [])
         folder, done = run_dir(work_dir, model), run_dir(work_dir, model) / "done.json"
         if done.is_file():
             print(f"zoo: {model.name}: trained earlier ({folder}), exporting", flush=True)
         else:
+            retrained = retrained or model.role == "teacher"
             last = folder / "checkpoints" / "last.ckpt"
             resume = [f"--ckpt_path={last}"] if last.is_file() else ["--overwrite=true"] if folder.is_dir() else []
             command = train_command(model, tuple(args + resume))
@@ -137,7 +179,85 @@ def rebuild(
                 )
             )
         manifests.append(export(model, folder, zoo_dir, json.loads(done.read_text()), data_dir))
+    manifests.append(make_soft_labels(zoo_dir, work_dir, extra_args, data_dir, remake=retrained))
     return manifests
+
+
+def soft_labels_command(extra_args: tuple[str, ...] = ()) -> list[str]:
+    """``cli.py predict`` of the MEAL V2 recipe: its teachers label its stored crops into the zoo's cache folder."""
+    return [
+        "python",
+        "cli.py",
+        "predict",
+        "--config",
+        SOFT_LABEL_RECIPE,
+        "--trainer.precision=32-true",
+        "--trainer.logger.init_args.name=zoo_soft_labels",
+        *extra_args,
+    ]
+
+
+def make_soft_labels(
+    zoo_dir: Path,
+    work_dir: Path,
+    extra_args: tuple[str, ...] = (),
+    data_dir: Optional[str] = None,
+    remake: bool = False,
+) -> dict:
+    """Run the soft-label ``predict`` over every training image with the zoo's teachers, then write its manifest."""
+    folder = zoo_dir / SOFT_LABELS
+    if remake and folder.is_dir():
+        shutil.rmtree(folder)  # labels of the teachers just replaced
+    if (folder / "manifest.json").is_file():
+        print(f"zoo: {SOFT_LABELS}: made earlier ({folder}), kept", flush=True)
+        return verify_soft_labels(zoo_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    link(zoo_dir, work_dir)
+    command = soft_labels_command(extra_args)
+    print(f"zoo: {SOFT_LABELS}: {shlex.join(command)}", flush=True)
+    data = [f"--data.init_args.data_dir={data_dir}"] if data_dir else []
+    started = time.perf_counter()
+    absolute = [sys.executable, str(ROOT / "cli.py"), "predict", "--config", str(ROOT / SOFT_LABEL_RECIPE)]
+    subprocess.run(absolute + command[5:] + data, cwd=work_dir, check=True)
+    return write_soft_labels_manifest(folder, shlex.join(command), round(time.perf_counter() - started, 1))
+
+
+def write_soft_labels_manifest(folder: Path, command: str, seconds: float, note: Optional[str] = None) -> dict:
+    """What the cache holds, how it was made (``note``: how it ran, if not alone), and the sha256 of each file."""
+    meta = json.loads((folder / "meta.json").read_text())
+    files = {
+        path.name: {"bytes": path.stat().st_size, "sha256": sha256(path)}
+        for path in sorted(folder.iterdir())
+        if path.name != "manifest.json"
+    }
+    manifest = {
+        "name": SOFT_LABELS,
+        "role": "soft_labels",
+        "what": "the zoo teachers' ensemble on stored random crops of every training image: mean of the teachers' "
+        "probabilities and mean of their logits, every class kept (fp16), with each crop's box and flip",
+        "images": meta["images"],
+        "crops": meta["crops"],
+        "top_k": meta["top_k"],
+        "classes": meta["classes"],
+        "ensemble_val_top1": meta.get("ensemble_val_top1"),
+        "fingerprint": meta["fingerprint"],
+        "command": command,
+        "config": SOFT_LABEL_RECIPE,
+        "precision": "32-true",
+        "wall_seconds": seconds,
+        **({"wall_note": note} if note else {}),
+        "machine": machine(),
+        "versions": versions(),
+        "bytes": sum(f["bytes"] for f in files.values()),
+        "files": files,
+    }
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    print(
+        f"zoo: {SOFT_LABELS}: {meta['images']} images x {meta['crops']} crops, {manifest['bytes'] / 1e6:.1f} MB "
+        f"in {seconds:.0f} s",
+        flush=True,
+    )
+    return manifest
 
 
 def export(model: ZooModel, run: Path, zoo_dir: Path, done: dict, data_dir: Optional[str] = None) -> dict:
@@ -264,7 +384,7 @@ def read_scalars(run_dir: Path, tag: str) -> list[float]:
 
 
 def machine() -> str:
-    from lightning_modules.hardware import cpu_has_bf16
+    from lightning_modules.hardware import cpu_description
 
     model = platform.processor() or platform.machine()
     try:
@@ -272,7 +392,7 @@ def machine() -> str:
         model = names[0].split(":", 1)[1].strip() if names else model
     except OSError:
         pass
-    return f"{model}, {os.cpu_count()} cores, {'with AVX-512-BF16/AMX' if cpu_has_bf16() else 'without bf16 units'}"
+    return f"{model}, {os.cpu_count()} cores, {cpu_description()}"
 
 
 def versions() -> dict:

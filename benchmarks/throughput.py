@@ -114,17 +114,18 @@ def run(args) -> dict:
         f"floor_{'bf16' if student_bf16 else 'fp32'}{'_channels_last' if args.channels_last else ''}"
     ]
 
-    def meal_step(soft_targets=None):
+    def meal_step(cached=None):
         optimizer.zero_grad(set_to_none=True)
         with autocast(student_bf16):
-            loss = module.distillation_losses(images, labels, soft_targets)["loss"]
+            loss = module.distillation_losses(images, labels, cached)["loss"]
         loss.backward()
         optimizer.step()
 
     measure("online_fp32", meal_step, timing, results, memory)
     with torch.no_grad():
-        reference = ensemble_soft_targets(module.teachers(images))
-    measure("cached", lambda: meal_step(reference), timing, results, memory)
+        teacher_logits = module.teachers(images)
+        reference = ensemble_soft_targets(teacher_logits)
+    measure("cached", lambda: meal_step((reference, teacher_logits.float().mean(0))), timing, results, memory)
 
     for teacher in module.teachers:
         accelerate_teacher(teacher, args.teacher_precision, channels_last=args.channels_last, fold_bn=True)

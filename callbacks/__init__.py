@@ -1,6 +1,7 @@
-"""Trainer callbacks: memory format, exported students, loss guard, reproducible resume, soft-label cache, results in HParams."""
+"""Trainer callbacks: progress lines, memory format, exported students, loss guard, reproducible resume, soft-label cache, results in HParams."""
 
 from callbacks.channels_last import ChannelsLast
+from callbacks.epoch_line import EpochLine
 from callbacks.export_student import ExportStudent
 from callbacks.fast_teachers import FastTeachers
 from callbacks.finite_loss import FiniteLossGuard, NonFiniteLossError
@@ -11,6 +12,7 @@ from callbacks.soft_label_writer import SoftLabelWriter
 
 __all__ = [
     "ChannelsLast",
+    "EpochLine",
     "ExportStudent",
     "FastTeachers",
     "FiniteLossGuard",

@@ -14,7 +14,7 @@ from lightning_modules.losses import ensemble_soft_targets
 
 
 class SoftLabelWriter(BasePredictionWriter):
-    """With ``python cli.py predict``: each batch's crops, flips and top-k probabilities go to disk at
+    """With ``python cli.py predict``: each batch's crops, flips, top-k probabilities and mean logits go to disk at
     once (an interrupted run resumes with the images not yet marked done; shards write disjoint rows).
 
     Before writing, the ensemble's own val top-1 is printed, logged (``predict/ensemble_val_top1``) and
@@ -59,12 +59,14 @@ class SoftLabelWriter(BasePredictionWriter):
         if store is None or not isinstance(prediction, dict) or "probabilities" not in prediction:
             return
         values, indices = prediction["probabilities"].topk(store.meta["top_k"], dim=-1)
+        logits = prediction["logits"].gather(-1, indices)
         store.write(
             prediction["index"].cpu().numpy(),
-            prediction["boxes"].cpu().numpy(),
-            prediction["flips"].cpu().numpy(),
-            values.half().cpu().numpy(),
-            indices.cpu().numpy().astype(store.arrays["indices"].dtype),
+            boxes=prediction["boxes"].cpu().numpy(),
+            flips=prediction["flips"].cpu().numpy(),
+            values=values.half().cpu().numpy(),
+            logits=logits.half().cpu().numpy(),
+            indices=indices.cpu().numpy().astype(store.arrays["indices"].dtype),
         )
         self._images += len(prediction["index"])
 

@@ -5,11 +5,15 @@ Layout of a cache folder (numpy memory-maps, one row per training image):
                   everything the labels depend on (which images, which teachers, crop settings, top_k)
     boxes.npy     float32 [N, R, 4]   crop box (top, left, height, width) relative to the image size
     flips.npy     uint8   [N, R]      horizontal flip applied after the crop
-    values.npy    float16 [N, R, k]   the ensemble's k largest probabilities
-    indices.npy   int16/32 [N, R, k]  their classes
+    values.npy    float16 [N, R, k]   the ensemble's k largest probabilities (mean of the teachers' softmax)
+    logits.npy    float16 [N, R, k]   the mean of the teachers' logits at the same k classes (the discriminator's input)
+    indices.npy   uint8/int16/int32 [N, R, k]  those classes
     done.npy      uint8   [N]         1 once an image's crops are written (resume / shards)
-The probability mass outside the top k is spread evenly over the other classes ("marginal
-smoothing"), so a stored label costs R * k * 4 bytes plus 17 bytes per crop.
+With top_k = classes the replayed step is the online step on the same crop (up to fp16 storage). With
+top_k < classes two things differ: the probability mass outside the top k is spread evenly over the
+other classes ("marginal smoothing"), and the discriminator's teacher rows hold the mean logits of the
+k stored classes with every other class set to the smallest stored one. A crop costs 17 bytes plus
+k * (4 + index bytes).
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ from torchvision.transforms.v2 import functional as F
 
 from datamodules.errors import DataError
 
-FILES = ("boxes", "flips", "values", "indices", "done")
+FILES = ("boxes", "flips", "values", "logits", "indices", "done")
+FORMAT = 2  # 2: mean teacher logits stored beside the probabilities
 
 
 @dataclass
@@ -70,6 +75,7 @@ class SoftLabelStore:
                 f"soft_labels.top_k must be 1..{num_classes} (the classes) and crops >= 1, got {config.top_k} and {config.crops}."
             )
         meta = {
+            "format": FORMAT,
             "images": num_images,
             "crops": config.crops,
             "top_k": config.top_k,
@@ -83,11 +89,12 @@ class SoftLabelStore:
             return cls(folder, meta, "r+")
         folder.mkdir(parents=True, exist_ok=True)
         n, r, k = num_images, config.crops, config.top_k
-        index_dtype = np.int16 if num_classes < 2**15 else np.int32
+        index_dtype = np.uint8 if num_classes <= 2**8 else np.int16 if num_classes <= 2**15 else np.int32
         for name, shape, dtype in (
             ("boxes", (n, r, 4), np.float32),
             ("flips", (n, r), np.uint8),
             ("values", (n, r, k), np.float16),
+            ("logits", (n, r, k), np.float16),
             ("indices", (n, r, k), index_dtype),
             ("done", (n,), np.uint8),
         ):
@@ -103,7 +110,7 @@ class SoftLabelStore:
                 f"No soft-label cache in '{folder}': make it first with `python cli.py predict` (see README)."
             )
         meta = json.loads((folder / "meta.json").read_text())
-        expected = {"images": num_images, "classes": num_classes, "fingerprint": fingerprint}
+        expected = {"format": FORMAT, "images": num_images, "classes": num_classes, "fingerprint": fingerprint}
         check_fingerprint(
             folder,
             meta,
@@ -124,11 +131,10 @@ class SoftLabelStore:
         candidates = np.arange(shard, len(done), num_shards)
         return candidates[done[candidates] == 0]
 
-    def write(
-        self, image_indices: np.ndarray, boxes: np.ndarray, flips: np.ndarray, values: np.ndarray, indices: np.ndarray
-    ) -> None:
-        for name, data in (("boxes", boxes), ("flips", flips), ("values", values), ("indices", indices)):
-            self.arrays[name][image_indices] = data
+    def write(self, image_indices: np.ndarray, **rows: np.ndarray) -> None:
+        """Rows of boxes, flips, values, logits and indices for these images, then their done marks."""
+        for name in FILES[:-1]:
+            self.arrays[name][image_indices] = rows[name]
             self.arrays[name].flush()
         self.arrays["done"][image_indices] = 1  # written last: a killed run never marks half-written rows
         self.arrays["done"].flush()
@@ -138,6 +144,7 @@ class SoftLabelStore:
 
 
 PARTS = {  # meta / fingerprint key -> what the user is told differs
+    "format": "cache format (made by an older version)",
     "images": "number of training images",
     "classes": "number of classes",
     "crops": "crops per image",
@@ -210,6 +217,15 @@ def decode_soft_labels(values: torch.Tensor, indices: torch.Tensor, num_classes:
     return dense.scatter_(-1, indices.long(), values)
 
 
+def decode_teacher_logits(logits: torch.Tensor, indices: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Dense mean teacher logits: exact when every class is stored, else the tail set to the smallest stored logit."""
+    logits = logits.float()
+    if logits.shape[-1] == num_classes:
+        return torch.empty_like(logits).scatter_(-1, indices.long(), logits)
+    tail = logits.min(dim=-1, keepdim=True).values.expand(*logits.shape[:-1], num_classes).clone()
+    return tail.scatter_(-1, indices.long(), logits)
+
+
 def crop_and_flip(
     image: torch.Tensor,
     box: tuple[int, int, int, int],
@@ -268,8 +284,8 @@ class CropsToCache(Dataset):
 class CachedCrops(Dataset):
     """Training items replayed from the cache, for virtual index i * R + r: image i's stored crops r, r+1, ... (mod R).
 
-    With ``per_sample`` m = 1 an item is (image, label, soft target); with m > 1 the m crops of one decoded
-    image come stacked ([m, C, H, W], [m], [m, K]) and ``concat_crops`` joins them into the batch.
+    With ``per_sample`` m = 1 an item is (image, label, soft target, mean teacher logits); with m > 1 the m crops
+    of one decoded image come stacked ([m, C, H, W], [m], [m, K], [m, K]) and ``concat_crops`` joins them into the batch.
     """
 
     def __init__(self, raw: Dataset, store: SoftLabelStore, render, per_sample: int = 1):
@@ -292,14 +308,14 @@ class CachedCrops(Dataset):
             self.render(image, pixel_box(arrays["boxes"][index, c], *image.shape[-2:]), bool(arrays["flips"][index, c]))
             for c in crops
         ]
-        soft = decode_soft_labels(
-            torch.from_numpy(np.array(arrays["values"][index, crops])),
-            torch.from_numpy(np.array(arrays["indices"][index, crops])),
-            self.classes,
-        )
+        stored = {
+            name: torch.from_numpy(np.array(arrays[name][index, crops])) for name in ("values", "logits", "indices")
+        }
+        soft = decode_soft_labels(stored["values"], stored["indices"], self.classes)
+        logits = decode_teacher_logits(stored["logits"], stored["indices"], self.classes)
         if self.per_sample == 1:
-            return images[0], label, soft[0]
-        return torch.stack(images), torch.full((self.per_sample,), label), soft
+            return images[0], label, soft[0], logits[0]
+        return torch.stack(images), torch.full((self.per_sample,), label), soft, logits
 
 
 def concat_crops(items: list) -> list[torch.Tensor]:

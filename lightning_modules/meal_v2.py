@@ -46,7 +46,7 @@ class MealV2(EpochSchedule, L.LightningModule):
         cutmix_prob, cutmix_alpha: CutMix on the images only; targets stay the teachers' predictions.
         hard_label_weight: ablation only; adds this weight times the hard-label cross-entropy.
         soft_targets: ``online`` runs the teachers every step; ``cached`` takes the ensemble's
-            probabilities from the batch (the DataModule's soft-label cache, written by ``predict``).
+            probabilities and mean logits from the batch (the DataModule's soft-label cache, written by ``predict``).
         sync_batchnorm_student: under DDP, convert the student's BatchNorm to SyncBatchNorm (the
             teachers are never converted; do not use the Trainer's ``sync_batchnorm``, which would).
     """
@@ -123,21 +123,23 @@ class MealV2(EpochSchedule, L.LightningModule):
     # The training step
     # ----------------------------------------------------------------------------------------------
     def distillation_losses(
-        self, images: torch.Tensor, labels: Optional[torch.Tensor] = None, soft_targets: Optional[torch.Tensor] = None
+        self,
+        images: torch.Tensor,
+        labels: Optional[torch.Tensor] = None,
+        cached: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
     ) -> dict[str, torch.Tensor]:
         """All MEAL V2 losses on one batch: the total under ``loss``, its parts beside it.
 
-        ``labels`` are used only by the hard-label ablation. ``soft_targets`` (cached ensemble
-        probabilities) replace the teachers; the discriminator then sees their log-probabilities,
-        which equal the mean teacher logits only up to a per-row constant.
+        ``labels`` are used only by the hard-label ablation. ``cached`` (the ensemble's probabilities and
+        mean logits on these crops, from the soft-label cache) replaces the teachers: the same step.
         """
         check_images(images, self.hparams.in_chans)
-        if soft_targets is None:
+        if cached is None:
             teacher_logits = self.teachers(images)  # [K, B, C], no gradient, eval mode
             soft_targets = ensemble_soft_targets(teacher_logits)  # mean of probabilities, fp32
-            teacher_rows = teacher_logits.mean(dim=0)
+            teacher_rows = teacher_logits.float().mean(dim=0)  # mean of logits: the discriminator's teacher rows
         else:
-            teacher_rows = soft_targets.float().clamp_min(1e-8).log()
+            soft_targets, teacher_rows = cached
         student_logits = self.student(images)
         kd = soft_cross_entropy(student_logits, soft_targets)
 
@@ -172,7 +174,7 @@ class MealV2(EpochSchedule, L.LightningModule):
         mixed = self.hparams.cutmix_prob > 0 and np.random.rand() < self.hparams.cutmix_prob
         if mixed:
             images = self._cutmix(images)
-        out = self.distillation_losses(images, labels, cached[0] if cached else None)
+        out = self.distillation_losses(images, labels, tuple(cached) if cached else None)
 
         self.log("train/kd_loss", out["kd"], on_step=True, on_epoch=True, prog_bar=True)
         self.log("train/discriminator_loss", out["discriminator"], on_step=True, on_epoch=True)
@@ -198,7 +200,8 @@ class MealV2(EpochSchedule, L.LightningModule):
     # Evaluation: the student on hard labels, and once per run the teachers' own ceiling
     # ----------------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
-        self._teacher_eval_pending = True
+        # The teachers' ceiling is measured once per run, except when fitting from the cache, where no teacher runs.
+        self._teacher_eval_pending = stage != "fit" or self.hparams.soft_targets == "online"
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if (
             stage == "fit"
@@ -255,12 +258,13 @@ class MealV2(EpochSchedule, L.LightningModule):
         self._log_teacher_ceiling("test")
 
     def predict_step(self, batch, batch_idx):
-        """The ensemble's probabilities on R stored crops per image, for the soft-label cache."""
+        """The ensemble's probabilities and mean logits on R stored crops per image, for the soft-label cache."""
         crops = batch["images"]  # [B, R, C, H, W]
-        probabilities = ensemble_soft_targets(self.teachers(crops.flatten(0, 1)))
+        teacher_logits = self.teachers(crops.flatten(0, 1))
         return {
             **{k: batch[k] for k in ("index", "boxes", "flips")},
-            "probabilities": probabilities.view(*crops.shape[:2], -1),
+            "probabilities": ensemble_soft_targets(teacher_logits).view(*crops.shape[:2], -1),
+            "logits": teacher_logits.float().mean(dim=0).view(*crops.shape[:2], -1),
         }
 
     # ----------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ import demo
 import zoo
 from cli import main
 from datamodules import DataError, FashionMNISTData
+from datamodules.soft_labels import FILES, weights_digest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -114,6 +115,25 @@ def test_rebuilt_zoo_has_weights_config_and_a_manifest_that_matches(tiny_zoo):
 
 
 @pytest.mark.slow
+def test_rebuilt_zoo_ships_the_ensembles_soft_labels_for_every_training_image(tiny_zoo):
+    zoo_dir, _ = tiny_zoo
+    manifest = zoo.verify_soft_labels(zoo_dir)
+    meta = json.loads((zoo_dir / "soft_labels" / "meta.json").read_text())
+    assert (manifest["images"], manifest["crops"], manifest["top_k"], manifest["classes"]) == (64, 7, 10, 10)
+    assert manifest["fingerprint"] == meta["fingerprint"] and meta["ensemble_val_top1"]["images"] == 32
+    assert manifest["command"] == " ".join(
+        [
+            "python cli.py predict --config configs/fashion_mnist/resnet8_from_resnet20+wrn_16_2.yaml",
+            "--trainer.precision=32-true --trainer.logger.init_args.name=zoo_soft_labels",
+            *demo.SMOKE_ARGS,
+            "--trainer.enable_progress_bar=false",
+        ]
+    )
+    assert set(manifest["files"]) == {f"{name}.npy" for name in FILES} | {"meta.json"}
+    assert manifest["bytes"] == sum((zoo_dir / "soft_labels" / name).stat().st_size for name in manifest["files"])
+
+
+@pytest.mark.slow
 def test_zoo_weights_that_differ_from_the_manifest_are_refused(tiny_zoo, tmp_path):
     zoo_dir, _ = tiny_zoo
     copy = tmp_path / "zoo"
@@ -122,6 +142,13 @@ def test_zoo_weights_that_differ_from_the_manifest_are_refused(tiny_zoo, tmp_pat
     weights.write_bytes(weights.read_bytes()[:-1] + b"\0")
     with pytest.raises(zoo.ZooError, match="do not match their manifest.*--rebuild-zoo"):
         zoo.verify(copy)
+    shutil.copy(zoo_dir / "teacher_resnet20" / "model.safetensors", weights)
+    values = copy / "soft_labels" / "values.npy"
+    values.write_bytes(values.read_bytes()[:-1] + b"\0")
+    with pytest.raises(zoo.ZooError, match="Zoo soft labels .*values.npy' do not match their manifest"):
+        zoo.verify(copy)
+    shutil.copy(zoo_dir / "soft_labels" / "values.npy", values)
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\0")
     result = subprocess.run(
         [sys.executable, str(ROOT / "demo.py"), "--zoo", str(copy), "--out", str(tmp_path / "out")],
         capture_output=True,
@@ -179,6 +206,9 @@ def test_demo_distils_the_zoo_end_to_end_and_skips_finished_steps(tiny_zoo, tmp_
         == "zoo/fashion_mnist/student_init_resnet8/model.safetensors"
     )
 
+    assert (out / "logs" / "resnet8_from_resnet20+wrn_16_2.log").is_file()
+    assert "resnet8_from_resnet20+wrn_16_2: epoch 1/1: val/top1" in first.stdout  # a line per epoch, no bars
+
     rerun = subprocess.run(command, check=True, cwd=tmp_path, capture_output=True, text=True)
     assert rerun.stdout.count("done earlier, skipped") == 3
 
@@ -220,3 +250,37 @@ def test_committed_zoo_matches_its_manifests_and_loads_through_the_recipe(tmp_pa
         )
         assert not teacher.renormalize  # config.json's mean/std are the data's: no re-normalization
     assert cli.model.student.state_dict()["fc.weight"].dtype == torch.float32
+
+
+def test_committed_soft_labels_match_their_manifest_and_the_zoo_teachers(monkeypatch, tmp_path):
+    manifest = zoo.verify_soft_labels()  # sha256 of every shipped file
+    meta = json.loads((zoo.ZOO_DIR / "soft_labels" / "meta.json").read_text())
+    assert manifest["fingerprint"] == meta["fingerprint"] and meta["format"] == 2
+    assert (meta["images"], meta["top_k"], meta["classes"]) == (60000, 10, 10)  # every image, every class
+    monkeypatch.chdir(ROOT)
+    cli = main(
+        ["--config", str(demo.MEAL_CONFIG), f"--data.init_args.data_dir={write_fashion_mnist(tmp_path)}"], run=False
+    )
+    assert cli.model.hparams.soft_targets == "cached" and cli.datamodule.soft_labels.crops == meta["crops"]
+    teachers = [
+        {"name": t["name"], "sha256": weights_digest(m.model)}
+        for t, m in zip(cli.model.hparams.teachers, cli.model.teachers, strict=True)
+    ]
+    assert meta["fingerprint"]["teachers"] == teachers
+    assert meta["fingerprint"]["crop"] == cli.datamodule.crop_settings()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not fashion_mnist.SYSTEM_DIR.is_dir(), reason="needs Debian's dataset-fashion-mnist (make data)")
+def test_demo_trains_from_the_shipped_zoo_and_soft_labels_on_the_real_data(tmp_path):
+    """`python demo.py` as the README runs it, shrunk to a few batches: the shipped cache fits the real training set."""
+    out = tmp_path / "results"
+    command = [sys.executable, str(ROOT / "demo.py"), "--smoke", "--out", str(out), "--precision", "32-true"]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    meal = yaml.safe_load((out / "runs/fashion_mnist/resnet8_from_resnet20+wrn_16_2/main/config.yaml").read_text())
+    assert meal["model"]["init_args"]["soft_targets"] == "cached"
+    assert meal["data"]["init_args"]["soft_labels"]["dir"] == "zoo/fashion_mnist/soft_labels"
+    assert "Warning" not in result.stdout and "warn" not in result.stdout.lower()
+    rows = {row["run"]: row for row in json.loads((out / "results.json").read_text())["rows"]}
+    assert rows["MEAL V2 student"]["epochs"] == 1 and rows["baseline: init + hard labels"]["epochs"] == 1

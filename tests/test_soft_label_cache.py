@@ -13,13 +13,50 @@ from PIL import Image
 
 from cli import main
 from datamodules.errors import DataError
-from datamodules.soft_labels import FILES, CachedCrops, decode_soft_labels, pixel_box
+from datamodules.soft_labels import FILES, CachedCrops, decode_soft_labels, decode_teacher_logits, pixel_box
 
 
 def test_decoded_labels_keep_top_k_and_spread_the_rest_evenly():
     dense = decode_soft_labels(torch.tensor([[0.5, 0.3]]), torch.tensor([[2, 0]]), num_classes=6)
     torch.testing.assert_close(dense, torch.tensor([[0.3, 0.05, 0.5, 0.05, 0.05, 0.05]]))
     assert float(dense.sum()) == pytest.approx(1.0)
+
+
+def test_decoded_teacher_logits_are_exact_with_every_class_and_fill_the_tail_with_the_smallest_stored():
+    every = decode_teacher_logits(torch.tensor([[3.0, 1.0, -2.0]]), torch.tensor([[1, 2, 0]]), num_classes=3)
+    torch.testing.assert_close(every, torch.tensor([[-2.0, 3.0, 1.0]]))
+    top2 = decode_teacher_logits(torch.tensor([[3.0, 1.0]]), torch.tensor([[1, 2]]), num_classes=4)
+    torch.testing.assert_close(top2, torch.tensor([[1.0, 3.0, 1.0, 1.0]]))
+
+
+def test_cached_step_equals_the_online_step_on_the_same_crops_with_every_class_stored(tmp_path, monkeypatch):
+    """KD and discriminator losses from the cache (all 10 classes stored) match the teachers run on the same crops."""
+    monkeypatch.chdir(tmp_path)
+    config = write_config(tmp_path, cutmix_prob=0.0)
+    cli = main(["predict", "--config", str(config), *cache_args(tmp_path, top_k=10)])
+    data, module = cli.datamodule, cli.model
+    replay = CachedCrops(data.raw_train_set(), data.soft_label_store, data.render)
+    images, _, soft, logits = (
+        torch.stack([torch.as_tensor(replay[i][j]) for i in range(0, 288, 17)]) for j in range(4)
+    )
+    with torch.no_grad():
+        online = module.distillation_losses(images)
+        cached = module.distillation_losses(images, cached=(soft, logits))
+    assert float(online["discriminator"]) > 0.1  # the discriminator term is really compared
+    for name in ("kd", "discriminator", "loss"):
+        torch.testing.assert_close(cached[name], online[name], atol=2e-3, rtol=1e-3)
+
+
+def test_cache_of_an_older_format_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = write_config(tmp_path, cutmix_prob=0.0)
+    main(["predict", "--config", str(config), *cache_args(tmp_path)])
+    meta_path = tmp_path / "cache" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["format"]  # what caches made before the mean logits were stored look like
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(DataError, match=r"made for other cache format \(made by an older version\).*predict`"):
+        main(["fit", "--config", str(config), *cache_args(tmp_path), "--model.init_args.soft_targets=cached"])
 
 
 def cache_args(tmp_path, **extra) -> list[str]:
@@ -44,11 +81,12 @@ def test_predict_writes_a_complete_cache_that_matches_the_teachers(tmp_path, mon
 
     # the replayed crop of image 5, crop 1 is what the teachers saw; its top-1 is theirs
     replay = CachedCrops(cli.datamodule.raw_train_set(), store, cli.datamodule.render)
-    image, _, soft = replay[5 * 3 + 1]
+    image, _, soft, _ = replay[5 * 3 + 1]
     with torch.no_grad():
         probabilities = cli.model.teachers(image[None]).float().softmax(-1).mean(0)[0]
     assert int(soft.argmax()) == int(probabilities.argmax())
-    torch.testing.assert_close(soft[arrays["indices"][5, 1]], probabilities[arrays["indices"][5, 1]], atol=2e-3, rtol=0)
+    top = arrays["indices"][5, 1].astype(np.int64)  # uint8 for 10 classes: as an index it would be a mask
+    torch.testing.assert_close(soft[top], probabilities[top], atol=2e-3, rtol=0)
 
 
 def test_predict_resumes_and_shards_fill_disjoint_images(tmp_path, monkeypatch):
@@ -213,7 +251,7 @@ def test_image_folder_cache_stores_random_resized_crops_the_teachers_reproduce(i
 
     replay = CachedCrops(data.raw_train_set(), store, data.render)
     for index, crop in [(0, 0), (7, 2), (11, 1)]:
-        image, _, soft = replay[index * 3 + crop]
+        image, _, soft, _ = replay[index * 3 + crop]
         assert image.shape == (3, 32, 32)
         with torch.no_grad():
             probabilities = cli.model.teachers(image[None]).float().softmax(-1).mean(0)[0]
@@ -272,8 +310,8 @@ def test_several_crops_per_decoded_image_fill_the_batch_without_repeating(image_
     _, config = image_folder_cache
     cli = fit_one_epoch_from_cache(config, tmp_path, top_k=2, crops_per_sample=3)
     data = cli.datamodule
-    images, labels, soft = next(iter(data.train_dataloader()))
-    assert images.shape == (4 * 3, 3, 32, 32) and labels.shape == (12,) and soft.shape == (12, 3)
+    images, labels, soft, logits = next(iter(data.train_dataloader()))
+    assert images.shape == (4 * 3, 3, 32, 32) and labels.shape == (12,) and soft.shape == logits.shape == (12, 3)
     assert torch.equal(labels.view(4, 3), labels.view(4, 3)[:, :1].expand(4, 3))  # 3 crops of one image, side by side
     first = data.train_set[5 * 3 + 2][0]  # image 5 from its crop 2: crops 2, 0, 1 (all of them, none twice)
     assert [torch.equal(first[j], data.train_set[5 * 3 + c][0][0]) for j, c in enumerate((2, 0, 1))] == [True] * 3
@@ -331,5 +369,5 @@ def test_cache_generation_checks_the_ensemble_on_val_first_and_reports_its_cost(
             total += len(labels)
     assert meta["ensemble_val_top1"] == {"top1": round(100 * correct / total, 2), "images": 6}
     assert (
-        cli.datamodule.soft_label_store.bytes_per_image() == 3 * (16 + 1 + 2 * 2 + 2 * 2) + 1
-    )  # boxes, flip, values, indices; done
+        cli.datamodule.soft_label_store.bytes_per_image() == 3 * (16 + 1 + 2 * 2 + 2 * 2 + 2 * 1) + 1
+    )  # per crop: box, flip, fp16 values and logits, uint8 indices; done

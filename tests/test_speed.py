@@ -94,11 +94,11 @@ def test_throughput_benchmark_reports_every_mode(tmp_path):
     assert report["fast_soft_targets"]["top1_agreement"] == 1.0
 
 
-@pytest.mark.parametrize("cpu_bf16, dtype", [(True, torch.bfloat16), (False, torch.float32)])
-def test_fast_teachers_pick_their_precision_from_the_hardware(tmp_path, monkeypatch, cpu_bf16, dtype):
+@pytest.mark.parametrize("cpu_amx, dtype", [(True, torch.bfloat16), (False, torch.float32)])
+def test_fast_teachers_pick_their_precision_from_the_hardware(tmp_path, monkeypatch, cpu_amx, dtype):
     import lightning_modules.hardware as hardware
 
-    monkeypatch.setattr(hardware, "cpu_has_bf16", lambda: cpu_bf16)
+    monkeypatch.setattr(hardware, "cpu_has_fast_bf16", lambda: cpu_amx)
     module = small_meal()
     loader = DataLoader(TensorDataset(torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))), batch_size=4)
     trainer = pl.Trainer(
@@ -110,7 +110,7 @@ def test_fast_teachers_pick_their_precision_from_the_hardware(tmp_path, monkeypa
     if (
         not torch.cuda.is_available()
     ):  # the Trainer's precision for the demo follows the same rule on a CPU-only machine
-        assert hardware.fast_trainer_precision() == ("bf16-mixed" if cpu_bf16 else "32-true")
+        assert hardware.fast_trainer_precision() == ("bf16-mixed" if cpu_amx else "32-true")
 
 
 @pytest.mark.slow
