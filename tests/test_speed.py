@@ -94,6 +94,22 @@ def test_throughput_benchmark_reports_every_mode(tmp_path):
     assert report["fast_soft_targets"]["top1_agreement"] == 1.0
 
 
+@pytest.mark.parametrize(
+    "flags, precision",
+    [
+        ({"avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}, "bf16"),
+        ({"avx512f", "avx512_bf16"}, "32"),
+        ({"avx2"}, "32"),
+    ],
+)
+def test_bf16_is_picked_on_cpus_only_with_amx(monkeypatch, flags, precision):
+    """AVX-512-BF16 alone measured no faster than fp32 (issue 19); without AMX the demo and FastTeachers run fp32."""
+    import lightning_modules.hardware as hardware
+
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset(flags))
+    assert hardware.fast_precision("cpu") == precision
+
+
 @pytest.mark.parametrize("cpu_amx, dtype", [(True, torch.bfloat16), (False, torch.float32)])
 def test_fast_teachers_pick_their_precision_from_the_hardware(tmp_path, monkeypatch, cpu_amx, dtype):
     import lightning_modules.hardware as hardware
