@@ -32,8 +32,8 @@ class FastTeachers(pl.Callback):
 
     The soft targets stay in fp32 (teachers return fp32 logits); the throughput benchmark reports
     their argmax agreement and mean KL against the plain fp32 teachers. ``precision`` None picks what
-    the device runs faster than fp32: bf16 on CUDA with bf16 and on CPUs with AMX, fp16 on older CUDA, fp32
-    elsewhere (AVX-512-BF16 alone is no faster than fp32; emulated bf16 is slower). ``compile`` wraps each
+    the device runs faster than fp32 (``lightning_modules.hardware``): bf16 on CUDA with bf16, on CPUs with AMX
+    and on AMD CPUs with AVX-512-BF16, fp16 on older CUDA, fp32 elsewhere. ``compile`` wraps each
     teacher's inference in ``torch.compile`` (inductor, static shapes: one graph per input shape; the
     first batch of each shape pays the compile time, which the throughput benchmark reports apart).
     """
