@@ -63,7 +63,15 @@ class SoftLabelStore:
     def __init__(self, folder: Path, meta: dict, mode: str):
         self.folder = folder
         self.meta = meta
-        self.arrays = {name: np.load(folder / f"{name}.npy", mmap_mode=mode) for name in FILES}
+        self.arrays = {name: _load_array(folder / f"{name}.npy", mode) for name in FILES}
+        n, r, k = meta["images"], meta["crops"], meta["top_k"]
+        expected = {"boxes": (n, r, 4), "flips": (n, r), "values": (n, r, k), "logits": (n, r, k), "indices": (n, r, k)}
+        for name, shape in {**expected, "done": (n,)}.items():
+            if self.arrays[name].shape != shape:
+                raise DataError(
+                    f"Soft-label cache '{folder}': {name}.npy has shape {self.arrays[name].shape}, meta.json says "
+                    f"{shape}: the cache is damaged; delete the folder and make it again with `python cli.py predict`."
+                )
 
     @classmethod
     def create_or_resume(
@@ -85,7 +93,7 @@ class SoftLabelStore:
             "fingerprint": fingerprint,
         }
         if (folder / "meta.json").is_file():
-            check_fingerprint(folder, json.loads((folder / "meta.json").read_text()), meta, "predict into another dir")
+            check_fingerprint(folder, _read_meta(folder), meta, "predict into another dir")
             return cls(folder, meta, "r+")
         folder.mkdir(parents=True, exist_ok=True)
         n, r, k = num_images, config.crops, config.top_k
@@ -109,7 +117,7 @@ class SoftLabelStore:
             raise DataError(
                 f"No soft-label cache in '{folder}': make it first with `python cli.py predict` (see README)."
             )
-        meta = json.loads((folder / "meta.json").read_text())
+        meta = _read_meta(folder)
         expected = {"format": FORMAT, "images": num_images, "classes": num_classes, "fingerprint": fingerprint}
         check_fingerprint(
             folder,
@@ -141,6 +149,27 @@ class SoftLabelStore:
 
     def bytes_per_image(self) -> int:
         return sum(self.arrays[name][0].nbytes for name in FILES)
+
+
+def _read_meta(folder: Path) -> dict:
+    try:
+        return json.loads((folder / "meta.json").read_text())
+    except (OSError, ValueError) as error:
+        raise DataError(
+            f"Soft-label cache '{folder}': meta.json cannot be read ({type(error).__name__}): the cache is damaged; "
+            "delete the folder and make it again with `python cli.py predict`."
+        ) from None
+
+
+def _load_array(path: Path, mode: str) -> np.ndarray:
+    try:
+        return np.load(path, mmap_mode=mode)
+    except (OSError, ValueError) as error:
+        reason = "missing" if not path.is_file() else f"unreadable or truncated ({type(error).__name__})"
+        raise DataError(
+            f"Soft-label cache '{path.parent}': {path.name} is {reason}: the cache is damaged; delete the folder and "
+            "make it again with `python cli.py predict`."
+        ) from None
 
 
 PARTS = {  # meta / fingerprint key -> what the user is told differs

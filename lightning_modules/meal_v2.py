@@ -213,6 +213,15 @@ class MealV2(EpochSchedule, L.LightningModule):
                 "model.soft_targets is 'cached' but the data has no soft-label cache: set data.init_args.soft_labels.dir "
                 "(made by `python cli.py predict`, see README) or use soft_targets 'online'."
             )
+        if (
+            stage == "fit"
+            and self.hparams.soft_targets == "online"
+            and getattr(datamodule, "soft_labels", None) is not None
+        ):
+            raise ConfigError(
+                "data.soft_labels is set but model.soft_targets is 'online': set model.init_args.soft_targets cached to "
+                "train from the cache, or drop data.init_args.soft_labels (or set it to null) to run the teachers."
+            )
         if self.hparams.sync_batchnorm_student and self.trainer is not None and self.trainer.world_size > 1:
             self.student = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.student)
 

@@ -371,3 +371,39 @@ def test_cache_generation_checks_the_ensemble_on_val_first_and_reports_its_cost(
     assert (
         cli.datamodule.soft_label_store.bytes_per_image() == 3 * (16 + 1 + 2 * 2 + 2 * 2 + 2 * 1) + 1
     )  # per crop: box, flip, fp16 values and logits, uint8 indices; done
+
+
+def test_cache_set_for_an_online_run_is_refused_before_training(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = write_config(tmp_path, cutmix_prob=0.0)
+    main(["predict", "--config", str(config), *cache_args(tmp_path)])
+    with pytest.raises(ValueError, match="data.soft_labels is set but model.soft_targets is 'online'") as info:
+        main(["fit", "--config", str(config), *cache_args(tmp_path)])
+    assert "\n" not in str(info.value) and not (tmp_path / "runs" / "meal" / "version_1" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("truncate values.npy", r"values.npy is unreadable or truncated"),
+        ("delete logits.npy", r"logits.npy is missing"),
+        ("garble meta.json", r"meta.json cannot be read"),
+        ("shrink flips.npy", r"flips.npy has shape \(10, 3\), meta.json says \(96, 3\)"),
+    ],
+)
+def test_damaged_cache_is_refused_in_one_line(tmp_path, monkeypatch, damage, message):
+    monkeypatch.chdir(tmp_path)
+    config = write_config(tmp_path, cutmix_prob=0.0)
+    main(["predict", "--config", str(config), *cache_args(tmp_path)])
+    cache = tmp_path / "cache"
+    if damage.startswith("truncate"):
+        (cache / "values.npy").write_bytes((cache / "values.npy").read_bytes()[:-100])
+    elif damage.startswith("delete"):
+        (cache / "logits.npy").unlink()
+    elif damage.startswith("garble"):
+        (cache / "meta.json").write_text("{not json")
+    else:
+        np.save(cache / "flips.npy", np.zeros((10, 3), dtype=np.uint8))
+    with pytest.raises(DataError, match=message) as info:
+        main(["fit", "--config", str(config), *cache_args(tmp_path), "--model.init_args.soft_targets=cached"])
+    assert "\n" not in str(info.value) and "python cli.py predict" in str(info.value)
