@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import lightning.pytorch as pl
 import torch
 
@@ -41,11 +43,25 @@ class FiniteLossGuard(pl.Callback):
             return
         step = int(self._first_bad)
         if step >= 0:
-            last = getattr(trainer.checkpoint_callback, "last_model_path", "") or "none written yet"
             raise NonFiniteLossError(
                 f"Training loss became non-finite at step {step} (epoch {trainer.current_epoch}); stopped. "
-                f"Last good checkpoint: {last}. Lower the learning rate or check the data, then resume from it."
+                f"Last good checkpoint: {last_good_checkpoint(trainer)}. Lower the learning rate or check the data, "
+                "then resume from it."
             )
+
+
+def last_good_checkpoint(trainer) -> str:
+    """The newest file any checkpoint callback of this run has written (best or last), or 'none written yet'.
+
+    Every file on disk is good: the guard refuses to write one past the first non-finite step."""
+    paths = {
+        path
+        for callback in trainer.checkpoint_callbacks
+        for path in (callback.last_model_path, callback.best_model_path, *callback.best_k_models)
+        if path
+    }
+    files = [Path(path) for path in paths if Path(path).is_file()]
+    return str(max(files, key=lambda file: file.stat().st_mtime)) if files else "none written yet"
 
 
 def non_finite_names(state_dict: dict[str, torch.Tensor]) -> list[str]:
@@ -61,8 +77,8 @@ def refuse_non_finite(state_dict: dict[str, torch.Tensor], what: str, trainer) -
     """Raise before a checkpoint or an export would hold non-finite weights."""
     bad = non_finite_names(state_dict)
     if bad:
-        last = getattr(trainer.checkpoint_callback, "last_model_path", "") or "none written yet"
         raise NonFiniteLossError(
             f"The {what} at step {trainer.global_step} would hold non-finite values ({len(bad)} tensors, e.g. '{bad[0]}'); "
-            f"nothing was written. Last good checkpoint: {last}. Lower the learning rate or check the data, then resume from it."
+            f"nothing was written. Last good checkpoint: {last_good_checkpoint(trainer)}. Lower the learning rate or "
+            "check the data, then resume from it."
         )

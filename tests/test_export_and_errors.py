@@ -124,6 +124,30 @@ def test_non_finite_loss_stops_names_the_step_and_keeps_the_last_good_checkpoint
     assert all(torch.isfinite(v).all() for v in saved["state_dict"].values() if v.is_floating_point())
 
 
+def test_non_finite_loss_names_the_newest_checkpoint_of_the_clis_two_checkpoint_callbacks(tmp_path):
+    """As the CLI sets them up: the best-val callback first (it has no last.ckpt), LastCheckpoint second."""
+    data = write_fashion_mnist(tmp_path / "data", train_count=64, test_count=16)
+    from callbacks import LastCheckpoint
+    from datamodules import FashionMNISTData
+
+    class ExplodingInEpoch2(_ExplodingMeal):
+        def training_step(self, batch, batch_idx):
+            loss = MealV2.training_step(self, batch, batch_idx)
+            return loss * math.nan if self.global_step >= 5 else loss
+
+    module = ExplodingInEpoch2(
+        teachers=["cifar_resnet8"], student={"name": "cifar_resnet8"}, num_classes=10, in_chans=1
+    )
+    best = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="val/top1", mode="max", filename="best")
+    last = LastCheckpoint(dirpath=tmp_path / "ckpt", monitor="step", mode="max", filename="last")
+    trainer = pl.Trainer(max_epochs=2, logger=False, callbacks=[best, last, FiniteLossGuard(check_every_n_steps=50)])
+    with pytest.raises(
+        NonFiniteLossError, match=r"non-finite at step 6 .*Last good checkpoint: .*ckpt/(last|best)\.ckpt"
+    ):
+        trainer.fit(module, datamodule=FashionMNISTData(str(data), batch_size=16))
+    assert trainer.checkpoint_callback is best and best.last_model_path == ""  # what the message used to read
+
+
 def test_missing_student_init_file_is_a_clear_error(tmp_path):
     with pytest.raises(ModelLoadingError, match="does not exist: fix the path or train that model first"):
         create_model(ModelSource("cifar_resnet8", checkpoint=str(tmp_path / "init.ckpt")), num_classes=10)
