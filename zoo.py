@@ -283,6 +283,7 @@ def export(model: ZooModel, run: Path, zoo_dir: Path, done: dict, data_dir: Opti
     network.load_state_dict(weights)
     folder = zoo_dir / model.name
     folder.mkdir(parents=True, exist_ok=True)
+    (folder / "manifest.json").unlink(missing_ok=True)  # the old one would refuse the new weights (sha256) below
     target = weights_path(zoo_dir, model.name)
     data_config = {
         "mean": tuple(hparams["data_mean"]),

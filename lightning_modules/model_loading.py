@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -85,6 +86,7 @@ def read_state_dict(path: Union[str, Path]) -> tuple[dict[str, torch.Tensor], di
     path = Path(path)
     if not path.is_file():
         raise ModelLoadingError(f"Checkpoint file '{path}' does not exist: fix the path or train that model first.")
+    check_manifest(path)
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -107,6 +109,28 @@ def read_state_dict(path: Union[str, Path]) -> tuple[dict[str, torch.Tensor], di
             blob = blob[key]
             break
     return {k.removeprefix("module."): v for k, v in blob.items() if isinstance(v, torch.Tensor)}, {}
+
+
+def check_manifest(path: Path) -> None:
+    """A weights file with a ``manifest.json`` beside it (the model zoo's) must match the sha256 recorded there."""
+    manifest_path = path.parent / "manifest.json"
+    if not manifest_path.is_file():
+        return
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, ValueError):
+        raise ModelLoadingError(f"'{manifest_path}' beside '{path}' cannot be read: restore it or remove it.") from None
+    if not isinstance(manifest, dict) or manifest.get("weights") != path.name or "sha256" not in manifest:
+        return
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    if digest.hexdigest() != manifest["sha256"]:
+        raise ModelLoadingError(
+            f"Weights '{path}' do not match the sha256 in '{manifest_path}' ({digest.hexdigest()[:12]} != "
+            f"{manifest['sha256'][:12]}): they were replaced or damaged; restore them (git checkout) or rebuild them."
+        )
 
 
 def _model_weights_from_lightning(state_dict: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:

@@ -134,6 +134,18 @@ def test_rebuilt_zoo_ships_the_ensembles_soft_labels_for_every_training_image(ti
 
 
 @pytest.mark.slow
+def test_rebuilding_over_an_existing_zoo_reexports_it_and_keeps_its_soft_labels(tiny_zoo):
+    zoo_dir, data_dir = tiny_zoo
+    before = zoo.verify_soft_labels(zoo_dir)
+    command = [sys.executable, str(ROOT / "demo.py"), "--rebuild-zoo", "--smoke", "--zoo", str(zoo_dir)]
+    command += ["--out", str(zoo_dir.parent / "work"), "--data-dir", str(data_dir), "--no-progress-bar"]
+    result = subprocess.run(command, cwd=zoo_dir.parent, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "trained earlier" in result.stdout and "soft_labels: made earlier" in result.stdout
+    assert zoo.verify(zoo_dir) and zoo.verify_soft_labels(zoo_dir) == before
+
+
+@pytest.mark.slow
 def test_zoo_weights_that_differ_from_the_manifest_are_refused(tiny_zoo, tmp_path):
     zoo_dir, _ = tiny_zoo
     copy = tmp_path / "zoo"

@@ -118,3 +118,25 @@ def test_foreign_lightning_checkpoint_is_refused(tmp_path):
 def test_missing_checkpoint_file_is_refused(tmp_path):
     with pytest.raises(ModelLoadingError, match="does not exist"):
         create_model(ModelSource("cifar_resnet20", checkpoint=str(tmp_path / "nope.pt")), num_classes=10)
+
+
+def test_weights_that_differ_from_the_manifest_beside_them_are_refused_by_the_cli(tmp_path, monkeypatch):
+    """A zoo teacher swapped for other weights of the same architecture: the manifest's sha256 catches it."""
+    import json
+
+    from fixtures import write_meal_config
+
+    from cli import main
+
+    monkeypatch.chdir(tmp_path)
+    config = write_meal_config(tmp_path, cutmix_prob=0.0)
+    manifest = {"weights": "t0.pt", "sha256": "0" * 64}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(
+        ModelLoadingError, match=r"t0.pt' do not match the sha256 in .*manifest.json' .*restore them"
+    ) as info:
+        main(["fit", "--config", str(config), "--trainer.max_epochs=1"])
+    assert "\n" not in str(info.value)
+    manifest["sha256"] = __import__("zoo").sha256(tmp_path / "t0.pt")  # the recorded weights load
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    main(["--config", str(config)], run=False)
