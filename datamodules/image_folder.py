@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 from typing import Optional, Sequence
 
+import numpy as np
 import torch
 from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
@@ -19,12 +20,20 @@ from datamodules.soft_labels import SoftLabelCache, crop_and_flip
 
 
 def load_rgb(path: str) -> Image.Image:
-    """Decode one image as RGB; a corrupt or unreadable file stops with its name."""
+    """Decode one image as RGB (16-bit images scaled to 8 bits); a corrupt or unreadable file stops with its name."""
     try:
         with open(path, "rb") as handle:
-            return Image.open(handle).convert("RGB")
+            return to_8bit(Image.open(handle)).convert("RGB")
     except (OSError, ValueError, SyntaxError) as err:  # PIL's UnidentifiedImageError and truncated files are OSErrors
         raise DataError(f"Cannot read image '{path}' ({err}): replace or remove the file.") from None
+
+
+def to_8bit(image: Image.Image) -> Image.Image:
+    """16-bit grey images (PIL modes I;16* and I) scaled to 0-255: PIL's own convert("RGB") clips them at 255."""
+    if image.mode not in ("I;16", "I;16B", "I;16L", "I"):
+        return image
+    values = np.asarray(image, dtype=np.float64) / 257.0  # 65535 -> 255
+    return Image.fromarray(np.clip(np.round(values), 0, 255).astype(np.uint8))
 
 
 class ImageFolderData(ClassificationDataModule):

@@ -91,3 +91,16 @@ def test_cifar_missing_files_say_how_to_get_them(tmp_path):
     data = CIFARData(str(tmp_path), variant="cifar10", num_workers=0)
     with pytest.raises(DataError, match="download=true"):
         data.setup("fit")
+
+
+def test_sixteen_bit_png_is_scaled_to_eight_bits_not_clipped(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from datamodules.image_folder import load_rgb
+
+    values = np.array([[0, 257 * 100, 40000, 65535]], dtype=np.uint16).repeat(4, axis=0)
+    Image.fromarray(values).save(tmp_path / "deep.png")  # a 16-bit grey PNG (PIL mode I;16)
+    assert Image.open(tmp_path / "deep.png").mode.startswith("I")
+    rgb = np.asarray(load_rgb(str(tmp_path / "deep.png")))
+    assert rgb.shape == (4, 4, 3) and rgb[0, :, 0].tolist() == [0, 100, 156, 255]  # round(v / 257)
