@@ -302,9 +302,17 @@ class MealV2(EpochSchedule, L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         stored = checkpoint.get("state_dict", {})
+        trained_with = any(k.startswith("discriminator.") for k in stored)
+        if trained_with != (self.discriminator is not None):
+            mode = checkpoint.get("hyper_parameters", {}).get("discriminator", "official" if trained_with else "none")
+            raise ConfigError(
+                f"The checkpoint was trained with discriminator '{mode}' but model.discriminator is "
+                f"'{self.hparams.discriminator}': resume with model.init_args.discriminator {mode}, or start a new run "
+                "from its student (model.init_args.student.checkpoint: the .ckpt, and no --ckpt_path)."
+            )
         missing = [k for k in self.state_dict() if k not in stored]
         if missing:
-            raise RuntimeError(
+            raise ConfigError(
                 f"Checkpoint lacks {len(missing)} student/discriminator weights (e.g. '{missing[0]}'): "
                 "it was written by another model or configuration; use the matching config or a MealV2 checkpoint."
             )

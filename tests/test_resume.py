@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 import zoo
 from callbacks import NonFiniteLossError
 from cli import main
+from lightning_modules.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -139,8 +140,19 @@ def test_checkpoint_missing_a_student_key_is_an_error(tmp_path, monkeypatch):
     checkpoint = load(path)
     del checkpoint["state_dict"]["student.fc.weight"]
     torch.save(checkpoint, tmp_path / "broken.ckpt")
-    with pytest.raises(RuntimeError, match="lacks 1 student/discriminator weights.*student.fc.weight"):
+    with pytest.raises(ConfigError, match="lacks 1 student/discriminator weights.*student.fc.weight"):
         main(["validate", "--config", str(config), f"--ckpt_path={tmp_path / 'broken.ckpt'}"])
+
+
+@pytest.mark.parametrize("trained, resumed", [("official", "none"), ("none", "adversarial")])
+def test_resuming_with_the_discriminator_switched_on_or_off_says_what_to_do(tmp_path, monkeypatch, trained, resumed):
+    monkeypatch.chdir(tmp_path)
+    config = write_config(tmp_path, discriminator=trained)
+    main(["fit", "--config", str(config), "--trainer.max_epochs=1"])
+    with pytest.raises(ConfigError, match=f"trained with discriminator '{trained}'.*discriminator {trained}") as info:
+        args = ["--trainer.max_epochs=2", f"--model.init_args.discriminator={resumed}", "--ckpt_path=last"]
+        main(["fit", "--config", str(config), *args])
+    assert "\n" not in str(info.value)
 
 
 @pytest.mark.parametrize(
