@@ -14,7 +14,6 @@ the MEAL V2 recipe trains from it through the ordinary ``data.soft_labels`` opti
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -70,11 +69,9 @@ def weights_path(zoo_dir: Path, name: str) -> Path:
 
 
 def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    from lightning_modules.model_loading import file_sha256
+
+    return file_sha256(path)
 
 
 def verify(zoo_dir: Path = ZOO_DIR) -> list[dict]:
@@ -385,14 +382,9 @@ def read_scalars(run_dir: Path, tag: str) -> list[float]:
 
 
 def machine() -> str:
-    from lightning_modules.hardware import cpu_description
+    from lightning_modules.hardware import cpu_description, cpu_info
 
-    model = platform.processor() or platform.machine()
-    try:
-        names = [line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")]
-        model = names[0].split(":", 1)[1].strip() if names else model
-    except OSError:
-        pass
+    model = cpu_info().get("model name") or platform.processor() or platform.machine()
     return f"{model}, {os.cpu_count()} cores, {cpu_description()}"
 
 

@@ -11,12 +11,12 @@ from lightning.pytorch.utilities import rank_zero_only
 class EpochLine(pl.Callback):
     """Prints ``<run> epoch e/E: val/top1 x%, t s`` after each epoch's validation (and the run's name at its start)."""
 
-    def __init__(self, name: str | None = None):
-        self.name = name
+    def __init__(self):
         self._started = 0.0
 
-    def _label(self, trainer: pl.Trainer) -> str:
-        return self.name or (trainer.logger.name if trainer.logger is not None else "fit")
+    @staticmethod
+    def _label(trainer: pl.Trainer) -> str:
+        return trainer.logger.name if trainer.logger is not None else "fit"
 
     @rank_zero_only
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

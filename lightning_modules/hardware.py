@@ -13,25 +13,23 @@ FastPrecision = Literal["bf16", "16", "32"]
 
 
 @lru_cache(maxsize=1)
+def cpu_info() -> dict[str, str]:
+    """The first processor's fields in /proc/cpuinfo ('vendor_id', 'model name', 'flags', ...); empty where unreadable."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().split("\n\n", 1)[0].splitlines()
+    except OSError:
+        return {}
+    return {key.strip(): value.strip() for key, _, value in (line.partition(":") for line in lines) if key.strip()}
+
+
 def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags from /proc/cpuinfo (empty where it cannot be read)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return frozenset()
-    return frozenset(
-        word for line in text.splitlines() if line.startswith("flags") for word in line.split(":", 1)[1].split()
-    )
+    """The CPU's feature flags (empty where /proc/cpuinfo cannot be read)."""
+    return frozenset(cpu_info().get("flags", "").split())
 
 
-@lru_cache(maxsize=1)
 def cpu_vendor() -> str:
-    """'GenuineIntel', 'AuthenticAMD', ... from /proc/cpuinfo ('' where it cannot be read)."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return ""
-    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("vendor_id")), "")
+    """'GenuineIntel', 'AuthenticAMD', ... ('' where /proc/cpuinfo cannot be read)."""
+    return cpu_info().get("vendor_id", "")
 
 
 def cpu_has_fast_bf16() -> bool:

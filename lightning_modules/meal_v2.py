@@ -203,24 +203,14 @@ class MealV2(EpochSchedule, L.LightningModule):
         # The teachers' ceiling is measured once per run, except when fitting from the cache, where no teacher runs.
         self._teacher_eval_pending = stage != "fit" or self.hparams.soft_targets == "online"
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        if (
-            stage == "fit"
-            and self.hparams.soft_targets == "cached"
-            and datamodule is not None
-            and getattr(datamodule, "soft_labels", None) is None
-        ):
-            raise ConfigError(
-                "model.soft_targets is 'cached' but the data has no soft-label cache: set data.init_args.soft_labels.dir "
-                "(made by `python cli.py predict`, see README) or use soft_targets 'online'."
-            )
-        if (
-            stage == "fit"
-            and self.hparams.soft_targets == "online"
-            and getattr(datamodule, "soft_labels", None) is not None
-        ):
+        has_cache = getattr(datamodule, "soft_labels", None) is not None
+        if stage == "fit" and datamodule is not None and has_cache != (self.hparams.soft_targets == "cached"):
             raise ConfigError(
                 "data.soft_labels is set but model.soft_targets is 'online': set model.init_args.soft_targets cached to "
                 "train from the cache, or drop data.init_args.soft_labels (or set it to null) to run the teachers."
+                if has_cache
+                else "model.soft_targets is 'cached' but the data has no soft-label cache: set "
+                "data.init_args.soft_labels.dir (made by `python cli.py predict`, see README) or use soft_targets 'online'."
             )
         if self.hparams.sync_batchnorm_student and self.trainer is not None and self.trainer.world_size > 1:
             self.student = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.student)

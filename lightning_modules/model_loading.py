@@ -111,6 +111,15 @@ def read_state_dict(path: Union[str, Path]) -> tuple[dict[str, torch.Tensor], di
     return {k.removeprefix("module."): v for k, v in blob.items() if isinstance(v, torch.Tensor)}, {}
 
 
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def check_manifest(path: Path) -> None:
     """A weights file with a ``manifest.json`` beside it (the model zoo's) must match the sha256 recorded there."""
     manifest_path = path.parent / "manifest.json"
@@ -122,13 +131,10 @@ def check_manifest(path: Path) -> None:
         raise ModelLoadingError(f"'{manifest_path}' beside '{path}' cannot be read: restore it or remove it.") from None
     if not isinstance(manifest, dict) or manifest.get("weights") != path.name or "sha256" not in manifest:
         return
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    if digest.hexdigest() != manifest["sha256"]:
+    actual = file_sha256(path)
+    if actual != manifest["sha256"]:
         raise ModelLoadingError(
-            f"Weights '{path}' do not match the sha256 in '{manifest_path}' ({digest.hexdigest()[:12]} != "
+            f"Weights '{path}' do not match the sha256 in '{manifest_path}' ({actual[:12]} != "
             f"{manifest['sha256'][:12]}): they were replaced or damaged; restore them (git checkout) or rebuild them."
         )
 
