@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import logging
 import shutil
+import signal
+import sys
 import warnings
 from pathlib import Path
 from typing import Optional
 
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.cli import LightningCLI
-from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 import callbacks  # noqa: F401  (makes the short class names resolvable)
 import datamodules  # noqa: F401
@@ -25,6 +29,7 @@ from callbacks import (
     RestoreRandomState,
     SoftLabelWriter,
 )
+from callbacks.atomic_files import AtomicCheckpointIO, WriteError
 from datamodules.base import ClassificationDataModule, DataError
 from lightning_modules.errors import ConfigError
 from lightning_modules.model_loading import ModelLoadingError
@@ -84,6 +89,7 @@ USER_ERRORS = (
     DataError,
     ModelLoadingError,
     NonFiniteLossError,
+    WriteError,
     MisconfigurationException,
 )
 
@@ -95,6 +101,18 @@ def _user_error(error: BaseException):
             return error
         error = error.__cause__ or error.__context__
     return None
+
+
+class SaveConfigOnceTrainingStarts(SaveConfigCallback):
+    """``fit`` writes the run's ``config.yaml`` when training starts, after a resume's checkpoint has loaded:
+    a fit that fails before (a wrong checkpoint, bad data) leaves the run's record as it was."""
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if stage != "fit":
+            super().setup(trainer, pl_module, stage)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        super().setup(trainer, pl_module, "fit")
 
 
 class MealCLI(LightningCLI):
@@ -126,6 +144,9 @@ class MealCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self._subcommand_config()
+        args = tensorboard_args(config)
+        if self.subcommand in ("validate", "test", "predict") and args is not None and not args.get("sub_dir"):
+            args.sub_dir = self.subcommand  # its record sits beside the run's, never in its curves or config
         accelerator = str(config.get("trainer.accelerator") or "auto")
         if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
             raise ConfigError(
@@ -142,6 +163,9 @@ class MealCLI(LightningCLI):
                 raise
             raise cause from None
         self._check_linked_values()
+        strategy = self.trainer.strategy
+        if type(strategy.checkpoint_io) is TorchCheckpointIO:  # not a user's or a TPU's own writer
+            strategy.checkpoint_io = AtomicCheckpointIO()
 
     def _check_linked_values(self) -> None:
         """The data's classes, channels and normalization win over a model value the user set: say so instead of ignoring it."""
@@ -183,17 +207,35 @@ class MealCLI(LightningCLI):
             raise ConfigError(
                 f"trainer.max_epochs is {self.trainer.max_epochs}: give a positive number of epochs (or -1 for no limit)."
             )
+        self._select_nothing_on_test_images()
         if config.get("ckpt_path"):
             return
         run_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
         previous = run_files(run_dir)
         if previous and not config.get("overwrite"):
+            resume = "resume it with --ckpt_path last, " if list(run_dir.glob("checkpoints/last*.ckpt")) else ""
             raise ConfigError(
-                f"Run directory '{run_dir}' already holds a run ({previous[0].relative_to(run_dir)}): resume it with --ckpt_path last, "
+                f"Run directory '{run_dir}' already holds a run ({previous[0].relative_to(run_dir)}): {resume}"
                 "start another with --trainer.logger.init_args.version=NAME (or another name), or replace it with --overwrite true."
             )
-        for path in previous:
+        if not self.trainer.is_global_zero:  # under torchrun or srun every rank runs this; one deletes
+            return
+        for path in previous + run_records(run_dir):  # a fit that stopped before saving anything leaves records only
             shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+    def _select_nothing_on_test_images(self) -> None:
+        """Where validation scores the test images, no checkpoint or export is chosen on them: only the last is kept."""
+        if not getattr(self.datamodule, "val_is_test", False):
+            return
+        for callback in list(self.trainer.callbacks):
+            if type(callback) is ModelCheckpoint and str(callback.monitor).startswith("val/"):
+                self.trainer.callbacks.remove(callback)
+            elif isinstance(callback, ExportStudent):
+                callback.monitor = None
+        rank_zero_info(
+            "Validation runs on the test images (no held-out split), so no 'best' checkpoint or export is selected: "
+            "last.ckpt and student/last hold the final epoch. Hold out training images with data.init_args.val_size N."
+        )
 
 
 def _plain(value):
@@ -201,12 +243,19 @@ def _plain(value):
 
 
 def run_files(run_dir: Path) -> list[Path]:
-    """What a finished or started ``fit`` leaves in its run directory: checkpoints, exported students, logs."""
+    """What ``fit`` saved in a run directory: checkpoints and exported students (what --overwrite deletes)."""
     if not run_dir.is_dir():
         return []
-    return sorted(
-        [*run_dir.glob("checkpoints/*.ckpt"), *run_dir.glob("student"), *run_dir.glob("events.out.tfevents.*")]
-    )
+    return sorted([*run_dir.glob("checkpoints/*.ckpt"), *run_dir.glob("student")])
+
+
+def run_records(run_dir: Path) -> list[Path]:
+    """A run's curves, config and evaluations (``validate/``, ``test/``): they describe its checkpoints and go with them.
+    ``predict/`` (the soft-label cache's record) stays."""
+    if not run_dir.is_dir():
+        return []
+    names = ("events.out.tfevents.*", "config.yaml", "hparams.yaml", "validate", "test")
+    return sorted(path for name in names for path in run_dir.glob(name))
 
 
 def tensorboard_args(config):
@@ -315,6 +364,7 @@ def main(args=None, run: bool = True) -> MealCLI:
         datamodule_class=ClassificationDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
+        save_config_callback=SaveConfigOnceTrainingStarts,
         save_config_kwargs={"overwrite": True},
         args=args,
         run=run,
@@ -330,8 +380,19 @@ def one_line(error: BaseException) -> str:
     return message
 
 
+def preempted_line(error: SIGTERMException) -> str:
+    """What a SIGTERM left behind, and how to go on."""
+    path, step = getattr(error, "checkpoint", ("", 0))
+    if not path:
+        return "error: stopped by SIGTERM (pre-empted) before the first checkpoint: run the same command again."
+    return f"error: stopped by SIGTERM (pre-empted): {path} holds step {step}; continue with the same command and --ckpt_path last."
+
+
 if __name__ == "__main__":
     try:
         main()
     except USER_ERRORS as error:
         raise SystemExit(f"error: {one_line(error)}") from None
+    except SIGTERMException as error:  # Lightning's is a SystemExit with status 0: `fit && test` would go on
+        print(preempted_line(error), file=sys.stderr)
+        sys.exit(128 + signal.SIGTERM)

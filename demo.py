@@ -83,7 +83,9 @@ class Pipeline:
         return [s for s in STEPS if self.ablations or not s.ablation]
 
     def run_dir(self, step: Step) -> Path:
-        return self.out / RUNS / step.name / "main"
+        """Where a step records itself: a fit's run folder, or validate's own folder inside it."""
+        run = self.out / RUNS / step.name / "main"
+        return run if step.subcommand == "fit" else run / step.subcommand
 
     def command(self, step: Step) -> list[str]:
         args = [sys.executable, str(ROOT / "cli.py"), step.subcommand]

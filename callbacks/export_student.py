@@ -7,9 +7,10 @@ from typing import Optional
 
 import lightning.pytorch as pl
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save
 from timm.models._hub import save_config_for_hf  # timm's own export config writer (not re-exported)
 
+from callbacks.atomic_files import atomic_write
 from callbacks.finite_loss import refuse_non_finite
 
 
@@ -69,9 +70,8 @@ class ExportStudent(pl.Callback):
 
 
 def _write(model, tensors: dict, folder: Path, config: dict) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(folder / "model.safetensors"))
-    save_config_for_hf(model, str(folder / "config.json"), data_config=config)
+    atomic_write(folder / "model.safetensors", lambda name: Path(name).write_bytes(save(tensors)))
+    atomic_write(folder / "config.json", lambda name: save_config_for_hf(model, name, data_config=config))
 
 
 def data_config(trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict:

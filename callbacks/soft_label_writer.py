@@ -10,6 +10,7 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info
 
+from callbacks.atomic_files import atomic_write_text
 from lightning_modules.losses import ensemble_soft_targets
 
 
@@ -49,7 +50,7 @@ class SoftLabelWriter(BasePredictionWriter):
             trainer.logger.log_metrics({"predict/ensemble_val_top1": top1}, step=0)
         if trainer.is_global_zero:
             store.meta["ensemble_val_top1"] = {"top1": round(top1, 2), "images": total}
-            (store.folder / "meta.json").write_text(json.dumps(store.meta))
+            atomic_write_text(store.folder / "meta.json", json.dumps(store.meta))
         self._started, self._images = time.perf_counter(), 0
 
     def write_on_batch_end(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 import os
 from collections.abc import Callable, Iterator
@@ -10,7 +11,7 @@ from typing import Optional
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, get_worker_info
 from torchvision.transforms import InterpolationMode
 
 from datamodules.errors import DataError
@@ -54,6 +55,7 @@ class EpochShuffle(DistributedSampler):
     ):
         super().__init__(range(length), num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=False)
         self.crops, self.per_sample = crops, per_sample
+        self.start = 0  # this rank's samples of the epoch already trained on (set by ResumableLoader)
         self.generator = torch.Generator()
         self.set_epoch(epoch)
 
@@ -70,7 +72,58 @@ class EpochShuffle(DistributedSampler):
             order = order * self.crops + (order + self.epoch * self.per_sample) % self.crops
         order = order.tolist()
         order += order[: self.total_size - len(order)]  # equal shares: wrap around like DistributedSampler
-        return iter(order[self.rank : self.total_size : self.num_replicas])
+        return iter(order[self.rank : self.total_size : self.num_replicas][self.start :])
+
+
+class ResumableLoader(DataLoader):
+    """The training DataLoader that knows its place in the epoch.
+
+    Lightning stores ``state_dict()`` in every checkpoint and hands it back before the resumed epoch
+    starts, so a run resumed mid-epoch trains on the batches the interrupted run had not reached, in
+    the same order. ``len()`` stays the whole epoch's: Lightning counts the restored batches in it.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.batches_done = 0
+        self._resume: Optional[tuple[int, int]] = None  # (epoch, batches done) from a checkpoint
+
+    def __iter__(self):
+        epoch, done = self._resume or (self.sampler.epoch, 0)
+        self._resume = None
+        self.batches_done = done if epoch == self.sampler.epoch else 0
+        self.sampler.start = self.batches_done * self.batch_size
+        return self._counted(super().__iter__())
+
+    def _counted(self, batches):
+        for batch in batches:
+            self.batches_done += 1  # before the step, as Lightning saves a step's checkpoint after it
+            yield batch
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.sampler.epoch, "batches_done": self.batches_done}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._resume = (int(state["epoch"]), int(state["batches_done"]))
+
+
+class SeededPerSample(Dataset):
+    """In DataLoader workers, draws each sample's augmentation from a seed of (epoch's loader seed, index),
+    so the crops do not depend on which worker got the sample (a resumed epoch hands out batches anew).
+    In the main process (``num_workers: 0``) the global RNG is left alone: checkpoints restore it."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        worker = get_worker_info()
+        if worker is not None:
+            seed = ((worker.seed - worker.id) * 1_000_003 + index) % 2**63
+            torch.default_generator.manual_seed(seed)
+        return self.dataset[index]
 
 
 class ClassificationDataModule(L.LightningDataModule):
@@ -117,9 +170,32 @@ class ClassificationDataModule(L.LightningDataModule):
     def std(self) -> tuple[float, ...]:
         return self._std
 
-    def build_datasets(self) -> tuple[Dataset, Dataset, Dataset]:
-        """Return (train, val, test) datasets."""
+    def build_datasets(self) -> tuple[Dataset, Dataset, Optional[Dataset]]:
+        """Return (train, val, test) datasets (test None where the data has no test split)."""
         raise NotImplementedError
+
+    val_size: int = 0  # training images held out for validation (data sets whose own split is train/test)
+    val_seed: int = 0
+
+    @property
+    def val_is_test(self) -> bool:
+        """Validation runs on the test images (no held-out split): nothing may be selected on it."""
+        return self.val_size == 0
+
+    def _check_val_size(self, val_size: int) -> None:
+        if val_size < 0:
+            raise DataError(f"data.val_size must be >= 0 (training images held out for validation), got {val_size}.")
+
+    def split_off_val(self, train: Dataset, unaugmented: Dataset, raw: Dataset) -> tuple[Dataset, Dataset, Dataset]:
+        """``val_size`` training images (a ``val_seed`` permutation) become the validation set, seen without
+        augmentation; the rest stay training images. Returns (train, val, raw train), each in file order."""
+        if self.val_size >= len(train):
+            raise DataError(
+                f"data.val_size is {self.val_size} but there are only {len(train)} training images: hold out fewer."
+            )
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(self.val_seed))
+        held, kept = order[: self.val_size].sort().values, order[self.val_size :].sort().values
+        return take(train, kept), take(unaugmented, held), take(raw, kept)
 
     def raw_train_set(self) -> Dataset:
         """Training images before augmentation, as (uint8 tensor [C, H, W], label): for the soft-label cache."""
@@ -152,6 +228,12 @@ class ClassificationDataModule(L.LightningDataModule):
     def setup(self, stage: str) -> None:
         if self.train_set is None:
             self.train_set, self.val_set, self.test_set = self.build_datasets()
+        if stage == "test" and self.test_set is None:
+            raise DataError(
+                "The data has no test split (data.init_args.test_split is not set), and scoring the val images "
+                "instead would report the images the best checkpoint was chosen on: put held-out images in a folder "
+                "such as test/<class>/ and set data.init_args.test_split, or use validate for the val score."
+            )
         if self.soft_labels is None:
             return
         raw = self.raw_train_set()
@@ -214,8 +296,8 @@ class ClassificationDataModule(L.LightningDataModule):
         sampler = EpochShuffle(
             images, global_seed(), epoch, crops, num_replicas=world, rank=rank, per_sample=per_sample
         )
-        return DataLoader(
-            self.train_set,
+        return ResumableLoader(
+            SeededPerSample(self.train_set),
             batch_size=self.batch_size,
             sampler=sampler,
             generator=sampler.generator,
@@ -242,3 +324,12 @@ class ClassificationDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._eval_loader(self.test_set)
+
+
+def take(dataset: Dataset, indices: torch.Tensor) -> Dataset:
+    """A copy of an in-memory dataset (``images`` and ``labels``) holding only ``indices``, in that order."""
+    chosen = copy.copy(dataset)
+    chosen.images = dataset.images[indices.numpy() if isinstance(dataset.images, np.ndarray) else indices]
+    labels = dataset.labels
+    chosen.labels = labels[indices] if torch.is_tensor(labels) else [labels[i] for i in indices.tolist()]
+    return chosen

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import pickle
 from pathlib import Path
 from typing import Callable, Literal, Optional
@@ -63,7 +64,9 @@ class CIFARPickles(Dataset):
 class CIFARData(ClassificationDataModule):
     """CIFAR-10/100 from ``data_dir`` (``cifar-10-batches-py`` / ``cifar-100-python``).
 
-    Train: 4-pixel padded random crop + horizontal flip; val and test: the official test split.
+    Train: 4-pixel padded random crop + horizontal flip; test: the official test split, which is also
+    val unless ``val_size`` training images are held out for it (seeded by ``val_seed``; only then is a
+    "best" epoch selected).
     """
 
     def __init__(
@@ -71,11 +74,15 @@ class CIFARData(ClassificationDataModule):
         data_dir: str = "data",
         variant: Literal["cifar10", "cifar100"] = "cifar100",
         download: bool = False,
+        val_size: int = 0,
+        val_seed: int = 0,
         batch_size: int = 128,
         num_workers: int = 4,
         soft_labels: Optional[SoftLabelCache] = None,
     ):
         super().__init__(batch_size, num_workers, soft_labels)
+        self._check_val_size(val_size)
+        self.val_size, self.val_seed = val_size, val_seed
         if variant not in _STATS:
             raise DataError(f"Unknown CIFAR variant '{variant}': use 'cifar10' or 'cifar100'.")
         self.data_dir = Path(data_dir)
@@ -107,6 +114,13 @@ class CIFARData(ClassificationDataModule):
             [to_tensor, v2.RandomCrop(32, padding=self.crop_padding), v2.RandomHorizontalFlip(), self._finish]
         )
         train = CIFARPickles(self.data_dir, self.variant, train=True, transform=train_tf)
-        test = CIFARPickles(self.data_dir, self.variant, train=False, transform=v2.Compose([to_tensor, self._finish]))
-        self._raw_train = CIFARPickles(self.data_dir, self.variant, train=True, transform=to_tensor)
-        return train, test, test
+        plain = v2.Compose([to_tensor, self._finish])
+        test = CIFARPickles(self.data_dir, self.variant, train=False, transform=plain)
+        raw, val = copy.copy(train), test
+        raw.transform = to_tensor  # the same images (read once), without augmentation
+        if self.val_size:
+            unaugmented = copy.copy(train)
+            unaugmented.transform = plain
+            train, val, raw = self.split_off_val(train, unaugmented, raw)
+        self._raw_train = raw
+        return train, val, test

@@ -76,8 +76,9 @@ class FashionMNISTData(ClassificationDataModule):
 
     Looks in ``data_dir``, then in /usr/share/datasets/fashion-mnist (Debian), then downloads with
     torchvision into ``data_dir`` when ``download`` is true. Train: 2-pixel padded random crop +
-    horizontal flip; val and test: the official 10,000 test images. ``train_subset`` keeps a fixed
-    random subset of the training images (seeded) for short runs; ``in_chans: 3`` replicates the channel;
+    horizontal flip; test: the official 10,000 test images, which are also val unless ``val_size``
+    training images are held out for it (seeded by ``val_seed``; only then is a "best" epoch selected).
+    ``train_subset`` keeps a fixed random subset of the training images (seeded) for short runs; ``in_chans: 3`` replicates the channel;
     ``augment: false`` trains on the plain images (deterministic batches, e.g. for parity checks).
     """
 
@@ -89,11 +90,15 @@ class FashionMNISTData(ClassificationDataModule):
         train_subset: Optional[int] = None,
         subset_seed: int = 0,
         augment: bool = True,
+        val_size: int = 0,
+        val_seed: int = 0,
         batch_size: int = 128,
         num_workers: int = 0,
         soft_labels: Optional[SoftLabelCache] = None,
     ):
         super().__init__(batch_size, num_workers, soft_labels)
+        self._check_val_size(val_size)
+        self.val_size, self.val_seed = val_size, val_seed
         if in_chans not in (1, 3):
             raise DataError(f"in_chans must be 1 or 3 for Fashion-MNIST, got {in_chans}.")
         self.data_dir = Path(data_dir)
@@ -153,6 +158,11 @@ class FashionMNISTData(ClassificationDataModule):
                 : self.train_subset
             ]
             train_images, train_labels = train_images[keep], train_labels[keep]
-        self._raw_train = TensorImages(train_images, train_labels, transform=None)
+        train, raw = TensorImages(train_images, train_labels, augment), TensorImages(train_images, train_labels, None)
         test = TensorImages(*self._split(folder, "test"), self._finish)
-        return TensorImages(train_images, train_labels, augment), test, test
+        val = test
+        if self.val_size:
+            plain = TensorImages(train_images, train_labels, self._finish)
+            train, val, raw = self.split_off_val(train, plain, raw)
+        self._raw_train = raw
+        return train, val, test

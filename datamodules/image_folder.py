@@ -69,8 +69,12 @@ class ImageFolderData(ClassificationDataModule):
         self.interpolation_mode = InterpolationMode(interpolation)
         self.scale, self.ratio = tuple(scale), tuple(ratio)
         self._mean, self._std = tuple(mean), tuple(std)
-        self.splits = (train_split, val_split, test_split or val_split)
+        self.splits = (train_split, val_split, test_split)
         self.classes = self._scan_classes()
+
+    @property
+    def val_is_test(self) -> bool:
+        return self.splits[2] == self.splits[1]
 
     def _scan_classes(self) -> list[str]:
         if not self.data_dir.is_dir():
@@ -78,7 +82,7 @@ class ImageFolderData(ClassificationDataModule):
                 f"Data folder '{self.data_dir}' does not exist: set data.data_dir to your ImageFolder root."
             )
         reference: Optional[list[str]] = None
-        for split in dict.fromkeys(self.splits):
+        for split in dict.fromkeys(s for s in self.splits if s is not None):
             folder = self.data_dir / split
             if not folder.is_dir():
                 raise DataError(f"Missing split folder '{folder}': expected {self.data_dir}/{split}/<class>/<image>.")
@@ -131,7 +135,13 @@ class ImageFolderData(ClassificationDataModule):
         train_split, val_split, test_split = self.splits
         self._finish = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(self._mean, self._std)])
         val = self._dataset(val_split, self._eval_transform())
-        test = val if test_split == val_split else self._dataset(test_split, self._eval_transform())
+        test = (
+            None
+            if test_split is None
+            else val
+            if test_split == val_split
+            else self._dataset(test_split, self._eval_transform())
+        )
         crop = RandomCrop(self.scale, self.ratio, self.image_size, self.interpolation_mode, self._finish)
         train = self._dataset(train_split, v2.Compose([v2.PILToTensor(), crop]))
         self._raw_train = copy.copy(train)  # the same file list (listed once), decoded without augmentation

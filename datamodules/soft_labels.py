@@ -30,6 +30,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
+from callbacks.atomic_files import atomic_write_text
 from datamodules.errors import DataError
 
 FILES = ("boxes", "flips", "values", "logits", "indices", "done")
@@ -107,7 +108,7 @@ class SoftLabelStore:
             ("done", (n,), np.uint8),
         ):
             np.lib.format.open_memmap(folder / f"{name}.npy", mode="w+", dtype=dtype, shape=shape).flush()
-        (folder / "meta.json").write_text(json.dumps(meta))
+        atomic_write_text(folder / "meta.json", json.dumps(meta))
         return cls(folder, meta, "r+")
 
     @classmethod

@@ -23,7 +23,9 @@ class Classifier(EpochSchedule, L.LightningModule):
     """Cross-entropy on hard labels; its checkpoints load as teacher or student weights in ``MealV2``.
 
     The data normalization is stored in the hyperparameters so a teacher built from this
-    checkpoint later sees inputs normalized exactly as in training.
+    checkpoint later sees inputs normalized exactly as in training. Fine-tuning to the data's classes:
+    ``model: {name, pretrained: true}`` (hub weights, new head) or ``model: {name, checkpoint: PATH,
+    new_head: true}`` (a local file trained for other classes keeps its body, gets a new head).
     """
 
     def __init__(

@@ -5,9 +5,12 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import os
+import socket
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
+from urllib.parse import urlparse
 
 import timm
 import torch
@@ -27,11 +30,14 @@ class ModelSource:
     mean/std: the input normalization the weights expect; read from the checkpoint or
         timm's pretrained config when left empty.
     model_kwargs: extra keyword arguments for ``timm.create_model`` (e.g. drop_path_rate).
+    new_head: fine-tuning: ``checkpoint`` (or hub weights) trained for another number of classes keeps
+        its body and gets a new, randomly initialized classifier for the data's classes (not for teachers).
     """
 
     name: str
     pretrained: bool = False
     checkpoint: Optional[str] = None
+    new_head: bool = False
     mean: Optional[tuple[float, ...]] = None
     std: Optional[tuple[float, ...]] = None
     model_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -158,21 +164,77 @@ def create_model(
     (timm would silently replace it with a random head; fine for a student, useless for a teacher).
     """
     check_model_name(source.name)
+    if source.new_head and keep_pretrained_head:
+        raise ModelLoadingError(
+            f"Teacher '{source.name}' has new_head: true: a teacher with a random head teaches nothing; fine-tune it "
+            "with the Classifier module (model.new_head: true) and give the teacher that checkpoint."
+        )
     hparams: dict = {}
     if source.checkpoint:
         state_dict, hparams = read_state_dict(source.checkpoint)
         model = timm.create_model(
             source.name, pretrained=False, num_classes=num_classes, in_chans=in_chans, **source.model_kwargs
         )
+        if source.new_head:
+            state_dict = _with_new_head(model, state_dict)
         _load_strict(model, state_dict, source)
     else:
         if source.pretrained and keep_pretrained_head:
             _check_pretrained_head(source.name, num_classes)
+        if source.pretrained:
+            check_hub_weights_reachable(source.name)
         model = timm.create_model(
             source.name, pretrained=source.pretrained, num_classes=num_classes, in_chans=in_chans, **source.model_kwargs
         )
     _record_input_channels(model, in_chans)
     return model, hparams
+
+
+def _with_new_head(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The checkpoint's weights with the model's own freshly initialized classifier where the checkpoint's has another shape."""
+    expected = model.state_dict()
+    return {
+        k: expected[k] if _in_head(model, k) and k in expected and v.shape != expected[k].shape else v
+        for k, v in state_dict.items()
+    }
+
+
+def _in_head(model: nn.Module, key: str) -> bool:
+    """Whether a state_dict key belongs to the model's classifier (``fc``, ``head.fc``, ``classifier``...)."""
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    name = next((n for n, m in model.named_modules() if m is head and n), None)
+    return name is not None and key.startswith(name + ".")
+
+
+def check_hub_weights_reachable(name: str) -> None:
+    """Hub weights that are not in the local cache need the hub: without network stop in one line at once,
+    instead of a minute of download retries and a long traceback."""
+    cfg = timm.models.get_pretrained_cfg(name)
+    if cfg is None or any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return  # timm says what is wrong with the name; a proxy: let the download try
+    if cfg.hf_hub_id:
+        from huggingface_hub import constants, try_to_load_from_cache
+
+        repo = cfg.hf_hub_id.split("@")[0]
+        if any(isinstance(try_to_load_from_cache(repo, f), str) for f in ("model.safetensors", "pytorch_model.bin")):
+            return
+        where = urlparse(constants.ENDPOINT)
+        cache = "~/.cache/huggingface (HF_HOME)"
+    elif cfg.url:
+        if (Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(cfg.url).path).name).is_file():
+            return
+        where, cache = urlparse(cfg.url), f"{torch.hub.get_dir()}/checkpoints (TORCH_HOME)"
+    else:
+        return
+    port = where.port or (443 if where.scheme == "https" else 80)
+    try:
+        socket.create_connection((where.hostname, port), timeout=5).close()
+    except OSError as error:
+        raise ModelLoadingError(
+            f"Pretrained weights of '{name}' are not in the local cache and {where.hostname} cannot be reached "
+            f"({error.strerror or error}): download them once with network (timm caches them in {cache}), "
+            "or give a local weights file as checkpoint: PATH."
+        ) from None
 
 
 def _record_input_channels(model: nn.Module, in_chans: int) -> None:
@@ -204,9 +266,14 @@ def _load_strict(model: nn.Module, state_dict: dict[str, torch.Tensor], source: 
         )
     for key, tensor in state_dict.items():
         if tensor.shape != expected[key].shape:
+            hint = (
+                " (to fine-tune it to the data's classes, set new_head: true beside checkpoint:)"
+                if _in_head(model, key)
+                else ""
+            )
             raise ModelLoadingError(
                 f"Checkpoint '{source.checkpoint}' does not fit '{source.name}': '{key}' has shape {tuple(tensor.shape)}, "
-                f"the model needs {tuple(expected[key].shape)}; check num_classes / in_chans of the data and the checkpoint."
+                f"the model needs {tuple(expected[key].shape)}; check num_classes / in_chans of the data and the checkpoint{hint}."
             )
     model.load_state_dict(state_dict, strict=True)
 

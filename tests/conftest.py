@@ -83,6 +83,7 @@ def offline_hub(monkeypatch):
         return real_create("test_resnet", num_classes=kwargs["num_classes"], in_chans=kwargs.get("in_chans", 3))
 
     monkeypatch.setattr(model_loading.timm, "create_model", create)
+    monkeypatch.setattr(model_loading, "check_hub_weights_reachable", lambda name: None)  # this fake hub is reachable
     return requested
 
 

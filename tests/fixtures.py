@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import timm
@@ -102,8 +103,9 @@ def write_fashion_mnist(root: Path, train_count: int = 64, test_count: int = 32,
     return root
 
 
-def write_meal_config(tmp_path: Path, **model_args) -> Path:
-    """A MealV2 config on tiny Fashion-MNIST files with two small local teachers (CutMix on, auto-numbered runs)."""
+def write_meal_config(tmp_path: Path, data_args: Optional[dict] = None, **model_args) -> Path:
+    """A MealV2 config on tiny Fashion-MNIST files with two small local teachers (CutMix on, auto-numbered runs);
+    ``data_args`` add to the data's init_args (e.g. ``val_size`` for a held-out val split and a "best" epoch)."""
     data_dir = write_fashion_mnist(tmp_path / "data", train_count=96, test_count=32)
     teachers = [
         {
@@ -127,7 +129,10 @@ def write_meal_config(tmp_path: Path, **model_args) -> Path:
                 **model_args,
             },
         },
-        "data": {"class_path": "FashionMNISTData", "init_args": {"data_dir": str(data_dir), "batch_size": 16}},
+        "data": {
+            "class_path": "FashionMNISTData",
+            "init_args": {"data_dir": str(data_dir), "batch_size": 16, **(data_args or {})},
+        },
         "trainer": {"logger": tensorboard_logger(tmp_path)},
     }
     return write_yaml(tmp_path / "config.yaml", config)

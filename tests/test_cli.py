@@ -38,7 +38,7 @@ def test_fit_validate_test_on_image_folder_writes_logs_and_checkpoints(tmp_path,
     assert {"val/top1", "val/top5", "val/loss", "val/ensemble_top1", "val/teacher0_top1"} <= set(
         validate.trainer.callback_metrics
     )
-    test = main(["test", "--config", str(config), "--ckpt_path", last])
+    test = main(["test", "--config", str(config), "--ckpt_path", last, "--data.init_args.test_split=val"])
     assert "test/top1" in test.trainer.callback_metrics
 
 
@@ -104,9 +104,10 @@ def test_runs_record_hparams_with_their_final_top1_and_every_groups_lr(tmp_path,
     run = tmp_path / "runs/meal/version_0"
     tags = {
         tag
-        for file in run.glob("events.out.tfevents.*")
+        for file in [*run.glob("events.out.tfevents.*"), *run.glob("test/events.out.tfevents.*")]
         for tag in EventAccumulator(str(file)).Reload().Tags()["scalars"]
     }
     assert {"hparams/val_top1", "hparams/test_top1", "lr-SGD/student", "lr-SGD/discriminator"} <= tags
+    assert zoo.read_scalars(run / "test", "hparams/test_top1"), "test recorded outside its own folder"
     assert "hp_metric" not in tags and "lr" not in tags
     assert zoo.read_scalars(run, "hparams/val_top1") == zoo.read_scalars(run, "val/top1")[-1:]

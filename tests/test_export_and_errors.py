@@ -20,7 +20,7 @@ from lightning_modules.model_loading import ModelLoadingError, ModelSource, crea
 
 def test_exported_student_loads_back_through_timm(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    cli = main(["fit", "--config", str(write_config(tmp_path)), "--trainer.max_epochs=1"])
+    cli = main(["fit", "--config", str(write_config(tmp_path, data_args={"val_size": 16})), "--trainer.max_epochs=1"])
     folder = tmp_path / "runs/meal/version_0/student"
     expected = {k: v.contiguous() for k, v in cli.model.student.state_dict().items()}
     config = json.loads((folder / "last" / "config.json").read_text())

@@ -89,7 +89,9 @@ def test_unknown_model_name_suggests_close_names():
 
 def test_checkpoint_with_another_head_is_refused(tmp_path):
     path = write_weights(tmp_path / "w.pt", "cifar_resnet20", 10)
-    with pytest.raises(ModelLoadingError, match=r"'fc.weight' has shape \(10, 64\).*\(100, 64\).*num_classes"):
+    with pytest.raises(
+        ModelLoadingError, match=r"'fc.weight' has shape \(10, 64\).*\(100, 64\).*num_classes.*set new_head: true"
+    ):
         create_model(ModelSource("cifar_resnet20", checkpoint=str(path)), num_classes=100)
 
 
@@ -140,3 +142,65 @@ def test_weights_that_differ_from_the_manifest_beside_them_are_refused_by_the_cl
     manifest["sha256"] = __import__("zoo").sha256(tmp_path / "t0.pt")  # the recorded weights load
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     main(["--config", str(config)], run=False)
+
+
+def classifier_config(tmp_path, model: dict):
+    """A Classifier fit on the tiny Fashion-MNIST files (10 classes)."""
+    import yaml
+    from fixtures import tensorboard_logger, write_fashion_mnist
+
+    data_dir = str(write_fashion_mnist(tmp_path / "d"))
+    data = {"class_path": "FashionMNISTData", "init_args": {"data_dir": data_dir, "batch_size": 16}}
+    config = {
+        "model": {"class_path": "Classifier", "init_args": {"model": model}},
+        "data": data,
+        "trainer": {"logger": tensorboard_logger(tmp_path)},
+    }
+    path = tmp_path / "classifier.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_classifier_fine_tunes_a_checkpoint_of_another_class_count_with_new_head(tmp_path, monkeypatch):
+    from cli import main
+
+    monkeypatch.chdir(tmp_path)
+    weights = write_weights(tmp_path / "five.pt", "cifar_resnet8", 5, in_chans=1)
+    model = {"name": "cifar_resnet8", "checkpoint": str(weights), "new_head": True}
+    cli = main(["--config", str(classifier_config(tmp_path, model))], run=False)
+    loaded, stored = cli.model.model.state_dict(), torch.load(weights, weights_only=True)
+    assert all(torch.equal(loaded[k], v) for k, v in stored.items() if not k.startswith("fc."))
+    assert loaded["fc.weight"].shape == (10, stored["fc.weight"].shape[1])
+    main(["fit", "--config", str(classifier_config(tmp_path, model)), "--trainer.max_epochs=1"])
+
+
+def test_a_teacher_with_a_new_head_is_refused():
+    with pytest.raises(ModelLoadingError, match="a teacher with a random head teaches nothing"):
+        create_model(ModelSource("cifar_resnet8", new_head=True), num_classes=10, keep_pretrained_head=True)
+
+
+def test_hub_weights_without_network_stop_in_one_line_at_once(tmp_path):
+    """Not cached and the hub unreachable (here: a closed local port as the hub): one line before any retry."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    config = classifier_config(tmp_path, {"name": "resnet18.a1_in1k", "pretrained": True})
+    env = {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "0"}
+    env = {k: v for k, v in env.items() if "proxy" not in k.lower()}
+    result = subprocess.run(
+        [sys.executable, str(root / "cli.py"), "fit", "--config", str(config)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: Pretrained weights of 'resnet18.a1_in1k' are not in the local cache and 127.0.0.1 cannot be reached "
+        "(Connection refused): download them once with network (timm caches them in ~/.cache/huggingface (HF_HOME)), "
+        "or give a local weights file as checkpoint: PATH."
+    )

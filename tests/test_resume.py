@@ -85,7 +85,7 @@ def test_resume_follows_the_schedule_and_lr_it_is_given(tmp_path, monkeypatch):
 @pytest.mark.trainer(max_epochs=3)
 def test_last_checkpoint_is_the_final_state_with_step_checkpoints(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    config = write_config(tmp_path)
+    config = write_config(tmp_path, data_args={"val_size": 16})
     main(["fit", "--config", str(config), "--trainer.max_epochs=2", "--last_checkpoint.every_n_train_steps=3"])
     checkpoints = tmp_path / "runs/meal/version_0/checkpoints"
     last, best = load(checkpoints / "last.ckpt"), load(next(checkpoints.glob("best-*.ckpt")))
@@ -173,11 +173,9 @@ def test_bad_ckpt_path_is_refused_before_anything_is_built(tmp_path, monkeypatch
     assert "\n" not in str(info.value)
 
 
-@pytest.mark.slow
-def test_hard_kill_mid_epoch_resumes_from_the_step_checkpoint(tmp_path):
-    config = write_config(tmp_path)
-    run = tmp_path / "runs/meal/version_0/checkpoints"
-    base = [
+def fit_command(config: Path, *extra: str) -> list[str]:
+    """cli.py fit of the tiny MEAL V2 config: 96 images in batches of 4, 24 steps per epoch, 2 epochs."""
+    return [
         sys.executable,
         str(ROOT / "cli.py"),
         "fit",
@@ -186,21 +184,65 @@ def test_hard_kill_mid_epoch_resumes_from_the_step_checkpoint(tmp_path):
         "--trainer.max_epochs=2",
         "--trainer.enable_progress_bar=false",
         "--trainer.limit_val_batches=1",
-        "--last_checkpoint.every_n_train_steps=2",
         "--data.init_args.batch_size=4",
-    ]  # 24 steps per epoch
-    process = subprocess.Popen(base, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and not (run / "last.ckpt").exists():
-        time.sleep(0.05)
-    time.sleep(0.3)
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
-    killed_at = load(run / "last.ckpt")["global_step"]
-    assert 0 < killed_at < 48, "the run was not interrupted mid-way"
+        *extra,
+    ]
 
-    subprocess.run(
-        base + ["--ckpt_path=last"], cwd=tmp_path, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+
+def interrupt_after_step(command: list[str], cwd: Path, checkpoint: Path, step: int, signum: int):
+    """Start ``command``, send ``signum`` once ``checkpoint`` holds at least ``step``; returns (exit status, stderr)."""
+    process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 180
+    while time.time() < deadline and process.poll() is None:
+        if checkpoint.exists():
+            try:
+                if load(checkpoint)["global_step"] >= step:
+                    break
+            except Exception:  # being written
+                pass
+        time.sleep(0.05)
+    os.kill(process.pid, signum)
+    _, stderr = process.communicate(timeout=180)
+    return process.returncode, stderr
+
+
+def straight_run(tmp_path: Path, *extra: str) -> dict:
+    config = write_config(tmp_path / "straight")
+    subprocess.run(fit_command(config, *extra), cwd=tmp_path / "straight", check=True, capture_output=True)
+    return load(tmp_path / "straight/runs/meal/version_0/checkpoints/last.ckpt")
+
+
+@pytest.mark.slow
+def test_hard_kill_mid_epoch_resumes_to_the_weights_of_an_uninterrupted_run(tmp_path):
+    """SIGKILL after a step checkpoint in the middle of epoch 0; --ckpt_path last trains the batches not yet seen."""
+    straight = straight_run(tmp_path, "--last_checkpoint.every_n_train_steps=5")
+    config = write_config(tmp_path / "killed")
+    checkpoint = tmp_path / "killed/runs/meal/version_0/checkpoints/last.ckpt"
+    command = fit_command(config, "--last_checkpoint.every_n_train_steps=5")
+    interrupt_after_step(command, tmp_path / "killed", checkpoint, 5, signal.SIGKILL)
+    killed_at = load(checkpoint)["global_step"]
+    assert 0 < killed_at < 24 and killed_at % 5 == 0, f"not a mid-epoch step checkpoint: step {killed_at}"
+
+    subprocess.run(command + ["--ckpt_path=last"], cwd=tmp_path / "killed", check=True, capture_output=True)
+    assert_same_training_state(straight, load(checkpoint))
+
+
+@pytest.mark.slow
+def test_sigterm_saves_the_current_step_exits_nonzero_and_resumes_exactly(tmp_path):
+    """SLURM and Kubernetes pre-empt with SIGTERM: the step is saved, `fit && test` stops, the resume is exact (with workers)."""
+    workers = "--data.init_args.num_workers=2"
+    straight = straight_run(tmp_path, workers)
+    config = write_config(tmp_path / "preempted")
+    checkpoints = tmp_path / "preempted/runs/meal/version_0/checkpoints"
+    command = fit_command(config, workers, "--last_checkpoint.every_n_train_steps=3")
+    status, stderr = interrupt_after_step(command, tmp_path / "preempted", checkpoints / "last.ckpt", 3, signal.SIGTERM)
+
+    assert status == 128 + signal.SIGTERM
+    saved = load(checkpoints / "last.ckpt")["global_step"]
+    assert 3 <= saved < 48
+    assert stderr.strip().splitlines()[-1] == (
+        f"error: stopped by SIGTERM (pre-empted): {checkpoints / 'last.ckpt'} holds step {saved}; "
+        "continue with the same command and --ckpt_path last."
     )
-    final = load(run / "last.ckpt")
-    assert final["epoch"] == 1 and final["global_step"] >= 48 - 2
+    subprocess.run(command + ["--ckpt_path=last"], cwd=tmp_path / "preempted", check=True, capture_output=True)
+    assert_same_training_state(straight, load(checkpoints / "last.ckpt"))

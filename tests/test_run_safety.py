@@ -7,10 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lightning.pytorch as pl
 import pytest
 import torch
 import yaml
 from fixtures import write_image_folder, write_meal_config, write_meal_config_for_data
+from safetensors.torch import load_file
 
 from cli import USER_ERRORS, CheckpointError, ConfigError, main
 from datamodules import DataError
@@ -49,7 +51,7 @@ def test_fit_into_a_finished_run_stops_and_says_how_to_resume_or_start_another(t
 
 def test_overwrite_true_replaces_the_previous_run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    config = fixed_version(write_meal_config(tmp_path))
+    config = fixed_version(write_meal_config(tmp_path, data_args={"val_size": 16}))
     main(["fit", "--config", str(config), "--trainer.max_epochs=2"])
     main(["fit", "--config", str(config), "--trainer.max_epochs=1", "--overwrite=true"])
     run = tmp_path / "runs/meal/main"
@@ -68,7 +70,7 @@ def test_ckpt_path_last_without_a_checkpoint_is_an_error(tmp_path, monkeypatch, 
 
 def test_ckpt_path_best_resolves_to_the_runs_best_checkpoint(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    config = write_meal_config(tmp_path)
+    config = write_meal_config(tmp_path, data_args={"val_size": 16})
     main(["fit", "--config", str(config), "--trainer.max_epochs=1"])
     cli = main(["validate", "--config", str(config), "--ckpt_path=best"])
     assert str(cli.trainer.ckpt_path).endswith("runs/meal/version_0/checkpoints/best-epoch000.ckpt")
@@ -208,3 +210,161 @@ def test_model_in_chans_against_the_datas_linked_value_says_the_data_wins(tmp_pa
     ) as info:
         main(["fit", "--config", str(write_meal_config(tmp_path)), "--model.init_args.in_chans=3"])
     one_line(info)
+
+
+def test_a_full_disk_keeps_the_previous_checkpoint_whole_and_stops_in_one_line(tmp_path):
+    """A write that fails part-way (here the file size limit, as a full disk would) leaves no half file."""
+    import resource
+    import signal
+
+    config = write_meal_config(tmp_path)
+    fit = [sys.executable, str(ROOT / "cli.py"), "fit", "--config", str(config), "--trainer.limit_train_batches=2"]
+    fit += ["--trainer.limit_val_batches=1", "--trainer.enable_progress_bar=false"]
+    subprocess.run([*fit, "--trainer.max_epochs=1"], cwd=tmp_path, check=True, capture_output=True)
+    run = tmp_path / "runs/meal/version_0"
+    before = {path: path.read_bytes() for path in run.rglob("*.ckpt")}
+
+    def small_files():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a too-large write fails with EFBIG instead of killing
+        resource.setrlimit(resource.RLIMIT_FSIZE, (500_000, 500_000))  # the export fits, a checkpoint not
+
+    result = subprocess.run(
+        [*fit, "--trainer.max_epochs=2", "--ckpt_path=last"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        preexec_fn=small_files,
+    )
+    assert result.returncode == 1
+    line = result.stderr.strip().splitlines()[-1]
+    assert (
+        line.startswith("error: Cannot write '")
+        and ".ckpt' into" in line
+        and f"' into '{run}" in line
+        and "File too large" in line
+    ), line
+    assert "resume with --ckpt_path last" in line
+    assert {path: path.read_bytes() for path in before} == before, "a previous checkpoint was damaged"
+    for export in run.rglob("*.safetensors"):  # the students' exports fit the limit: rewritten, whole
+        load_file(str(export))
+    assert not [path for path in run.rglob("*partial*")], "a partial file was left behind"
+
+
+def test_nothing_is_selected_on_the_test_images_when_val_is_the_test_set(tmp_path, monkeypatch):
+    """Fashion-MNIST's val is its test split unless val_size holds training images out: then only the last epoch is kept."""
+    monkeypatch.chdir(tmp_path)
+    config = write_meal_config(tmp_path)
+    main(["fit", "--config", str(config), "--trainer.max_epochs=2"])
+    run = tmp_path / "runs/meal/version_0"
+    assert [p.name for p in run.glob("checkpoints/*.ckpt")] == ["last.ckpt"]
+    assert [p.name for p in run.glob("student/*")] == ["last"]
+    with pytest.raises(CheckpointError, match="--ckpt_path best: no best"):
+        main(["test", "--config", str(config), "--ckpt_path=best"])
+
+
+def test_val_size_holds_out_training_images_for_validation_and_best(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = write_meal_config(tmp_path, data_args={"val_size": 16, "val_seed": 3})
+    cli = main(["fit", "--config", str(config), "--trainer.max_epochs=2"])
+    data = cli.datamodule
+    train, val, test = data.train_set, data.val_set, data.test_set
+    assert (len(train), len(val), len(test)) == (80, 16, 32)
+    pairs = {tuple(image.flatten().tolist()) for image in torch.cat([train.images, val.images])}
+    assert len(pairs) == 96, "held-out images are also training images"
+    assert torch.equal(val[0][0], data.finish(val.images[0])), "val images are augmented"
+    assert torch.equal(data.raw_train_set().images, train.images), "the soft-label cache would see val images"
+    run = tmp_path / "runs/meal/version_0"
+    assert (
+        len(list(run.glob("checkpoints/best-epoch*.ckpt"))) == 1 and (run / "student/best/model.safetensors").is_file()
+    )
+
+
+def test_image_folder_without_a_test_split_refuses_test_instead_of_scoring_val(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    data = {
+        "class_path": "ImageFolderData",
+        "init_args": {"data_dir": str(write_image_folder(tmp_path / "images")), "image_size": 32, "batch_size": 4},
+    }
+    config = write_meal_config_for_data(tmp_path, data, num_classes=3)
+    main(["fit", "--config", str(config), "--trainer.max_epochs=1"])
+    with pytest.raises(DataError, match="no test split .*set data.init_args.test_split, or use validate") as info:
+        main(["test", "--config", str(config), "--ckpt_path=last"])
+    one_line(info)
+
+
+def test_validate_test_and_predict_record_beside_the_run_never_into_its_config_or_curves(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = fixed_version(write_meal_config(tmp_path))
+    main(["fit", "--config", str(config), "--trainer.max_epochs=1"])
+    run = tmp_path / "runs/meal/main"
+    record = {path: path.read_bytes() for path in [run / "config.yaml", *run.glob("events.out.tfevents.*")]}
+
+    student = run / "student/last/model.safetensors"  # the exported student, as a Classifier (docs/reliability.md)
+    args = ["--model", "Classifier", "--model.model.name", "cifar_resnet8", "--model.model.checkpoint", str(student)]
+    main(["validate", "--config", str(config), *args])
+    main(["validate", "--config", str(config)])  # no checkpoint: the untrained student
+    main(["test", "--config", str(config), "--ckpt_path=last"])
+
+    assert {path: path.read_bytes() for path in [run / "config.yaml", *run.glob("events.out.tfevents.*")]} == record
+    assert yaml.safe_load((run / "validate/config.yaml").read_text())["model"]["class_path"].endswith("MealV2")
+    assert list((run / "validate").glob("events.out.tfevents.*")) and list((run / "test").glob("events.out.tfevents.*"))
+
+
+def test_a_resume_that_fails_leaves_the_runs_config_as_it_was(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = write_meal_config(tmp_path)
+    main(["fit", "--config", str(config), "--trainer.max_epochs=1"])
+    saved = (tmp_path / "runs/meal/version_0/config.yaml").read_bytes()
+    with pytest.raises(ConfigError, match="discriminator"):
+        main(["fit", "--config", str(config), "--model.init_args.discriminator=none", "--ckpt_path=last"])
+    assert (tmp_path / "runs/meal/version_0/config.yaml").read_bytes() == saved
+
+
+def test_a_fit_that_stopped_before_its_first_checkpoint_does_not_block_the_next(tmp_path, monkeypatch):
+    from callbacks import NonFiniteLossError
+
+    monkeypatch.chdir(tmp_path)
+    config = fixed_version(write_meal_config(tmp_path))
+    with pytest.raises(NonFiniteLossError):
+        main(["fit", "--config", str(config), "--trainer.max_epochs=1", "--model.init_args.lr=1e30"])
+    main(["fit", "--config", str(config), "--trainer.max_epochs=1"])
+    run = tmp_path / "runs/meal/main"
+    assert len(list(run.glob("events.out.tfevents.*"))) == 1, "the stopped run's curve was mixed into the new one"
+    assert torch.load(run / "checkpoints/last.ckpt", weights_only=True)["global_step"] == 4
+
+
+def test_overwrite_deletes_the_old_run_on_global_rank_zero_only(tmp_path, monkeypatch):
+    """Under torchrun or srun every rank runs the CLI; only rank 0 may delete (the others would race it)."""
+    monkeypatch.chdir(tmp_path)
+    config = fixed_version(write_meal_config(tmp_path))
+    main(["fit", "--config", str(config), "--trainer.max_epochs=1"])
+    run = tmp_path / "runs/meal/main"
+    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29533", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"}
+    ddp = ["--trainer.strategy=ddp", "--trainer.devices=2", "--overwrite=true"]
+    monkeypatch.setattr(pl.Trainer, "fit", lambda *args, **kwargs: None)  # the CLI's checks alone, no process group
+    for rank in (1, 0):
+        for key, value in {**env, "RANK": str(rank), "LOCAL_RANK": str(rank), "TORCHELASTIC_RUN_ID": "t"}.items():
+            monkeypatch.setenv(key, value)
+        cli = main(["fit", "--config", str(config), *ddp])
+        assert cli.trainer.global_rank == rank
+        assert (run / "checkpoints/last.ckpt").exists() == (rank == 1)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(), reason="needs dataset-fashion-mnist")
+def test_the_docs_cache_commands_run_as_written(tmp_path):
+    """docs/speed.md's predict-then-fit lines, run by bash in a copy's layout, shrunk by appended options only."""
+    block = (ROOT / "docs/speed.md").read_text().split("```bash\nCACHE=")[1].split("```")[0]
+    lines = ("CACHE=" + block).strip().splitlines()
+    assert [line.split()[:3] for line in lines[1:]] == [["python", "cli.py", "predict"], ["python", "cli.py", "fit"]]
+    shrink = " --data.init_args.train_subset=256 --trainer.max_epochs=1 --trainer.limit_val_batches=2 --trainer.enable_progress_bar=false"
+    script = "\n".join([lines[0], *(line + shrink for line in lines[1:])])
+    for name in ("cli.py", "configs", "zoo", "callbacks", "datamodules", "lightning_modules"):
+        (tmp_path / name).symlink_to(ROOT / name)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    result = subprocess.run(["bash", "-e", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = tmp_path / "runs/fashion_mnist/resnet8_from_resnet20+wrn_16_2/main"
+    assert (tmp_path / "cache/fmnist/meta.json").is_file() and (run / "checkpoints/last.ckpt").is_file()
+    assert yaml.safe_load((run / "config.yaml").read_text())["data"]["init_args"]["soft_labels"]["crops"] == 8
+    assert (run / "predict/config.yaml").is_file()
