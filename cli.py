@@ -1,4 +1,4 @@
-"""Command line: ``python cli.py {fit,validate,test} --config configs/...yaml [--ckpt_path last]``."""
+"""Command line: ``python cli.py {fit,validate,test,predict} --config configs/...yaml [--ckpt_path last]``."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ import callbacks  # noqa: F401  (makes the short class names resolvable)
 import datamodules  # noqa: F401
 import lightning_modules  # noqa: F401
 from callbacks import (
+    ClassPredictionWriter,
     ExportStudent,
     FiniteLossGuard,
     HParamsWithResults,
@@ -125,6 +126,7 @@ class MealCLI(LightningCLI):
         parser.add_lightning_class_args(FiniteLossGuard, "finite_loss_guard")
         parser.add_lightning_class_args(RestoreRandomState, "restore_random_state")
         parser.add_lightning_class_args(SoftLabelWriter, "soft_label_writer")
+        parser.add_lightning_class_args(ClassPredictionWriter, "predictions")
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         parser.add_lightning_class_args(HParamsWithResults, "hparams_with_results")
         parser.add_argument(
@@ -197,7 +199,7 @@ class MealCLI(LightningCLI):
         if ckpt_path not in NAMED_CHECKPOINTS:
             checkpoint = check_checkpoint_file(ckpt_path)
             check_checkpoint_fits_model(checkpoint, ckpt_path, str(config.get("model.class_path", "")))
-        if subcommand in ("fit", "validate", "test"):
+        if subcommand in ("fit", "validate", "test", "predict"):
             continue_logger_version(config, ckpt_path)  # resumed curves, and evaluations, go to the checkpoint's run
 
     def before_fit(self) -> None:
@@ -246,7 +248,7 @@ def run_files(run_dir: Path) -> list[Path]:
     """What ``fit`` saved in a run directory: checkpoints and exported students (what --overwrite deletes)."""
     if not run_dir.is_dir():
         return []
-    return sorted([*run_dir.glob("checkpoints/*.ckpt"), *run_dir.glob("student")])
+    return sorted([*run_dir.glob("checkpoints/*.ckpt"), *run_dir.glob("student"), *run_dir.glob("model")])
 
 
 def run_records(run_dir: Path) -> list[Path]:

@@ -240,11 +240,83 @@ def report(pipeline: Pipeline, verified: list[dict], seconds: Optional[float] = 
         "rows": rows,
         **gaps({r["run"]: r["val_top1"] for r in rows}),
     }
+    exports = {
+        "student init (hard labels)": pipeline.zoo_dir / "student_init_resnet8",
+        **{step.label: pipeline.run_dir(step) / EXPORTS[step.name] / "last" for step in pipeline.steps()[1:3]},
+    }
+    result["per_class"] = per_class(exports, pipeline.data_dir, pipeline.out / "confusion_matrix.png")
     (pipeline.out / "results.json").write_text(json.dumps(result, indent=2))
-    (pipeline.out / "results.md").write_text(markdown_table(result))
+    (pipeline.out / "results.md").write_text(markdown_table(result) + "\n" + per_class_table(result["per_class"]))
     plot(curves, evaluation, pipeline.out / "val_top1.png")
     print(markdown_table(result), flush=True)
     return result
+
+
+EXPORTS = {"baseline_resnet8_hard_labels": "model", "resnet8_from_resnet20+wrn_16_2": "student"}  # Classifier, MealV2
+
+
+def per_class(exports: dict[str, Path], data_dir: Optional[str], confusion_png: Path) -> dict:
+    """Val top-1 (%) per class of each exported network on the 10,000 test images, and the last one's confusion matrix."""
+    import timm
+    import torch
+    from torchmetrics.classification import MulticlassConfusionMatrix
+
+    import lightning_modules  # noqa: F401  (registers cifar_resnet8 for timm's local-dir loading)
+    from datamodules import FashionMNISTData
+
+    data = FashionMNISTData(**({"data_dir": data_dir} if data_dir else {}), batch_size=1000)
+    data.setup("test")
+    names = data.class_names
+    result, matrix = {"classes": names}, None
+    for label, folder in exports.items():
+        model = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
+        matrix = MulticlassConfusionMatrix(len(names))
+        with torch.no_grad():
+            for images, labels in data.test_dataloader():
+                matrix.update(model(images).argmax(-1), labels)
+        counts = matrix.compute()
+        result[label] = [round(100 * float(counts[k, k] / counts[k].sum()), 2) for k in range(len(names))]
+    plot_confusion(counts, names, list(exports)[-1], confusion_png)
+    return result
+
+
+def per_class_table(per_class_result: dict) -> str:
+    runs = [k for k in per_class_result if k != "classes"]
+    lines = [
+        "Val top-1 (%) per class, last epoch:",
+        "",
+        "| class | " + " | ".join(runs) + " |",
+        "|---|" + "---:|" * len(runs),
+    ]
+    for index, name in enumerate(per_class_result["classes"]):
+        lines.append(f"| {name} | " + " | ".join(f"{per_class_result[run][index]:.1f}" for run in runs) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_confusion(counts, names: list[str], label: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rates = 100 * counts.float() / counts.sum(dim=1, keepdim=True).clamp(min=1)
+    figure, axis = plt.subplots(figsize=(7, 6))
+    image = axis.imshow(rates.numpy(), cmap="Blues", vmin=0, vmax=100)
+    axis.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    axis.set_yticks(range(len(names)), names)
+    for row in range(len(names)):
+        for column in range(len(names)):
+            value = float(rates[row, column])
+            if value >= 1:
+                color = "white" if value > 60 else "black"
+                axis.text(column, row, f"{value:.0f}", ha="center", va="center", fontsize=7, color=color)
+    axis.set_xlabel("predicted class")
+    axis.set_ylabel("true class")
+    axis.set_title(f"{label}: % of each true class (10,000 test images)")
+    figure.colorbar(image, ax=axis, fraction=0.046)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
 
 
 def gaps(by_run: dict[str, Optional[float]]) -> dict:
@@ -351,6 +423,7 @@ def plot(curves: dict[str, list[float]], evaluation: dict[str, Optional[float]],
         if value is not None:
             axis.axhline(value, color="grey", linestyle=style, linewidth=1, label=f"{label} ({value:.2f})")
     axis.set_xlabel("epoch of training on from the zoo's student init")
+    axis.xaxis.get_major_locator().set_params(integer=True)
     axis.set_ylabel("val top-1 (%)")
     axis.set_title("Fashion-MNIST: MEAL V2 vs hard labels from the same init")
     axis.grid(alpha=0.3)

@@ -26,21 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from datamodules import fashion_mnist
+
 ROOT = Path(__file__).resolve().parent
 ZOO_CONFIGS = ROOT / "configs" / "fashion_mnist" / "zoo"
 ZOO_DIR = ROOT / "zoo" / "fashion_mnist"
-FASHION_MNIST_CLASSES = [
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-]
 FP16_TOLERANCE = 0.05  # val top-1 points fp16 weights may lose against fp32 before the zoo keeps fp32
 
 
@@ -291,7 +281,7 @@ def export(model: ZooModel, run: Path, zoo_dir: Path, done: dict, data_dir: Opti
     save_config_for_hf(
         network,
         str(folder / "config.json"),
-        model_config={"label_names": FASHION_MNIST_CLASSES[:num_classes]},
+        model_config={"label_names": fashion_mnist.CLASSES[:num_classes]},
         data_config=data_config,
     )
 

@@ -1,4 +1,4 @@
-"""Trainer callbacks: progress lines, memory format, exported students, loss guard, reproducible resume, soft-label cache, results in HParams."""
+"""Trainer callbacks: progress lines, memory format, exported students, loss guard, reproducible resume, soft-label cache, predictions, results in HParams."""
 
 from callbacks.channels_last import ChannelsLast
 from callbacks.epoch_line import EpochLine
@@ -7,11 +7,13 @@ from callbacks.fast_teachers import FastTeachers
 from callbacks.finite_loss import FiniteLossGuard, NonFiniteLossError
 from callbacks.hparams_results import HParamsWithResults
 from callbacks.last_checkpoint import LastCheckpoint
+from callbacks.prediction_writer import ClassPredictionWriter
 from callbacks.rng_state import RestoreRandomState
 from callbacks.soft_label_writer import SoftLabelWriter
 
 __all__ = [
     "ChannelsLast",
+    "ClassPredictionWriter",
     "EpochLine",
     "ExportStudent",
     "FastTeachers",

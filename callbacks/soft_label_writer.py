@@ -6,12 +6,11 @@ import json
 import time
 
 import lightning.pytorch as pl
-import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from callbacks.atomic_files import atomic_write_text
-from lightning_modules.losses import ensemble_soft_targets
+from lightning_modules.teachers import ensemble_warning, teacher_scores
 
 
 class SoftLabelWriter(BasePredictionWriter):
@@ -32,20 +31,16 @@ class SoftLabelWriter(BasePredictionWriter):
         store = getattr(trainer.datamodule, "soft_label_store", None)
         if store is None or getattr(pl_module, "teachers", None) is None:
             return
-        correct = total = 0
-        with torch.no_grad():
-            for index, (images, labels) in enumerate(trainer.datamodule.val_dataloader()):
-                if self.check_batches is not None and index >= self.check_batches:
-                    break
-                images, labels = images.to(pl_module.device), labels.to(pl_module.device)
-                probabilities = ensemble_soft_targets(pl_module.teachers(images))
-                correct += int((probabilities.argmax(-1) == labels).sum())
-                total += len(labels)
-        top1 = 100 * correct / max(total, 1)
+        scores = teacher_scores(
+            pl_module.teachers, trainer.datamodule.val_dataloader(), pl_module.device, self.check_batches
+        )
+        top1, total = scores["ensemble"], scores["images"]
         rank_zero_info(
             f"Soft-label cache '{store.folder}': the teacher ensemble's val top-1 is {top1:.2f}% on {total} images; "
             "if that is not what your teachers score, stop now and check their weights."
         )
+        if (warning := ensemble_warning(scores)) is not None:
+            rank_zero_warn(warning)
         if trainer.logger is not None:
             trainer.logger.log_metrics({"predict/ensemble_val_top1": top1}, step=0)
         if trainer.is_global_zero:

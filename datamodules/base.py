@@ -12,9 +12,10 @@ import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, get_worker_info
-from torchvision.transforms import InterpolationMode
+from torchvision.transforms import InterpolationMode, v2
 
 from datamodules.errors import DataError
+from datamodules.files import ImageFiles, list_image_files
 from datamodules.soft_labels import (
     CachedCrops,
     CropsToCache,
@@ -24,6 +25,12 @@ from datamodules.soft_labels import (
     crop_and_flip,
     fingerprint,
 )
+
+
+def machine_workers() -> int:
+    """Loader workers for ``num_workers: null``: the CPU cores this process may use, up to 8."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return min(8, cores)
 
 
 def global_seed() -> int:
@@ -138,13 +145,21 @@ class ClassificationDataModule(L.LightningDataModule):
     crop_padding: int = 0  # the pad-and-crop augmentation, replayed by the soft-label cache
     interpolation_mode: InterpolationMode = InterpolationMode.BILINEAR  # resize of crops that are not image_size
 
-    def __init__(self, batch_size: int, num_workers: int, soft_labels: Optional[SoftLabelCache] = None):
+    def __init__(
+        self,
+        batch_size: int,
+        num_workers: Optional[int],
+        soft_labels: Optional[SoftLabelCache] = None,
+        predict_files: Optional[list[str]] = None,
+    ):
         super().__init__()
+        num_workers = machine_workers() if num_workers is None else num_workers
         if batch_size < 1 or num_workers < 0:
             raise DataError(f"data.batch_size must be >= 1 and num_workers >= 0, got {batch_size} and {num_workers}.")
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.soft_labels = soft_labels
+        self.predict_files = predict_files
         self.train_set: Optional[Dataset] = None
         self.val_set: Optional[Dataset] = None
         self.test_set: Optional[Dataset] = None
@@ -161,6 +176,11 @@ class ClassificationDataModule(L.LightningDataModule):
     @property
     def in_chans(self) -> int:
         return self._in_chans
+
+    @property
+    def class_names(self) -> list[str]:
+        """Names of the classes in label order (exported with the model, used by predictions)."""
+        return [str(label) for label in range(self.num_classes)]
 
     @property
     def mean(self) -> tuple[float, ...]:
@@ -234,7 +254,7 @@ class ClassificationDataModule(L.LightningDataModule):
                 "instead would report the images the best checkpoint was chosen on: put held-out images in a folder "
                 "such as test/<class>/ and set data.init_args.test_split, or use validate for the val score."
             )
-        if self.soft_labels is None:
+        if self.soft_labels is None or (stage == "predict" and self.predict_files):
             return
         raw = self.raw_train_set()
         if stage == "predict":
@@ -272,10 +292,22 @@ class ClassificationDataModule(L.LightningDataModule):
             raw, [(name, teacher.model) for name, teacher in zip(names, teachers, strict=True)], self.crop_settings()
         )
 
+    def file_transform(self) -> Callable:
+        """A decoded image file (PIL) -> the model's input, as validation sees its images."""
+        size = self.image_size
+        return v2.Compose([v2.PILToTensor(), v2.Resize(size, antialias=True), v2.CenterCrop(size), self.finish])
+
     def predict_dataloader(self) -> DataLoader:
-        """The training images still missing from the soft-label cache, R seeded crops each."""
+        """``predict_files`` to classify; else the training images still missing from the soft-label cache."""
+        if self.predict_files:
+            files = list_image_files(self.predict_files)
+            dataset = ImageFiles(files, "L" if self.in_chans == 1 else "RGB", self.file_transform())
+            return DataLoader(dataset, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers)
         if self.soft_labels is None:
-            raise DataError("predict writes the soft-label cache: set data.init_args.soft_labels.dir.")
+            raise DataError(
+                "predict classifies data.init_args.predict_files (images or folders), or writes MealV2's "
+                "soft-label cache (data.init_args.soft_labels.dir): set one."
+            )
         cache = self.soft_labels
         render = functools.partial(self.render, size=cache.teacher_image_size)  # the teachers' resolution, if their own
         dataset = CropsToCache(self.raw_train_set(), self._pending, cache.crops, global_seed(), self.sample_box, render)

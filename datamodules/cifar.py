@@ -79,8 +79,9 @@ class CIFARData(ClassificationDataModule):
         batch_size: int = 128,
         num_workers: int = 4,
         soft_labels: Optional[SoftLabelCache] = None,
+        predict_files: Optional[list[str]] = None,
     ):
-        super().__init__(batch_size, num_workers, soft_labels)
+        super().__init__(batch_size, num_workers, soft_labels, predict_files)
         self._check_val_size(val_size)
         self.val_size, self.val_seed = val_size, val_seed
         if variant not in _STATS:
@@ -96,6 +97,18 @@ class CIFARData(ClassificationDataModule):
     @property
     def num_classes(self) -> int:
         return self._num_classes
+
+    @property
+    def class_names(self) -> list[str]:
+        """From the data set's own meta file (``batches.meta`` / ``meta``), else the label numbers."""
+        folder, _, _, _ = _FILES[self.variant]
+        meta, key = ("batches.meta", "label_names") if self.variant == "cifar10" else ("meta", "fine_label_names")
+        try:
+            with open(self.data_dir / folder / meta, "rb") as handle:
+                names = pickle.load(handle, encoding="latin1")[key]
+        except (OSError, pickle.UnpicklingError, KeyError, EOFError):
+            return super().class_names
+        return [str(name) for name in names] if len(names) == self.num_classes else super().class_names
 
     def prepare_data(self) -> None:
         if self.download:

@@ -18,6 +18,7 @@ from datamodules.soft_labels import SoftLabelCache
 
 SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian's package dataset-fashion-mnist
 MEAN, STD = (0.2860,), (0.3530,)
+CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
@@ -95,8 +96,9 @@ class FashionMNISTData(ClassificationDataModule):
         batch_size: int = 128,
         num_workers: int = 0,
         soft_labels: Optional[SoftLabelCache] = None,
+        predict_files: Optional[list[str]] = None,
     ):
-        super().__init__(batch_size, num_workers, soft_labels)
+        super().__init__(batch_size, num_workers, soft_labels, predict_files)
         self._check_val_size(val_size)
         self.val_size, self.val_seed = val_size, val_seed
         if in_chans not in (1, 3):
@@ -114,6 +116,10 @@ class FashionMNISTData(ClassificationDataModule):
     @property
     def num_classes(self) -> int:
         return 10
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(CLASSES)
 
     def locate(self) -> Path:
         """The folder holding the four IDX files, or a one-line error saying how to get them."""

@@ -7,33 +7,15 @@ import math
 from pathlib import Path
 from typing import Optional, Sequence
 
-import numpy as np
 import torch
-from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms import InterpolationMode, v2
 
 from datamodules.base import ClassificationDataModule, DataError
+from datamodules.files import load_rgb
 from datamodules.soft_labels import SoftLabelCache, crop_and_flip
-
-
-def load_rgb(path: str) -> Image.Image:
-    """Decode one image as RGB (16-bit images scaled to 8 bits); a corrupt or unreadable file stops with its name."""
-    try:
-        with open(path, "rb") as handle:
-            return to_8bit(Image.open(handle)).convert("RGB")
-    except (OSError, ValueError, SyntaxError) as err:  # PIL's UnidentifiedImageError and truncated files are OSErrors
-        raise DataError(f"Cannot read image '{path}' ({err}): replace or remove the file.") from None
-
-
-def to_8bit(image: Image.Image) -> Image.Image:
-    """16-bit grey images (PIL modes I;16* and I) scaled to 0-255: PIL's own convert("RGB") clips them at 255."""
-    if image.mode not in ("I;16", "I;16B", "I;16L", "I"):
-        return image
-    values = np.asarray(image, dtype=np.float64) / 257.0  # 65535 -> 255
-    return Image.fromarray(np.clip(np.round(values), 0, 255).astype(np.uint8))
 
 
 class ImageFolderData(ClassificationDataModule):
@@ -42,6 +24,9 @@ class ImageFolderData(ClassificationDataModule):
     Train: RandomResizedCrop(image_size, scale, ratio) + horizontal flip, as one box and one flag per
     crop so the soft-label cache can store and replay it exactly; eval: Resize(image_size / crop_pct) +
     CenterCrop(image_size) (crop_pct 0.875 = the paper's 256 -> 224). Both normalized with mean/std.
+    ``test_split`` names a folder of held-out images for ``test`` (none: ``test`` refuses); ``train_subset``
+    keeps a fixed random subset of the training images (``subset_seed``) for short runs; ``num_workers: null``
+    uses the machine's cores (up to 8).
     """
 
     def __init__(
@@ -53,15 +38,18 @@ class ImageFolderData(ClassificationDataModule):
         mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
         std: Sequence[float] = IMAGENET_DEFAULT_STD,
         batch_size: int = 64,
-        num_workers: int = 8,
+        num_workers: Optional[int] = None,
+        train_subset: Optional[int] = None,
+        subset_seed: int = 0,
         train_split: str = "train",
         val_split: str = "val",
         test_split: Optional[str] = None,
         scale: tuple[float, float] = (0.08, 1.0),
         ratio: tuple[float, float] = (3 / 4, 4 / 3),
         soft_labels: Optional[SoftLabelCache] = None,
+        predict_files: Optional[list[str]] = None,
     ):
-        super().__init__(batch_size, num_workers, soft_labels)
+        super().__init__(batch_size, num_workers, soft_labels, predict_files)
         self.data_dir = Path(data_dir)
         self.image_size = image_size
         self.crop_pct = crop_pct
@@ -69,6 +57,7 @@ class ImageFolderData(ClassificationDataModule):
         self.interpolation_mode = InterpolationMode(interpolation)
         self.scale, self.ratio = tuple(scale), tuple(ratio)
         self._mean, self._std = tuple(mean), tuple(std)
+        self.train_subset, self.subset_seed = train_subset, subset_seed
         self.splits = (train_split, val_split, test_split)
         self.classes = self._scan_classes()
 
@@ -100,6 +89,10 @@ class ImageFolderData(ClassificationDataModule):
     def num_classes(self) -> int:
         return len(self.classes)
 
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.classes)
+
     def sample_box(self, generator: Optional[torch.Generator], height: int, width: int) -> tuple[int, int, int, int]:
         return random_resized_box(generator, height, width, self.scale, self.ratio)
 
@@ -111,6 +104,9 @@ class ImageFolderData(ClassificationDataModule):
             "interpolation": self.interpolation,
             "flip": True,
         }
+
+    def file_transform(self):
+        return self._eval_transform()
 
     def _eval_transform(self):
         return create_transform(
@@ -144,6 +140,11 @@ class ImageFolderData(ClassificationDataModule):
         )
         crop = RandomCrop(self.scale, self.ratio, self.image_size, self.interpolation_mode, self._finish)
         train = self._dataset(train_split, v2.Compose([v2.PILToTensor(), crop]))
+        if self.train_subset is not None and self.train_subset < len(train.samples):
+            order = torch.randperm(len(train.samples), generator=torch.Generator().manual_seed(self.subset_seed))
+            keep = sorted(order[: self.train_subset].tolist())
+            train.samples = train.imgs = [train.samples[i] for i in keep]
+            train.targets = [train.targets[i] for i in keep]
         self._raw_train = copy.copy(train)  # the same file list (listed once), decoded without augmentation
         self._raw_train.transform = v2.PILToTensor()
         return train, val, test

@@ -49,7 +49,7 @@ class Classifier(EpochSchedule, L.LightningModule):
         model = source.to_dict()  # plain dict in the hyperparameters: weights_only-loadable checkpoints
         num_classes, in_chans, data_mean, data_std = data_facts(num_classes, in_chans, data_mean, data_std)
         require_positive(lr=lr)
-        self.save_hyperparameters()
+        self.save_hyperparameters(logger=False)  # HParamsWithResults records them, flattened, with the results
         self.model, _ = create_model(source, num_classes, in_chans)
         self.train_top1 = top1_accuracy(num_classes)
         self.val_metrics = topk_accuracy(num_classes, "val/")
@@ -64,12 +64,15 @@ class Classifier(EpochSchedule, L.LightningModule):
         """The trained network: what is evaluated, exported and deployed."""
         return self.model
 
+    export_name = "model"  # <run>/model/{last,best}: teachers and inits are trained here, not students
+
     def training_step(self, batch, batch_idx):
         images, labels = batch
         check_images(images, self.hparams.in_chans)
         logits = self.model(images)
         loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.hparams.label_smoothing)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
+        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)  # per step
+        self.log("train/loss_epoch", loss, on_step=False, on_epoch=True)  # the epoch's mean
         self.train_top1(logits.detach(), labels)
         self.log("train/top1", self.train_top1, on_step=False, on_epoch=True)
         return loss
@@ -85,6 +88,11 @@ class Classifier(EpochSchedule, L.LightningModule):
 
     def test_step(self, batch, batch_idx):
         self._evaluate(batch, "test", self.test_metrics)
+
+    def predict_step(self, batch, batch_idx):
+        """Class probabilities of image files (``data.predict_files``), for the predictions writer."""
+        check_images(batch["images"], self.hparams.in_chans)
+        return {"paths": batch["paths"], "probabilities": self(batch["images"]).float().softmax(-1)}
 
     def configure_optimizers(self):
         hp = self.hparams

@@ -11,6 +11,7 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_warn
 from timm.data.mixup import cutmix_bbox_and_lam
 
 from lightning_modules.discriminator import Discriminator, reverse_gradient
@@ -24,7 +25,7 @@ from lightning_modules.optim import (
     build_optimizer,
     check_schedule,
 )
-from lightning_modules.teachers import FrozenTeacher, TeacherEnsemble
+from lightning_modules.teachers import FrozenTeacher, TeacherEnsemble, ensemble_warning, teacher_scores
 
 DiscriminatorMode = Literal["official", "adversarial", "none"]
 SoftTargets = Literal["online", "cached"]
@@ -49,6 +50,8 @@ class MealV2(EpochSchedule, L.LightningModule):
             probabilities and mean logits from the batch (the DataModule's soft-label cache, written by ``predict``).
         sync_batchnorm_student: under DDP, convert the student's BatchNorm to SyncBatchNorm (the
             teachers are never converted; do not use the Trainer's ``sync_batchnorm``, which would).
+        teacher_check_batches: before online training starts, the teachers and their ensemble are scored on
+            this many val batches, and a line warns when the ensemble is below its best teacher (0: no check).
     """
 
     def __init__(
@@ -72,6 +75,7 @@ class MealV2(EpochSchedule, L.LightningModule):
         hard_label_weight: float = 0.0,
         soft_targets: SoftTargets = "online",
         sync_batchnorm_student: bool = False,
+        teacher_check_batches: int = 20,
     ):
         super().__init__()
         if discriminator not in ("official", "adversarial", "none"):
@@ -87,7 +91,7 @@ class MealV2(EpochSchedule, L.LightningModule):
         student = student_source.to_dict()
         num_classes, in_chans, data_mean, data_std = data_facts(num_classes, in_chans, data_mean, data_std)
         require_positive(lr=lr, d_lr=d_lr)
-        self.save_hyperparameters()
+        self.save_hyperparameters(logger=False)  # HParamsWithResults records them, flattened, with the results
 
         self.teachers = TeacherEnsemble(
             [self._build_teacher(source, num_classes, in_chans, data_mean, data_std) for source in teacher_sources]
@@ -112,6 +116,8 @@ class MealV2(EpochSchedule, L.LightningModule):
     def network(self) -> torch.nn.Module:
         """The trained network: what is evaluated, exported and deployed."""
         return self.student
+
+    export_name = "student"  # <run>/student/{last,best}
 
     @staticmethod
     def _build_teacher(source, num_classes, in_chans, data_mean, data_std) -> FrozenTeacher:
@@ -176,9 +182,13 @@ class MealV2(EpochSchedule, L.LightningModule):
             images = self._cutmix(images)
         out = self.distillation_losses(images, labels, tuple(cached) if cached else None)
 
-        self.log("train/kd_loss", out["kd"], on_step=True, on_epoch=True, prog_bar=True)
-        self.log("train/discriminator_loss", out["discriminator"], on_step=True, on_epoch=True)
-        self.log("train/loss", out["loss"], on_step=True, on_epoch=True)
+        for name, value in (
+            ("kd_loss", out["kd"]),
+            ("discriminator_loss", out["discriminator"]),
+            ("loss", out["loss"]),
+        ):
+            self.log(f"train/{name}", value, on_step=True, on_epoch=False, prog_bar=name == "kd_loss")  # per step
+            self.log(f"train/{name}_epoch", value, on_step=False, on_epoch=True)  # the epoch's mean
         predictions = out["student_logits"].detach()
         self.train_agreement(predictions, out["soft_targets"].argmax(dim=-1))
         self.log("train/agreement", self.train_agreement, on_step=False, on_epoch=True)
@@ -214,6 +224,18 @@ class MealV2(EpochSchedule, L.LightningModule):
             )
         if self.hparams.sync_batchnorm_student and self.trainer is not None and self.trainer.world_size > 1:
             self.student = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.student)
+
+    def on_train_start(self) -> None:
+        """A fresh online run first checks its teachers on a few val batches (the cache's ``predict`` does too)."""
+        super().on_train_start()  # the epoch's learning rates (EpochSchedule)
+        batches = self.hparams.teacher_check_batches
+        if self.hparams.soft_targets != "online" or batches <= 0 or self.global_step > 0:
+            return
+        loader = self.trainer.datamodule.val_dataloader() if self.trainer.datamodule else self.trainer.val_dataloaders
+        if loader is not None and (
+            warning := ensemble_warning(teacher_scores(self.teachers, loader, self.device, batches))
+        ):
+            rank_zero_warn(warning)
 
     @property
     def _ddp_params_and_buffers_to_ignore(self) -> list[str]:
@@ -257,7 +279,10 @@ class MealV2(EpochSchedule, L.LightningModule):
         self._log_teacher_ceiling("test")
 
     def predict_step(self, batch, batch_idx):
-        """The ensemble's probabilities and mean logits on R stored crops per image, for the soft-label cache."""
+        """The student's class probabilities of image files (``data.predict_files``); else the ensemble's
+        probabilities and mean logits on R stored crops per image, for the soft-label cache."""
+        if "paths" in batch:
+            return {"paths": batch["paths"], "probabilities": self(batch["images"]).float().softmax(-1)}
         crops = batch["images"]  # [B, R, C, H, W]
         teacher_logits = self.teachers(crops.flatten(0, 1))
         return {

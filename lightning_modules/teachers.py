@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import Optional
 
 import torch
 from torch import nn
+
+from lightning_modules.losses import ensemble_soft_targets
 
 
 class FrozenTeacher(nn.Module):
@@ -64,3 +67,34 @@ class TeacherEnsemble(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits of every teacher, stacked: [K, B, C]."""
         return torch.stack([teacher(images) for teacher in self.members])
+
+
+@torch.no_grad()
+def teacher_scores(teachers: TeacherEnsemble, batches, device, max_batches: Optional[int] = None) -> dict[str, float]:
+    """Top-1 (%) of each teacher (``teacher0``, ...) and of their ensemble (mean of probabilities) on labelled batches."""
+    correct = torch.zeros(len(teachers) + 1, dtype=torch.long)
+    total = 0
+    for index, (images, labels) in enumerate(batches):
+        if max_batches is not None and index >= max_batches:
+            break
+        images, labels = images.to(device), labels.to(device)
+        logits = teachers(images)  # [T, B, K]
+        probabilities = torch.cat([logits.float().softmax(-1), ensemble_soft_targets(logits)[None]])
+        correct += (probabilities.argmax(-1) == labels).sum(-1).cpu()
+        total += len(labels)
+    names = [f"teacher{k}" for k in range(len(teachers))] + ["ensemble"]
+    return {name: 100 * int(c) / max(total, 1) for name, c in zip(names, correct, strict=True)} | {"images": total}
+
+
+def ensemble_warning(scores: dict[str, float]) -> Optional[str]:
+    """One line when the ensemble scores below its best teacher: the teachers disagree badly or one is broken."""
+    teachers = {k: v for k, v in scores.items() if k.startswith("teacher")}
+    best = max(teachers, key=teachers.get)
+    if len(teachers) < 2 or scores["ensemble"] >= teachers[best]:
+        return None
+    listed = ", ".join(f"{k} {v:.2f}%" for k, v in teachers.items())
+    return (
+        f"The teacher ensemble scores {scores['ensemble']:.2f}% top-1 on {scores['images']} val images, below its best "
+        f"teacher ({listed}): one teacher may be broken (wrong weights, normalization or classes) or much weaker; "
+        "check each teacher (python cli.py validate shows val/teacher{k}_top1) before distilling."
+    )

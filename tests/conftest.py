@@ -61,6 +61,23 @@ def small_trainer(request, monkeypatch):
 
 
 @pytest.fixture(autouse=True)
+def onnx_only_when_marked(request, monkeypatch):
+    """ONNX export at the end of fit costs ~1.5 s: in-process fits skip it unless the test is marked ``onnx``."""
+    if request.node.get_closest_marker("onnx"):
+        return
+    from callbacks import ExportStudent
+
+    original = ExportStudent.__init__
+
+    @functools.wraps(original)  # the CLI reads the signature
+    def without_onnx(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        self.onnx = False
+
+    monkeypatch.setattr(ExportStudent, "__init__", without_onnx)
+
+
+@pytest.fixture(autouse=True)
 def deterministic():
     torch.manual_seed(0)
     yield

@@ -111,3 +111,50 @@ def test_runs_record_hparams_with_their_final_top1_and_every_groups_lr(tmp_path,
     assert zoo.read_scalars(run / "test", "hparams/test_top1"), "test recorded outside its own folder"
     assert "hp_metric" not in tags and "lr" not in tags
     assert zoo.read_scalars(run, "hparams/val_top1") == zoo.read_scalars(run, "val/top1")[-1:]
+
+
+def session_hparams(run) -> dict:
+    """The hyperparameters a run's events give TensorBoard's HParams tab (its session start info), read by TensorBoard."""
+    from tensorboard.backend.event_processing.plugin_event_accumulator import EventAccumulator as PluginAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    found = {}
+    for file in run.glob("events.out.tfevents.*"):
+        accumulator = PluginAccumulator(str(file), size_guidance={"tensors": 0}).Reload()
+        tags = accumulator.Tags()["tensors"]
+        assert "_hparams_/experiment" not in tags, "an experiment summary would hide the other runs' columns"
+        if "_hparams_/session_start_info" in tags:
+            content = accumulator.SummaryMetadata("_hparams_/session_start_info").plugin_data.content
+            hparams = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info.hparams
+            found.update({key: getattr(value, value.WhichOneof("kind")) for key, value in hparams.items()})
+    return found
+
+
+def test_each_run_shows_its_own_hyperparameters_and_logged_names_match_the_docs(tmp_path, monkeypatch):
+    """A Classifier run and a MEAL V2 run in one log folder: each session carries its own flattened hyperparameters."""
+    monkeypatch.chdir(tmp_path)
+    main(
+        ["fit", "--config", str(write_meal_config(tmp_path)), "--trainer.max_epochs=1", "--trainer.log_every_n_steps=1"]
+    )
+    classifier = write_meal_config(tmp_path / "c")
+    main(
+        [
+            "fit",
+            "--config",
+            str(classifier),
+            "--model=Classifier",
+            "--model.model.name=cifar_resnet8",
+            "--trainer.max_epochs=1",
+        ]
+    )
+    meal = session_hparams(tmp_path / "runs/meal/version_0")
+    baseline = session_hparams(tmp_path / "c/runs/meal/version_0")
+    assert meal["discriminator"] == "official" and meal["student/name"] == "cifar_resnet8"
+    assert meal["teachers/1/name"] == "cifar_wrn_16_1" and meal["lr"] == pytest.approx(0.05)
+    assert baseline["model/name"] == "cifar_resnet8" and "discriminator" not in baseline
+    assert not [key for key in {**meal, **baseline} if key.startswith("_")]
+    tags = set(
+        EventAccumulator(str(next((tmp_path / "runs/meal/version_0").glob("events*")))).Reload().Tags()["scalars"]
+    )
+    assert {"train/kd_loss", "train/kd_loss_epoch", "train/loss", "train/discriminator_loss", "val/top1"} <= tags
+    assert not [tag for tag in tags if tag.endswith("_step")]

@@ -11,9 +11,10 @@ from fixtures import write_cifar, write_fashion_mnist, write_weights
 from cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = sorted(
-    p for p in (ROOT / "configs").rglob("*.yaml") if p.parent.name != "presets"
-)  # presets: test_distributed
+ALL = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if p.parent.name != "presets")  # presets: test_distributed
+CONFIGS = [
+    p for p in ALL if "model" in yaml.safe_load(p.read_text())
+]  # a data-only base is tested through its overlays
 
 
 def _checkpoint_paths(config: dict) -> list[tuple[str, str]]:
@@ -42,6 +43,11 @@ def merged(paths: list[Path]) -> dict:
     for path in paths:
         config = merge(config, yaml.safe_load(path.read_text()))
     return config
+
+
+def test_every_data_only_base_is_used_by_an_overlay():
+    bases = {p for p in ALL if p not in CONFIGS}
+    assert bases and bases <= {overlaid_configs(p)[0] for p in CONFIGS if len(overlaid_configs(p)) == 2}
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[str(p.relative_to(p.parents[1])) for p in CONFIGS])

@@ -104,3 +104,33 @@ def test_sixteen_bit_png_is_scaled_to_eight_bits_not_clipped(tmp_path):
     assert Image.open(tmp_path / "deep.png").mode.startswith("I")
     rgb = np.asarray(load_rgb(str(tmp_path / "deep.png")))
     assert rgb.shape == (4, 4, 3) and rgb[0, :, 0].tolist() == [0, 100, 156, 255]  # round(v / 257)
+
+
+def test_class_names_come_from_the_data(tmp_path):
+    import pickle
+
+    from datamodules import FashionMNISTData
+
+    root = write_cifar(tmp_path / "cifar", "cifar10")
+    assert CIFARData(str(root), variant="cifar10").class_names == [str(k) for k in range(10)]  # no meta file
+    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    with open(root / "cifar-10-batches-py" / "batches.meta", "wb") as handle:
+        pickle.dump({"label_names": names}, handle)
+    assert CIFARData(str(root), variant="cifar10").class_names == names
+    folder = write_image_folder(tmp_path / "images", num_classes=2)
+    assert ImageFolderData(str(folder)).class_names == ["class_0", "class_1"]
+    assert FashionMNISTData().class_names[-1] == "Ankle boot"
+
+
+def test_image_folder_train_subset_is_a_fixed_seeded_subset_and_workers_follow_the_machine(tmp_path):
+    import os
+
+    folder = write_image_folder(tmp_path, num_classes=3, train_per_class=8)
+    subsets = []
+    for _ in range(2):
+        data = ImageFolderData(str(folder), image_size=32, train_subset=5, subset_seed=1)
+        data.setup("fit")
+        subsets.append([path for path, _ in data.train_set.samples])
+    assert len(subsets[0]) == 5 and subsets[0] == subsets[1] and subsets[0] == sorted(subsets[0])
+    assert [p for p, _ in data.raw_train_set().samples] == subsets[0]  # the soft-label cache sees the same images
+    assert data.num_workers == min(8, len(os.sched_getaffinity(0)))

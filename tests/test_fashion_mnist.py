@@ -210,8 +210,16 @@ def test_demo_distils_the_zoo_end_to_end_and_skips_finished_steps(tiny_zoo, tmp_
     assert result["meal_minus_baseline"] == pytest.approx(
         by_run["MEAL V2 student"] - by_run["baseline: init + hard labels"]
     )
-    assert (out / "results.md").read_text().count("\n| ") == len(runs) + 1
-    assert (out / "val_top1.png").stat().st_size > 1000
+    assert (out / "results.md").read_text().count("\n| ") == len(runs) + 1 + 10 + 1  # the runs, then per class
+    assert (out / "val_top1.png").stat().st_size > 1000 and (out / "confusion_matrix.png").stat().st_size > 1000
+    per_class = result["per_class"]
+    assert per_class["classes"][0] == "T-shirt/top" and len(per_class["MEAL V2 student"]) == 10
+    assert set(per_class) == {
+        "classes",
+        "student init (hard labels)",
+        "baseline: init + hard labels",
+        "MEAL V2 student",
+    }
     meal_run = out / "runs" / "fashion_mnist" / "resnet8_from_resnet20+wrn_16_2" / "main"
     assert (
         yaml.safe_load((meal_run / "config.yaml").read_text())["model"]["init_args"]["student"]["checkpoint"]

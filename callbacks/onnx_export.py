@@ -1,0 +1,112 @@
+"""ONNX beside an exported student: dynamic batch, checked by ``onnx.checker``, class names and preprocessing in its metadata.
+
+Export any weights from the command line (an export folder, or a ``.ckpt`` of this project)::
+
+    python -m callbacks.onnx_export runs/.../student/last              # writes runs/.../student/last/model.onnx
+    python -m callbacks.onnx_export runs/.../checkpoints/last.ckpt --image-size 28 --out student.onnx
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Optional
+
+import timm
+import torch
+from torch import nn
+
+from callbacks.atomic_files import atomic_write
+
+
+def exportable_copy(name: str, model: nn.Module, model_args: dict) -> nn.Module:
+    """A CPU fp32 copy of ``model`` built with timm's ``exportable`` layers (static 'same' padding and the like)."""
+    with timm.layers.set_layer_config(exportable=True):
+        copy = timm.create_model(name, **model_args)
+    copy.load_state_dict({k: v.detach().float().cpu() for k, v in model.state_dict().items()})
+    return copy.eval()
+
+
+def export_onnx(model: nn.Module, path: Path, input_size: tuple[int, int, int], metadata: dict) -> None:
+    """Write ``model`` (eval mode, fp32) as ONNX with a dynamic batch: input ``images`` [N, C, H, W], output ``logits``."""
+    import onnx
+
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    with torch.no_grad():
+        program = torch.onnx.export(
+            model,
+            (torch.zeros(2, *input_size),),
+            dynamo=True,
+            input_names=["images"],
+            output_names=["logits"],
+            dynamic_shapes=({0: batch},),
+            verbose=False,
+        )
+    proto = program.model_proto
+    for key, value in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value if isinstance(value, str) else json.dumps(value)
+    onnx.checker.check_model(proto)
+    atomic_write(path, lambda name: onnx.save(proto, name))
+
+
+def onnx_metadata(class_names: Optional[list[str]], data_config: dict) -> dict:
+    """What a client needs besides the graph: class names (index order) and the preprocessing."""
+    metadata = {key: list(value) if isinstance(value, tuple) else value for key, value in data_config.items()}
+    if class_names:
+        metadata["label_names"] = list(class_names)
+    return metadata
+
+
+def export_folder_onnx(folder: Path, out: Optional[Path] = None) -> Path:
+    """``model.onnx`` from an export folder's own ``model.safetensors`` and ``config.json`` (that epoch's weights)."""
+    from safetensors.torch import load_file
+
+    config = json.loads((folder / "config.json").read_text())
+    cfg = config["pretrained_cfg"]
+    model_args = config.get("model_args") or {"num_classes": config["num_classes"], "in_chans": cfg["input_size"][0]}
+    with timm.layers.set_layer_config(exportable=True):
+        model = timm.create_model(config["architecture"], **model_args)
+    model.load_state_dict(load_file(str(folder / "model.safetensors")))
+    data = {k: cfg[k] for k in ("input_size", "mean", "std", "crop_pct") if k in cfg}
+    out = out or folder / "model.onnx"
+    export_onnx(model.eval(), out, tuple(cfg["input_size"]), onnx_metadata(config.get("label_names"), data))
+    return out
+
+
+def _checkpoint_model(path: Path, image_size: int) -> tuple[nn.Module, tuple[int, int, int], dict]:
+    from lightning_modules.model_loading import ModelSource, create_model
+
+    hparams = torch.load(path, map_location="cpu", weights_only=True).get("hyper_parameters", {})
+    source = ModelSource.coerce(hparams.get("student") or hparams.get("model"))
+    source = ModelSource(name=source.name, checkpoint=str(path), model_kwargs=source.model_kwargs)
+    model, _ = create_model(source, num_classes=hparams["num_classes"], in_chans=hparams["in_chans"])
+    args = {"num_classes": hparams["num_classes"], "in_chans": hparams["in_chans"], **source.model_kwargs}
+    size = (hparams["in_chans"], image_size, image_size)
+    data = {"input_size": size, "mean": hparams["data_mean"], "std": hparams["data_std"]}
+    return exportable_copy(source.name, model, args), size, data
+
+
+def main(argv: Optional[list[str]] = None) -> Path:
+    parser = argparse.ArgumentParser(description="Export a student (export folder or .ckpt) to ONNX.")
+    parser.add_argument("weights", type=Path, help="an export folder (model.safetensors + config.json) or a .ckpt")
+    parser.add_argument("--out", type=Path, help="the .onnx file (default: model.onnx in the export folder)")
+    parser.add_argument("--image-size", type=int, help="input height and width (needed for a .ckpt)")
+    args = parser.parse_args(argv)
+    import lightning_modules  # noqa: F401  (the project's small-image backbones)
+
+    if args.weights.is_dir():
+        out = export_folder_onnx(args.weights, args.out)
+    else:
+        if args.image_size is None:
+            parser.error("--image-size is needed for a .ckpt (a checkpoint does not record the data's image size)")
+        model, size, data = _checkpoint_model(args.weights, args.image_size)
+        out = args.out or args.weights.with_suffix(".onnx")
+        export_onnx(model, out, size, onnx_metadata(None, data))
+    print(f"wrote {out}")
+    return out
+
+
+if __name__ == "__main__":
+    main()
