@@ -136,10 +136,14 @@ class MealCLI(LightningCLI):
             help="fit: replace the run already in the run directory (its checkpoints, exported student and logs)",
         )
         parser.set_defaults(DEFAULTS)
-        if "return_predictions" in {action.dest for action in parser._actions}:
-            parser.set_defaults({"return_predictions": False})  # predict writes the cache; keep nothing in memory
+        try:
+            parser.set_defaults({"return_predictions": False})  # predict's writers write; keep nothing in memory
+        except KeyError:  # only the predict subcommand's parser has it
+            pass
         for source, target in LINKS:
             parser.link_arguments(f"data.{source}", f"model.init_args.{target}", apply_on="instantiate")
+        for key in ("monitor", "mode"):  # one notion of "best": the exported best is the best checkpoint's epoch
+            parser.link_arguments(f"checkpoint.{key}", f"export_student.{key}")
 
     def _subcommand_config(self):
         return self.config.get(self.subcommand) if self.subcommand else self.config
@@ -187,6 +191,8 @@ class MealCLI(LightningCLI):
         does not exist is an error instead of Lightning's warning and an untrained model. LightningCLI
         (2.5.5+) would also overwrite the model's config with the checkpoint's hyperparameters, silently
         ignoring what the user passed (e.g. a moved teacher file or a new lr): here the config wins.
+        This overrides LightningCLI's private hook of that name (there is no public one before the model
+        is built); tests/test_run_safety.py and tests/test_resume.py pin both behaviours.
         """
         subcommand = self.config.get("subcommand")
         config = self.config.get(subcommand) if subcommand else None

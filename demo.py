@@ -64,6 +64,7 @@ STEPS = [
             ("weight_decay_1e-4", "ablation: weight decay 1e-4"),
             ("random_init", "ablation: random init"),
             ("single_teacher", "ablation: single best teacher"),
+            ("kd_temperature", "baseline: Hinton KD, T=4 (same ensemble and crops)"),
         )
     ),
 ]

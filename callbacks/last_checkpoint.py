@@ -17,6 +17,11 @@ class LastCheckpoint(ModelCheckpoint):
     ``last.ckpt`` older than the finished run (and than ``best-*.ckpt``). On SIGTERM Lightning stops
     after the current batch (raising ``SIGTERMException``); the checkpoint is written at that batch's
     end, where step checkpoints are, so ``--ckpt_path last`` continues exactly.
+
+    Saving "now" goes through ModelCheckpoint's own private steps (``_should_skip_saving_checkpoint``,
+    ``_monitor_candidates``, ``_save_topk_checkpoint``) so the file name, the top-k bookkeeping and the
+    once-per-step guard are exactly those of its triggers: Lightning has no public "save now" on a
+    ModelCheckpoint. Pinned by tests/test_resume.py (the final step with step checkpoints, and SIGTERM).
     """
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:

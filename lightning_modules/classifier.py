@@ -4,22 +4,16 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-import lightning as L
 import torch.nn.functional as F
 
+from lightning_modules.base import NetworkModule
 from lightning_modules.errors import require_positive
-from lightning_modules.metrics import check_images, log_evaluation, top1_accuracy, topk_accuracy
+from lightning_modules.metrics import check_images
 from lightning_modules.model_loading import ModelSource, create_model, data_facts
-from lightning_modules.optim import (
-    EpochSchedule,
-    OptimizerName,
-    ScheduleName,
-    build_optimizer,
-    check_schedule,
-)
+from lightning_modules.optim import OptimizerName, ScheduleName
 
 
-class Classifier(EpochSchedule, L.LightningModule):
+class Classifier(NetworkModule):
     """Cross-entropy on hard labels; its checkpoints load as teacher or student weights in ``MealV2``.
 
     The data normalization is stored in the hyperparameters so a teacher built from this
@@ -51,17 +45,10 @@ class Classifier(EpochSchedule, L.LightningModule):
         require_positive(lr=lr)
         self.save_hyperparameters(logger=False)  # HParamsWithResults records them, flattened, with the results
         self.model, _ = create_model(source, num_classes, in_chans)
-        self.train_top1 = top1_accuracy(num_classes)
-        self.val_metrics = topk_accuracy(num_classes, "val/")
-        self.test_metrics = topk_accuracy(num_classes, "test/")
-
-    def forward(self, images):
-        """Inference: the model's logits."""
-        return self.model(images)
+        self.init_metrics(num_classes)
 
     @property
     def network(self):
-        """The trained network: what is evaluated, exported and deployed."""
         return self.model
 
     export_name = "model"  # <run>/model/{last,best}: teachers and inits are trained here, not students
@@ -77,33 +64,8 @@ class Classifier(EpochSchedule, L.LightningModule):
         self.log("train/top1", self.train_top1, on_step=False, on_epoch=True)
         return loss
 
-    def _evaluate(self, batch, stage: str, metrics) -> None:
-        images, labels = batch
-        check_images(images, self.hparams.in_chans)
-        logits = self(images)
-        log_evaluation(self, stage, logits, labels, metrics)
-
-    def validation_step(self, batch, batch_idx):
-        self._evaluate(batch, "val", self.val_metrics)
-
-    def test_step(self, batch, batch_idx):
-        self._evaluate(batch, "test", self.test_metrics)
-
-    def predict_step(self, batch, batch_idx):
-        """Class probabilities of image files (``data.predict_files``), for the predictions writer."""
-        check_images(batch["images"], self.hparams.in_chans)
-        return {"paths": batch["paths"], "probabilities": self(batch["images"]).float().softmax(-1)}
-
-    def configure_optimizers(self):
-        hp = self.hparams
-        check_schedule(hp.schedule, hp.milestones, self.trainer.max_epochs)
-        return build_optimizer(
-            [{"params": list(self.model.parameters()), "name": "model"}],
-            hp.optimizer,
-            hp.lr,
-            hp.momentum,
-            hp.weight_decay,
-        )
+    def param_groups(self) -> list[dict]:
+        return [{"params": list(self.model.parameters()), "name": "model"}]
 
     def epoch_hyperparameters(self) -> tuple[dict[str, float], dict[str, float]]:
         hp = self.hparams

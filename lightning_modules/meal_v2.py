@@ -7,31 +7,27 @@ from __future__ import annotations
 
 from typing import Literal, Optional, Sequence
 
-import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 from timm.data.mixup import cutmix_bbox_and_lam
 
+from lightning_modules.base import NetworkModule
 from lightning_modules.discriminator import Discriminator, reverse_gradient
 from lightning_modules.errors import ConfigError, require_positive
-from lightning_modules.losses import discriminator_loss, ensemble_soft_targets, soft_cross_entropy
-from lightning_modules.metrics import check_images, log_evaluation, top1_accuracy, topk_accuracy
+from lightning_modules.losses import discriminator_loss, ensemble_soft_targets
+from lightning_modules.metrics import check_images, top1_accuracy, topk_accuracy
 from lightning_modules.model_loading import ModelSource, create_model, data_facts, expected_normalization
-from lightning_modules.optim import (
-    EpochSchedule,
-    ScheduleName,
-    build_optimizer,
-    check_schedule,
-)
+from lightning_modules.objectives import DistillationObjective, as_objective
+from lightning_modules.optim import ScheduleName
 from lightning_modules.teachers import FrozenTeacher, TeacherEnsemble, ensemble_warning, teacher_scores
 
 DiscriminatorMode = Literal["official", "adversarial", "none"]
 SoftTargets = Literal["online", "cached"]
 
 
-class MealV2(EpochSchedule, L.LightningModule):
+class MealV2(NetworkModule):
     """Frozen teacher ensemble -> student, trained on the teachers' averaged probabilities only.
 
     Args:
@@ -45,7 +41,10 @@ class MealV2(EpochSchedule, L.LightningModule):
         momentum, weight_decay: SGD; the paper uses weight decay 0 (soft labels regularize).
         schedule, milestones, gamma: per-epoch LR schedule (paper: step, [100], 0.1 over 180 epochs).
         cutmix_prob, cutmix_alpha: CutMix on the images only; targets stay the teachers' predictions.
-        hard_label_weight: ablation only; adds this weight times the hard-label cross-entropy.
+        objective: the student's loss against the teachers (lightning_modules/objectives.py): None is MEAL V2's
+            soft cross-entropy on the mean of probabilities; e.g. ``HintonKD`` (temperature) as a baseline.
+        hard_label_weight: adds this weight times the hard-label cross-entropy (an ablation for MEAL V2; Hinton
+            KD's usual hard-label term).
         soft_targets: ``online`` runs the teachers every step; ``cached`` takes the ensemble's
             probabilities and mean logits from the batch (the DataModule's soft-label cache, written by ``predict``).
         sync_batchnorm_student: under DDP, convert the student's BatchNorm to SyncBatchNorm (the
@@ -72,6 +71,7 @@ class MealV2(EpochSchedule, L.LightningModule):
         gamma: float = 0.1,
         cutmix_prob: float = 0.0,
         cutmix_alpha: float = 1.0,
+        objective: Optional[DistillationObjective] = None,
         hard_label_weight: float = 0.0,
         soft_targets: SoftTargets = "online",
         sync_batchnorm_student: bool = False,
@@ -91,6 +91,8 @@ class MealV2(EpochSchedule, L.LightningModule):
         student = student_source.to_dict()
         num_classes, in_chans, data_mean, data_std = data_facts(num_classes, in_chans, data_mean, data_std)
         require_positive(lr=lr, d_lr=d_lr)
+        self.objective = as_objective(objective)
+        objective = self.objective.describe()  # plain data in the hyperparameters, like the model sources
         self.save_hyperparameters(logger=False)  # HParamsWithResults records them, flattened, with the results
 
         self.teachers = TeacherEnsemble(
@@ -100,21 +102,13 @@ class MealV2(EpochSchedule, L.LightningModule):
         self.discriminator = Discriminator(num_classes) if discriminator != "none" else None
 
         self.train_agreement = top1_accuracy(num_classes)  # student top-1 == ensemble top-1
-        self.train_top1 = top1_accuracy(num_classes)
-        self.val_metrics = topk_accuracy(num_classes, "val/")
-        self.test_metrics = topk_accuracy(num_classes, "test/")
+        self.init_metrics(num_classes)
         self.teacher_metrics = torch.nn.ModuleList(topk_accuracy(num_classes) for _ in range(len(self.teachers) + 1))
         self._teacher_eval_pending = True
-        # Teachers are rebuilt from their sources, never stored in checkpoints (see state_dict).
-        self.strict_loading = False
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Inference: the student's logits (the teachers and the discriminator only serve training)."""
-        return self.student(images)
 
     @property
     def network(self) -> torch.nn.Module:
-        """The trained network: what is evaluated, exported and deployed."""
+        """The student: inference, evaluation and exports (the teachers and the discriminator only serve training)."""
         return self.student
 
     export_name = "student"  # <run>/student/{last,best}
@@ -143,11 +137,13 @@ class MealV2(EpochSchedule, L.LightningModule):
         if cached is None:
             teacher_logits = self.teachers(images)  # [K, B, C], no gradient, eval mode
             soft_targets = ensemble_soft_targets(teacher_logits)  # mean of probabilities, fp32
-            teacher_rows = teacher_logits.float().mean(dim=0)  # mean of logits: the discriminator's teacher rows
+            teacher_rows = teacher_logits.float().mean(
+                dim=0
+            )  # mean of logits: the discriminator's rows, logit objectives
         else:
             soft_targets, teacher_rows = cached
         student_logits = self.student(images)
-        kd = soft_cross_entropy(student_logits, soft_targets)
+        kd = self.objective(student_logits, soft_targets, teacher_rows)
 
         d_loss = kd.new_zeros(())
         if self.discriminator is not None:
@@ -222,6 +218,18 @@ class MealV2(EpochSchedule, L.LightningModule):
                 else "model.soft_targets is 'cached' but the data has no soft-label cache: set "
                 "data.init_args.soft_labels.dir (made by `python cli.py predict`, see README) or use soft_targets 'online'."
             )
+        cache = getattr(datamodule, "soft_labels", None)
+        if (
+            stage == "fit"
+            and cache is not None
+            and self.objective.needs_every_class
+            and cache.top_k < self.hparams.num_classes
+        ):
+            raise ConfigError(
+                f"The objective {type(self.objective).__name__} needs every class's teacher logit, but the soft-label cache "
+                f"stores the top {cache.top_k} of {self.hparams.num_classes}: make a cache with "
+                f"data.init_args.soft_labels.top_k {self.hparams.num_classes}, or run the teachers online."
+            )
         if self.hparams.sync_batchnorm_student and self.trainer is not None and self.trainer.world_size > 1:
             self.student = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.student)
 
@@ -243,22 +251,14 @@ class MealV2(EpochSchedule, L.LightningModule):
         named = list(self.teachers.named_parameters()) + list(self.teachers.named_buffers())
         return [f"teachers.{name}" for name, _ in named]
 
-    def _evaluate(self, batch, stage: str, metrics) -> None:
-        images, labels = batch
-        check_images(images, self.hparams.in_chans)
-        logits = self(images)
-        log_evaluation(self, stage, logits, labels, metrics)
+    def evaluate(self, batch, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
+        images, labels = super().evaluate(batch, stage)
         if self._teacher_eval_pending and not self.trainer.sanity_checking:
             teacher_logits = self.teachers(images)
             for metric, logits_k in zip(self.teacher_metrics[:-1], teacher_logits, strict=True):  # [-1]: the ensemble
                 metric.update(logits_k, labels)
             self.teacher_metrics[-1].update(ensemble_soft_targets(teacher_logits), labels)
-
-    def validation_step(self, batch, batch_idx):
-        self._evaluate(batch, "val", self.val_metrics)
-
-    def test_step(self, batch, batch_idx):
-        self._evaluate(batch, "test", self.test_metrics)
+        return images, labels
 
     def _log_teacher_ceiling(self, stage: str) -> None:
         if not self._teacher_eval_pending or self.trainer.sanity_checking:
@@ -282,7 +282,7 @@ class MealV2(EpochSchedule, L.LightningModule):
         """The student's class probabilities of image files (``data.predict_files``); else the ensemble's
         probabilities and mean logits on R stored crops per image, for the soft-label cache."""
         if "paths" in batch:
-            return {"paths": batch["paths"], "probabilities": self(batch["images"]).float().softmax(-1)}
+            return self.classify_files(batch)
         crops = batch["images"]  # [B, R, C, H, W]
         teacher_logits = self.teachers(crops.flatten(0, 1))
         return {
@@ -294,13 +294,11 @@ class MealV2(EpochSchedule, L.LightningModule):
     # ----------------------------------------------------------------------------------------------
     # Optimizer and checkpoints
     # ----------------------------------------------------------------------------------------------
-    def configure_optimizers(self):
-        hp = self.hparams
-        check_schedule(hp.schedule, hp.milestones, self.trainer.max_epochs)
+    def param_groups(self) -> list[dict]:
         groups = [{"params": list(self.student.parameters()), "name": "student"}]
         if self.discriminator is not None:
             groups.append({"params": list(self.discriminator.parameters()), "name": "discriminator"})
-        return build_optimizer(groups, "sgd", hp.lr, hp.momentum, hp.weight_decay)
+        return groups
 
     def epoch_hyperparameters(self) -> tuple[dict[str, float], dict[str, float]]:
         """The discriminator's d_lr defaults to the student's lr (what the released code effectively runs)."""
@@ -308,14 +306,15 @@ class MealV2(EpochSchedule, L.LightningModule):
         base_lrs = {"student": hp.lr, "discriminator": hp.d_lr if hp.d_lr is not None else hp.lr}
         return base_lrs, {"momentum": hp.momentum, "weight_decay": hp.weight_decay}
 
-    def state_dict(self, *args, destination=None, prefix: str = "", keep_vars: bool = False):
-        """Student and discriminator only: the frozen teachers are rebuilt from their sources."""
-        full = super().state_dict(*args, destination=destination, prefix=prefix, keep_vars=keep_vars)
-        for key in [k for k in full if k.startswith(prefix + "teachers.")]:
-            del full[key]
-        return full
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Checkpoints hold the student and the discriminator: the frozen teachers are rebuilt from their sources."""
+        state = checkpoint["state_dict"]
+        for key in [k for k in state if k.startswith("teachers.")]:
+            del state[key]
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Refuse a checkpoint of another configuration in one line; then hand Lightning's strict loading the
+        teachers as built now, so any other missing or unexpected key still fails."""
         stored = checkpoint.get("state_dict", {})
         trained_with = any(k.startswith("discriminator.") for k in stored)
         if trained_with != (self.discriminator is not None):
@@ -325,9 +324,10 @@ class MealV2(EpochSchedule, L.LightningModule):
                 f"'{self.hparams.discriminator}': resume with model.init_args.discriminator {mode}, or start a new run "
                 "from its student (model.init_args.student.checkpoint: the .ckpt, and no --ckpt_path)."
             )
-        missing = [k for k in self.state_dict() if k not in stored]
+        missing = [k for k in self.state_dict() if k not in stored and not k.startswith("teachers.")]
         if missing:
             raise ConfigError(
                 f"Checkpoint lacks {len(missing)} student/discriminator weights (e.g. '{missing[0]}'): "
                 "it was written by another model or configuration; use the matching config or a MealV2 checkpoint."
             )
+        stored.update({f"teachers.{k}": v for k, v in self.teachers.state_dict().items()})

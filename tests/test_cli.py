@@ -158,3 +158,14 @@ def test_each_run_shows_its_own_hyperparameters_and_logged_names_match_the_docs(
     )
     assert {"train/kd_loss", "train/kd_loss_epoch", "train/loss", "train/discriminator_loss", "val/top1"} <= tags
     assert not [tag for tag in tags if tag.endswith("_step")]
+
+
+def test_one_notion_of_best_the_export_follows_the_checkpoint_monitor(tmp_path, monkeypatch):
+    from callbacks import ExportStudent
+
+    monkeypatch.chdir(tmp_path)
+    config = write_meal_config(tmp_path, data_args={"val_size": 16})
+    cli = main(["--config", str(config), "--checkpoint.monitor=val/loss", "--checkpoint.mode=min"], run=False)
+    export = next(c for c in cli.trainer.callbacks if isinstance(c, ExportStudent))
+    assert (export.monitor, export.mode) == ("val/loss", "min")
+    assert (cli.trainer.checkpoint_callback.monitor, cli.trainer.checkpoint_callback.mode) == ("val/loss", "min")

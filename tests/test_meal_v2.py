@@ -170,10 +170,21 @@ def test_validation_logs_the_teacher_ceiling_once_per_fit(tmp_path):
     assert not module._teacher_eval_pending
 
 
-def test_checkpoint_state_dict_has_no_teacher_weights():
-    keys = tiny_meal().state_dict().keys()
+def test_checkpoints_leave_the_teachers_out_and_loading_stays_strict():
+    """on_save_checkpoint drops the teachers; on load they are taken from the rebuilt ensemble, and Lightning's
+    strict loading still refuses a key the module does not have (no strict_loading = False)."""
+    module = tiny_meal()
+    checkpoint = {"state_dict": module.state_dict()}
+    module.on_save_checkpoint(checkpoint)
+    keys = checkpoint["state_dict"].keys()
     assert keys and not any(k.startswith("teachers.") for k in keys)
     assert any(k.startswith("student.") for k in keys) and any(k.startswith("discriminator.") for k in keys)
+    assert module.strict_loading
+    module.on_load_checkpoint(checkpoint)
+    module.load_state_dict(checkpoint["state_dict"], strict=True)
+    checkpoint["state_dict"]["student.extra"] = torch.zeros(1)
+    with pytest.raises(RuntimeError, match="Unexpected key.*student.extra"):
+        module.load_state_dict(checkpoint["state_dict"], strict=True)
 
 
 def test_cutmix_pastes_a_box_from_other_images_of_the_batch():

@@ -14,6 +14,7 @@ from PIL import Image
 from cli import main
 from datamodules.errors import DataError
 from datamodules.soft_labels import FILES, CachedCrops, decode_soft_labels, decode_teacher_logits, pixel_box
+from lightning_modules.errors import ConfigError
 
 
 def test_decoded_labels_keep_top_k_and_spread_the_rest_evenly():
@@ -29,11 +30,14 @@ def test_decoded_teacher_logits_are_exact_with_every_class_and_fill_the_tail_wit
     torch.testing.assert_close(top2, torch.tensor([[1.0, 3.0, 1.0, 1.0]]))
 
 
-def test_cached_step_equals_the_online_step_on_the_same_crops_with_every_class_stored(tmp_path, monkeypatch):
-    """KD and discriminator losses from the cache (all 10 classes stored) match the teachers run on the same crops."""
+@pytest.mark.parametrize("objective", ["SoftCrossEntropy", "HintonKD"])
+def test_cached_step_equals_the_online_step_on_the_same_crops_with_every_class_stored(tmp_path, monkeypatch, objective):
+    """KD and discriminator losses from the cache (all 10 classes stored) match the teachers run on the same crops,
+    for MEAL V2's objective and for one that reads the mean logits (Hinton KD)."""
     monkeypatch.chdir(tmp_path)
     config = write_config(tmp_path, cutmix_prob=0.0)
-    cli = main(["predict", "--config", str(config), *cache_args(tmp_path, top_k=10)])
+    choice = [f"--model.init_args.objective=lightning_modules.objectives.{objective}"]
+    cli = main(["predict", "--config", str(config), *cache_args(tmp_path, top_k=10), *choice])
     data, module = cli.datamodule, cli.model
     replay = CachedCrops(data.raw_train_set(), data.soft_label_store, data.render)
     images, _, soft, logits = (
@@ -45,6 +49,19 @@ def test_cached_step_equals_the_online_step_on_the_same_crops_with_every_class_s
     assert float(online["discriminator"]) > 0.1  # the discriminator term is really compared
     for name in ("kd", "discriminator", "loss"):
         torch.testing.assert_close(cached[name], online[name], atol=2e-3, rtol=1e-3)
+
+
+def test_a_cache_without_every_class_cannot_serve_an_objective_that_needs_the_logits(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = write_config(tmp_path, cutmix_prob=0.0)
+    main(["predict", "--config", str(config), *cache_args(tmp_path)])  # top_k 4 of 10
+    hinton = [
+        "--model.init_args.objective=lightning_modules.objectives.HintonKD",
+        "--model.init_args.soft_targets=cached",
+    ]
+    with pytest.raises(ConfigError, match="HintonKD needs every class's teacher logit.*top 4 of 10.*top_k 10") as info:
+        main(["fit", "--config", str(config), *cache_args(tmp_path), *hinton])
+    assert "\n" not in str(info.value)
 
 
 def test_cache_of_an_older_format_is_refused(tmp_path, monkeypatch):

@@ -1,0 +1,65 @@
+"""What ``Classifier`` and ``MealV2`` share: the trained network's evaluation, inference on image files,
+and the optimizer over named parameter groups with the per-epoch schedule."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from torch import nn
+
+from lightning_modules.metrics import check_images, log_evaluation, top1_accuracy, topk_accuracy
+from lightning_modules.optim import EpochSchedule, build_optimizer, check_schedule
+
+
+class NetworkModule(EpochSchedule, L.LightningModule):
+    """A LightningModule around one trained ``network`` (what is evaluated, exported and deployed).
+
+    Subclasses build the network, set ``export_name`` (the run's export folder), and give ``param_groups()``
+    and ``epoch_hyperparameters()``; their hyperparameters hold ``in_chans``, ``lr``, ``momentum``,
+    ``weight_decay``, ``schedule``, ``milestones`` and, optionally, ``optimizer`` (default SGD).
+    """
+
+    export_name = "model"
+
+    def init_metrics(self, num_classes: int) -> None:
+        self.train_top1 = top1_accuracy(num_classes)
+        self.val_metrics = topk_accuracy(num_classes, "val/")
+        self.test_metrics = topk_accuracy(num_classes, "test/")
+
+    @property
+    def network(self) -> nn.Module:
+        raise NotImplementedError
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Inference: the network's logits."""
+        return self.network(images)
+
+    def evaluate(self, batch, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """``{stage}/loss`` and ``{stage}/top1|top5`` of the network on a labelled batch; returns the batch."""
+        images, labels = batch
+        check_images(images, self.hparams.in_chans)
+        log_evaluation(self, stage, self(images), labels, self.val_metrics if stage == "val" else self.test_metrics)
+        return images, labels
+
+    def validation_step(self, batch, batch_idx):
+        self.evaluate(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        self.evaluate(batch, "test")
+
+    def classify_files(self, batch: dict) -> dict:
+        """Class probabilities of image files (``data.predict_files``), for ``ClassPredictionWriter``."""
+        check_images(batch["images"], self.hparams.in_chans)
+        return {"paths": batch["paths"], "probabilities": self(batch["images"]).float().softmax(-1)}
+
+    def predict_step(self, batch, batch_idx):
+        return self.classify_files(batch)
+
+    def param_groups(self) -> list[dict]:
+        """The optimizer's parameter groups, each named (the schedule and the lr monitor address them by name)."""
+        raise NotImplementedError
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        check_schedule(hp.schedule, hp.milestones, self.trainer.max_epochs)
+        return build_optimizer(self.param_groups(), hp.get("optimizer", "sgd"), hp.lr, hp.momentum, hp.weight_decay)
