@@ -6,7 +6,7 @@ TORCH ?= torch==2.14.1 torchvision==0.29.1
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup data demo zoo test clean
+.PHONY: setup data demo zoo test test-floors gpu-check clean
 
 setup: $(STAMP)
 
@@ -40,6 +40,21 @@ test: setup data
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest
+
+# The version floors of pyproject.toml, true: a second environment with the oldest allowed lightning, timm,
+# torchmetrics and jsonargparse (.ci/floors.txt; torch as pinned) runs the fast tests. CI runs it after `test`.
+FLOORS := .venv-floors
+test-floors: data
+	$(PYTHON) -m venv $(FLOORS)
+	$(FLOORS)/bin/python -m pip install -q --upgrade pip
+	$(FLOORS)/bin/python -m pip install -q $(TORCH)
+	$(FLOORS)/bin/python -m pip install -q -e '.[dev]' -c .ci/floors.txt
+	$(FLOORS)/bin/python -m pytest -m "not slow"
+
+# The prepared device check (benchmarks/gpu_check.py): on a CUDA machine the GPU figures in about 8 minutes,
+# elsewhere the same pipeline as a CPU rehearsal with tiny models (CI runs it); report in results/gpu_check/.
+gpu-check: setup data
+	$(PY) benchmarks/gpu_check.py
 
 clean:
 	rm -rf runs results lightning_logs

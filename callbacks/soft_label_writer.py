@@ -31,9 +31,11 @@ class SoftLabelWriter(BasePredictionWriter):
         store = getattr(trainer.datamodule, "soft_label_store", None)
         if store is None or getattr(pl_module, "teachers", None) is None:
             return
-        scores = teacher_scores(
-            pl_module.teachers, trainer.datamodule.val_dataloader(), pl_module.device, self.check_batches
-        )
+        scores = None  # once, on global rank 0 (every rank would score the same images), then shared
+        if trainer.is_global_zero:
+            loader = trainer.datamodule.val_dataloader()
+            scores = teacher_scores(pl_module.teachers, loader, pl_module.device, self.check_batches)
+        scores = trainer.strategy.broadcast(scores)
         top1, total = scores["ensemble"], scores["images"]
         rank_zero_info(
             f"Soft-label cache '{store.folder}': the teacher ensemble's val top-1 is {top1:.2f}% on {total} images; "

@@ -239,11 +239,18 @@ class MealV2(NetworkModule):
         batches = self.hparams.teacher_check_batches
         if self.hparams.soft_targets != "online" or batches <= 0 or self.global_step > 0:
             return
+        if not self.trainer.is_global_zero:  # one rank checks; the warning is rank 0's anyway
+            return
         loader = self.trainer.datamodule.val_dataloader() if self.trainer.datamodule else self.trainer.val_dataloaders
         if loader is not None and (
             warning := ensemble_warning(teacher_scores(self.teachers, loader, self.device, batches))
         ):
             rank_zero_warn(warning)
+
+    def on_fit_start(self) -> None:
+        """Training from the cache runs no teacher: keep them in host memory, not on the accelerator."""
+        if self.hparams.soft_targets == "cached":
+            self.teachers.to("cpu")
 
     @property
     def _ddp_params_and_buffers_to_ignore(self) -> list[str]:

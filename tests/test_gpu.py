@@ -91,3 +91,16 @@ def test_imagenet_recipe_architectures_fit_a_few_steps_on_random_data(tmp_path):
     images = DataLoader(TensorDataset(torch.randn(16, 3, 128, 128), torch.randint(0, 1000, (16,))), batch_size=8)
     trainer.fit(module, images)
     assert trainer.global_step == 2 and torch.isfinite(trainer.callback_metrics["train/kd_loss"])
+
+
+def test_a_cached_fit_keeps_the_teachers_in_host_memory(tmp_path):
+    """From the soft-label cache no teacher runs: their weights stay off the GPU (one rank's memory for nothing)."""
+    module = tiny_meal(soft_targets="cached")
+    soft, logits = torch.softmax(torch.randn(16, 10), -1), torch.randn(16, 10)
+    data = TensorDataset(torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,)), soft, logits)
+    trainer = pl.Trainer(
+        accelerator="gpu", devices=1, max_epochs=1, logger=False, enable_checkpointing=False, default_root_dir=tmp_path
+    )
+    trainer.fit(module, DataLoader(data, batch_size=8))
+    assert trainer.global_step == 2 and module.student.conv1.weight.is_cuda
+    assert not any(p.is_cuda for p in module.teachers.parameters())
