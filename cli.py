@@ -205,8 +205,7 @@ class MealCLI(LightningCLI):
         if ckpt_path not in NAMED_CHECKPOINTS:
             checkpoint = check_checkpoint_file(ckpt_path)
             check_checkpoint_fits_model(checkpoint, ckpt_path, str(config.get("model.class_path", "")))
-        if subcommand in ("fit", "validate", "test", "predict"):
-            continue_logger_version(config, ckpt_path)  # resumed curves, and evaluations, go to the checkpoint's run
+        continue_logger_version(config, ckpt_path)  # resumed curves, and evaluations, go to the checkpoint's run
 
     def before_fit(self) -> None:
         """A run directory that holds a run is resumed or replaced on request, never overwritten silently."""
@@ -242,7 +241,7 @@ class MealCLI(LightningCLI):
                 callback.monitor = None
         rank_zero_info(
             "Validation runs on the test images (no held-out split), so no 'best' checkpoint or export is selected: "
-            "last.ckpt and student/last hold the final epoch. Hold out training images with data.init_args.val_size N."
+            "last.ckpt and the last export hold the final epoch. Hold out training images with data.init_args.val_size N."
         )
 
 

@@ -30,9 +30,10 @@ class HParamsWithResults(pl.Callback):
         if value is None or not trainer.is_global_zero:
             return
         metrics = {f"hparams/{stage}_top1": float(value)}
+        flat = flat_hparams(dict(pl_module.hparams))
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
-                _, session_start, session_end = hparams(flat_hparams(dict(pl_module.hparams)), metrics)
+                _, session_start, session_end = hparams(flat, metrics)
                 writer = logger.experiment
                 writer.file_writer.add_summary(session_start)
                 writer.file_writer.add_summary(session_end)
@@ -40,7 +41,7 @@ class HParamsWithResults(pl.Callback):
                     writer.add_scalar(name, number, trainer.global_step)
                 writer.flush()
             else:
-                logger.log_hyperparams(flat_hparams(dict(pl_module.hparams)), metrics)
+                logger.log_hyperparams(flat, metrics)
 
 
 def flat_hparams(values: dict, prefix: str = "") -> dict[str, Any]:

@@ -20,12 +20,12 @@ from torch import nn
 from callbacks.atomic_files import atomic_write
 
 
-def exportable_copy(name: str, model: nn.Module, model_args: dict) -> nn.Module:
-    """A CPU fp32 copy of ``model`` built with timm's ``exportable`` layers (static 'same' padding and the like)."""
+def exportable_model(name: str, model_args: dict, state_dict: dict[str, torch.Tensor]) -> nn.Module:
+    """``name`` built with timm's ``exportable`` layers (static 'same' padding and the like), these weights, eval mode."""
     with timm.layers.set_layer_config(exportable=True):
-        copy = timm.create_model(name, **model_args)
-    copy.load_state_dict({k: v.detach().float().cpu() for k, v in model.state_dict().items()})
-    return copy.eval()
+        model = timm.create_model(name, **model_args)
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()})
+    return model.eval()
 
 
 def export_onnx(model: nn.Module, path: Path, input_size: tuple[int, int, int], metadata: dict) -> None:
@@ -66,26 +66,22 @@ def export_folder_onnx(folder: Path, out: Optional[Path] = None) -> Path:
     config = json.loads((folder / "config.json").read_text())
     cfg = config["pretrained_cfg"]
     model_args = config.get("model_args") or {"num_classes": config["num_classes"], "in_chans": cfg["input_size"][0]}
-    with timm.layers.set_layer_config(exportable=True):
-        model = timm.create_model(config["architecture"], **model_args)
-    model.load_state_dict(load_file(str(folder / "model.safetensors")))
+    model = exportable_model(config["architecture"], model_args, load_file(str(folder / "model.safetensors")))
     data = {k: cfg[k] for k in ("input_size", "mean", "std", "crop_pct") if k in cfg}
     out = out or folder / "model.onnx"
-    export_onnx(model.eval(), out, tuple(cfg["input_size"]), onnx_metadata(config.get("label_names"), data))
+    export_onnx(model, out, tuple(cfg["input_size"]), onnx_metadata(config.get("label_names"), data))
     return out
 
 
 def _checkpoint_model(path: Path, image_size: int) -> tuple[nn.Module, tuple[int, int, int], dict]:
-    from lightning_modules.model_loading import ModelSource, create_model
+    from lightning_modules.model_loading import ModelSource, read_state_dict
 
-    hparams = torch.load(path, map_location="cpu", weights_only=True).get("hyper_parameters", {})
+    state_dict, hparams = read_state_dict(path)  # the student's (or Classifier's model's) weights, one read
     source = ModelSource.coerce(hparams.get("student") or hparams.get("model"))
-    source = ModelSource(name=source.name, checkpoint=str(path), model_kwargs=source.model_kwargs)
-    model, _ = create_model(source, num_classes=hparams["num_classes"], in_chans=hparams["in_chans"])
     args = {"num_classes": hparams["num_classes"], "in_chans": hparams["in_chans"], **source.model_kwargs}
     size = (hparams["in_chans"], image_size, image_size)
     data = {"input_size": size, "mean": hparams["data_mean"], "std": hparams["data_std"]}
-    return exportable_copy(source.name, model, args), size, data
+    return exportable_model(source.name, args, state_dict), size, data
 
 
 def main(argv: Optional[list[str]] = None) -> Path:

@@ -192,18 +192,17 @@ def create_model(
 
 def _with_new_head(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The checkpoint's weights with the model's own freshly initialized classifier where the checkpoint's has another shape."""
-    expected = model.state_dict()
+    expected, head = model.state_dict(), _head_prefix(model)
     return {
-        k: expected[k] if _in_head(model, k) and k in expected and v.shape != expected[k].shape else v
+        k: expected[k] if head and k.startswith(head) and k in expected and v.shape != expected[k].shape else v
         for k, v in state_dict.items()
     }
 
 
-def _in_head(model: nn.Module, key: str) -> bool:
-    """Whether a state_dict key belongs to the model's classifier (``fc``, ``head.fc``, ``classifier``...)."""
+def _head_prefix(model: nn.Module) -> Optional[str]:
+    """The state_dict prefix of the model's classifier (``fc.``, ``head.fc.``, ``classifier.``...), if timm names one."""
     head = model.get_classifier() if hasattr(model, "get_classifier") else None
-    name = next((n for n, m in model.named_modules() if m is head and n), None)
-    return name is not None and key.startswith(name + ".")
+    return next((f"{n}." for n, m in model.named_modules() if m is head and n), None)
 
 
 def check_hub_weights_reachable(name: str) -> None:
@@ -268,7 +267,7 @@ def _load_strict(model: nn.Module, state_dict: dict[str, torch.Tensor], source: 
         if tensor.shape != expected[key].shape:
             hint = (
                 " (to fine-tune it to the data's classes, set new_head: true beside checkpoint:)"
-                if _in_head(model, key)
+                if (head := _head_prefix(model)) and key.startswith(head)
                 else ""
             )
             raise ModelLoadingError(
