@@ -357,18 +357,27 @@ def evaluate(source, num_classes: int, in_chans: int, data_args: dict) -> tuple[
 
 def read_scalars(run_dir: Path, tag: str) -> list[float]:
     """Values of one scalar tag in a run's TensorBoard event files, in step order."""
+    return read_scalar_tags(run_dir, [tag])[tag]
+
+
+def read_scalar_tags(run_dir: Path, tags: list[str]) -> dict[str, list[float]]:
+    """Values of each scalar tag in a run's TensorBoard event files, in step order (a resumed run's later value
+    of a step wins); the files are read once."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    events = []
+    events = {tag: [] for tag in tags}
     for file in sorted(run_dir.glob("events.out.tfevents.*")):
         accumulator = EventAccumulator(str(file), size_guidance={"scalars": 0})
         accumulator.Reload()
-        if tag in accumulator.Tags()["scalars"]:
-            events += [(e.step, e.wall_time, e.value) for e in accumulator.Scalars(tag)]
-    by_step = {}
-    for step, _, value in sorted(events, key=lambda e: (e[0], e[1])):
-        by_step[step] = value  # a resumed run's later value wins
-    return [by_step[s] for s in sorted(by_step)]
+        for tag in set(tags) & set(accumulator.Tags()["scalars"]):
+            events[tag] += [(e.step, e.wall_time, e.value) for e in accumulator.Scalars(tag)]
+    result = {}
+    for tag, found in events.items():
+        by_step = {}
+        for step, _, value in sorted(found, key=lambda e: (e[0], e[1])):
+            by_step[step] = value
+        result[tag] = [by_step[s] for s in sorted(by_step)]
+    return result
 
 
 def machine() -> str:

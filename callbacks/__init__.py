@@ -1,6 +1,7 @@
-"""Trainer callbacks: progress lines, memory format, exported students, loss guard, reproducible resume, soft-label cache, predictions, results in HParams."""
+"""Trainer callbacks: progress lines, agreement with the ensemble, memory format, exported students, loss guard, reproducible resume, soft-label cache, predictions, results in HParams."""
 
 from callbacks.channels_last import ChannelsLast
+from callbacks.ensemble_agreement import EnsembleAgreement
 from callbacks.epoch_line import EpochLine
 from callbacks.export_student import ExportStudent
 from callbacks.fast_teachers import FastTeachers
@@ -14,6 +15,7 @@ from callbacks.soft_label_writer import SoftLabelWriter
 __all__ = [
     "ChannelsLast",
     "ClassPredictionWriter",
+    "EnsembleAgreement",
     "EpochLine",
     "ExportStudent",
     "FastTeachers",

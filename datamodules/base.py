@@ -168,6 +168,8 @@ class ClassificationDataModule(L.LightningDataModule):
         self._raw_train: Optional[Dataset] = None
         self._finish: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
         self._pending: Optional[np.ndarray] = None  # images predict still has to write (listed in setup)
+        self._cache_images: Optional[Dataset] = None  # set by split_off_val: all training images, before the split
+        self._cache_rows: Optional[torch.Tensor] = None
 
     _in_chans: int = 3
     _mean: tuple[float, ...]  # set by subclasses
@@ -215,6 +217,7 @@ class ClassificationDataModule(L.LightningDataModule):
             )
         order = torch.randperm(len(train), generator=torch.Generator().manual_seed(self.val_seed))
         held, kept = order[: self.val_size].sort().values, order[self.val_size :].sort().values
+        self._cache_images, self._cache_rows = raw, kept  # the cache covers them all; training reads its rows
         return take(train, kept), take(unaugmented, held), take(raw, kept)
 
     def raw_train_set(self) -> Dataset:
@@ -224,6 +227,13 @@ class ClassificationDataModule(L.LightningDataModule):
                 f"{type(self).__name__} does not support the soft-label cache yet: use ImageFolderData, CIFARData or FashionMNISTData."
             )
         return self._raw_train
+
+    def cache_images(self) -> tuple[Dataset, Optional[torch.Tensor]]:
+        """What the soft-label cache is made of: every training image of the data's own split (held-out val images
+        included, so one cache serves any ``val_size``), and the rows this run trains on (None: all)."""
+        if self._cache_images is not None:
+            return self._cache_images, self._cache_rows
+        return self.raw_train_set(), None
 
     def finish(self, image: torch.Tensor) -> torch.Tensor:
         """uint8 crop -> the model's input (dtype, channels, normalization)."""
@@ -256,14 +266,16 @@ class ClassificationDataModule(L.LightningDataModule):
             )
         if self.soft_labels is None or (stage == "predict" and self.predict_files):
             return
-        raw = self.raw_train_set()
+        raw, rows = self.cache_images()
         if stage == "predict":
             self._open_store_for_predict(raw)
         elif stage == "fit" and not isinstance(self.train_set, CachedCrops):
             self.soft_label_store = SoftLabelStore.open(
                 self.soft_labels, len(raw), self.num_classes, self.cache_fingerprint(raw)
             )
-            self.train_set = CachedCrops(raw, self.soft_label_store, self.render, self.soft_labels.crops_per_sample)
+            self.train_set = CachedCrops(
+                raw, self.soft_label_store, self.render, self.soft_labels.crops_per_sample, rows
+            )
 
     def _open_store_for_predict(self, raw: Dataset) -> None:
         """Under DDP rank 0 creates (or checks) the cache folder first, and every rank lists the pending images
@@ -310,7 +322,9 @@ class ClassificationDataModule(L.LightningDataModule):
             )
         cache = self.soft_labels
         render = functools.partial(self.render, size=cache.teacher_image_size)  # the teachers' resolution, if their own
-        dataset = CropsToCache(self.raw_train_set(), self._pending, cache.crops, global_seed(), self.sample_box, render)
+        dataset = CropsToCache(
+            self.cache_images()[0], self._pending, cache.crops, global_seed(), self.sample_box, render
+        )
         return DataLoader(dataset, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers)
 
     def train_dataloader(self) -> DataLoader:

@@ -318,8 +318,11 @@ class CachedCrops(Dataset):
     of one decoded image come stacked ([m, C, H, W], [m], [m, K], [m, K]) and ``concat_crops`` joins them into the batch.
     """
 
-    def __init__(self, raw: Dataset, store: SoftLabelStore, render, per_sample: int = 1):
+    def __init__(
+        self, raw: Dataset, store: SoftLabelStore, render, per_sample: int = 1, rows: Optional[torch.Tensor] = None
+    ):
         self.raw, self.store, self.render, self.per_sample = raw, store, render, per_sample
+        self.rows = rows.tolist() if rows is not None else None  # the images trained on (a held-out split: fewer)
         self.crops, self.classes = store.meta["crops"], store.meta["classes"]
         if not 1 <= per_sample <= self.crops:
             raise DataError(
@@ -327,10 +330,11 @@ class CachedCrops(Dataset):
             )
 
     def __len__(self) -> int:
-        return len(self.raw) * self.crops
+        return (len(self.rows) if self.rows is not None else len(self.raw)) * self.crops
 
     def __getitem__(self, virtual: int):
         index, first = divmod(virtual, self.crops)
+        index = self.rows[index] if self.rows is not None else index
         image, label = self.raw[index]
         arrays = self.store.arrays
         crops = [(first + j) % self.crops for j in range(self.per_sample)]

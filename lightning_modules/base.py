@@ -7,7 +7,7 @@ import lightning as L
 import torch
 from torch import nn
 
-from lightning_modules.metrics import check_images, log_evaluation, top1_accuracy, topk_accuracy
+from lightning_modules.metrics import calibration_error, check_images, log_evaluation, top1_accuracy, topk_accuracy
 from lightning_modules.optim import EpochSchedule, build_optimizer, check_schedule
 
 
@@ -25,6 +25,8 @@ class NetworkModule(EpochSchedule, L.LightningModule):
         self.train_top1 = top1_accuracy(num_classes)
         self.val_metrics = topk_accuracy(num_classes, "val/")
         self.test_metrics = topk_accuracy(num_classes, "test/")
+        self.val_calibration = calibration_error(num_classes)
+        self.test_calibration = calibration_error(num_classes)
 
     @property
     def network(self) -> nn.Module:
@@ -34,18 +36,23 @@ class NetworkModule(EpochSchedule, L.LightningModule):
         """Inference: the network's logits."""
         return self.network(images)
 
-    def evaluate(self, batch, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """``{stage}/loss`` and ``{stage}/top1|top5`` of the network on a labelled batch; returns the batch."""
+    def evaluate(self, batch, stage: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``{stage}/loss``, ``{stage}/top1|top5`` and ``{stage}/ece`` of the network on a labelled batch;
+        returns the images, labels and logits."""
         images, labels = batch
         check_images(images, self.hparams.in_chans)
-        log_evaluation(self, stage, self(images), labels, self.val_metrics if stage == "val" else self.test_metrics)
-        return images, labels
+        logits = self(images)
+        val = stage == "val"
+        metrics = (self.val_metrics, self.val_calibration) if val else (self.test_metrics, self.test_calibration)
+        log_evaluation(self, stage, logits, labels, *metrics)
+        return images, labels, logits
 
     def validation_step(self, batch, batch_idx):
-        self.evaluate(batch, "val")
+        """Returns the logits, for callbacks that compare them (``EnsembleAgreement``)."""
+        return self.evaluate(batch, "val")[2]
 
     def test_step(self, batch, batch_idx):
-        self.evaluate(batch, "test")
+        return self.evaluate(batch, "test")[2]
 
     def classify_files(self, batch: dict) -> dict:
         """Class probabilities of image files (``data.predict_files``), for ``ClassPredictionWriter``."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from lightning_modules.losses import discriminator_loss
+
 MIN_HIDDEN = 8
 
 
@@ -46,3 +48,13 @@ class _ReverseGradient(torch.autograd.Function):
 def reverse_gradient(x: torch.Tensor) -> torch.Tensor:
     """Identity forward, negated gradient backward: one backward pass gives a min-max game."""
     return _ReverseGradient.apply(x)
+
+
+def discriminator_term(discriminator: Discriminator, batch, adversarial: bool) -> torch.Tensor:
+    """MEAL V2's discriminator BCE on ``[student logits; mean teacher logits]`` of a ``DistillationBatch``.
+
+    ``adversarial``: the student's rows pass a gradient reversal, so the student learns to fool the discriminator
+    (the paper's text); otherwise student and discriminator minimize the same BCE (the released code)."""
+    student_rows = reverse_gradient(batch.student_logits) if adversarial else batch.student_logits
+    rows = torch.cat([student_rows, batch.mean_logits.to(student_rows.dtype)], dim=0)
+    return discriminator_loss(discriminator(rows))

@@ -9,19 +9,23 @@ from typing import Literal, Optional, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 from timm.data.mixup import cutmix_bbox_and_lam
 
 from lightning_modules.base import NetworkModule
-from lightning_modules.discriminator import Discriminator, reverse_gradient
+from lightning_modules.discriminator import Discriminator, discriminator_term
 from lightning_modules.errors import ConfigError, require_positive
-from lightning_modules.losses import discriminator_loss, ensemble_soft_targets
+from lightning_modules.losses import ensemble_soft_targets
 from lightning_modules.metrics import check_images, top1_accuracy, topk_accuracy
-from lightning_modules.model_loading import ModelSource, create_model, data_facts, expected_normalization
-from lightning_modules.objectives import DistillationObjective, as_objective
+from lightning_modules.model_loading import ModelSource, create_model, data_facts
+from lightning_modules.objectives import (
+    DistillationBatch,
+    DistillationObjective,
+    as_objective,
+    hard_label_cross_entropy,
+)
 from lightning_modules.optim import ScheduleName
-from lightning_modules.teachers import FrozenTeacher, TeacherEnsemble, ensemble_warning, teacher_scores
+from lightning_modules.teachers import TeacherEnsemble, build_teacher, ensemble_warning, teacher_scores
 
 DiscriminatorMode = Literal["official", "adversarial", "none"]
 SoftTargets = Literal["online", "cached"]
@@ -96,7 +100,7 @@ class MealV2(NetworkModule):
         self.save_hyperparameters(logger=False)  # HParamsWithResults records them, flattened, with the results
 
         self.teachers = TeacherEnsemble(
-            [self._build_teacher(source, num_classes, in_chans, data_mean, data_std) for source in teacher_sources]
+            [build_teacher(source, num_classes, in_chans, data_mean, data_std) for source in teacher_sources]
         )
         self.student, _ = create_model(student_source, num_classes, in_chans)
         self.discriminator = Discriminator(num_classes) if discriminator != "none" else None
@@ -113,12 +117,6 @@ class MealV2(NetworkModule):
 
     export_name = "student"  # <run>/student/{last,best}
 
-    @staticmethod
-    def _build_teacher(source, num_classes, in_chans, data_mean, data_std) -> FrozenTeacher:
-        model, hparams = create_model(source, num_classes, in_chans, keep_pretrained_head=True)
-        mean, std = expected_normalization(source, model, hparams, data_mean, data_std)
-        return FrozenTeacher(model, data_mean, data_std, mean, std)
-
     # ----------------------------------------------------------------------------------------------
     # The training step
     # ----------------------------------------------------------------------------------------------
@@ -127,44 +125,31 @@ class MealV2(NetworkModule):
         images: torch.Tensor,
         labels: Optional[torch.Tensor] = None,
         cached: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
+        epoch: float = 0.0,
     ) -> dict[str, torch.Tensor]:
-        """All MEAL V2 losses on one batch: the total under ``loss``, its parts beside it.
+        """All loss terms on one batch: the total under ``loss``, each term beside it.
 
-        ``labels`` are used only by the hard-label ablation. ``cached`` (the ensemble's probabilities and
-        mean logits on these crops, from the soft-label cache) replaces the teachers: the same step.
+        ``cached`` (the ensemble's probabilities and mean logits on these crops, from the soft-label cache)
+        replaces the teachers: the same step. ``labels`` are read only by the terms that use them (the
+        hard-label term, DKD); ``epoch`` (fractional epochs elapsed) only by those with a warm-up.
         """
         check_images(images, self.hparams.in_chans)
         if cached is None:
             teacher_logits = self.teachers(images)  # [K, B, C], no gradient, eval mode
-            soft_targets = ensemble_soft_targets(teacher_logits)  # mean of probabilities, fp32
-            teacher_rows = teacher_logits.float().mean(
-                dim=0
-            )  # mean of logits: the discriminator's rows, logit objectives
+            mean_probabilities = ensemble_soft_targets(teacher_logits)  # mean of probabilities, fp32
+            mean_logits = teacher_logits.float().mean(dim=0)  # the discriminator's rows; logit objectives' targets
         else:
-            soft_targets, teacher_rows = cached
-        student_logits = self.student(images)
-        kd = self.objective(student_logits, soft_targets, teacher_rows)
+            mean_probabilities, mean_logits = cached
+        batch = DistillationBatch(self.student(images), labels, mean_probabilities, mean_logits, epoch)
 
-        d_loss = kd.new_zeros(())
+        terms = {"kd": self.objective(batch)}
         if self.discriminator is not None:
-            student_rows = (
-                reverse_gradient(student_logits) if self.hparams.discriminator == "adversarial" else student_logits
+            terms["discriminator"] = discriminator_term(
+                self.discriminator, batch, adversarial=self.hparams.discriminator == "adversarial"
             )
-            d_input = torch.cat([student_rows, teacher_rows.to(student_rows.dtype)], dim=0)
-            d_loss = discriminator_loss(self.discriminator(d_input))
-
-        total = kd + d_loss
         if self.hparams.hard_label_weight > 0:
-            if labels is None:
-                raise ValueError("hard_label_weight > 0 needs the labels: pass them to distillation_losses.")
-            total = total + self.hparams.hard_label_weight * F.cross_entropy(student_logits.float(), labels)
-        return {
-            "kd": kd,
-            "discriminator": d_loss,
-            "loss": total,
-            "student_logits": student_logits,
-            "soft_targets": soft_targets,
-        }
+            terms["hard_label"] = self.hparams.hard_label_weight * hard_label_cross_entropy(batch)
+        return {**terms, "loss": sum(terms.values()), "batch": batch}
 
     def training_step(self, batch, batch_idx):
         images, labels, *cached = batch
@@ -176,17 +161,16 @@ class MealV2(NetworkModule):
         mixed = self.hparams.cutmix_prob > 0 and np.random.rand() < self.hparams.cutmix_prob
         if mixed:
             images = self._cutmix(images)
-        out = self.distillation_losses(images, labels, tuple(cached) if cached else None)
+        epoch = self.current_epoch + batch_idx / max(self.trainer.num_training_batches, 1)
+        out = self.distillation_losses(images, labels, tuple(cached) if cached else None, epoch)
 
-        for name, value in (
-            ("kd_loss", out["kd"]),
-            ("discriminator_loss", out["discriminator"]),
-            ("loss", out["loss"]),
-        ):
+        terms = {f"{name}_loss": out[name] for name in ("kd", "discriminator", "hard_label") if name in out}
+        for name, value in {**terms, "loss": out["loss"]}.items():
             self.log(f"train/{name}", value, on_step=True, on_epoch=False, prog_bar=name == "kd_loss")  # per step
             self.log(f"train/{name}_epoch", value, on_step=False, on_epoch=True)  # the epoch's mean
-        predictions = out["student_logits"].detach()
-        self.train_agreement(predictions, out["soft_targets"].argmax(dim=-1))
+        batch = out["batch"]
+        predictions = batch.student_logits.detach()
+        self.train_agreement(predictions, batch.mean_probabilities.argmax(dim=-1))
         self.log("train/agreement", self.train_agreement, on_step=False, on_epoch=True)
         if not mixed:
             self.train_top1(predictions, labels)
@@ -258,14 +242,14 @@ class MealV2(NetworkModule):
         named = list(self.teachers.named_parameters()) + list(self.teachers.named_buffers())
         return [f"teachers.{name}" for name, _ in named]
 
-    def evaluate(self, batch, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
-        images, labels = super().evaluate(batch, stage)
+    def evaluate(self, batch, stage: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        images, labels, logits = super().evaluate(batch, stage)
         if self._teacher_eval_pending and not self.trainer.sanity_checking:
             teacher_logits = self.teachers(images)
             for metric, logits_k in zip(self.teacher_metrics[:-1], teacher_logits, strict=True):  # [-1]: the ensemble
                 metric.update(logits_k, labels)
             self.teacher_metrics[-1].update(ensemble_soft_targets(teacher_logits), labels)
-        return images, labels
+        return images, labels, logits
 
     def _log_teacher_ceiling(self, stage: str) -> None:
         if not self._teacher_eval_pending or self.trainer.sanity_checking:

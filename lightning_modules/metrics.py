@@ -1,10 +1,10 @@
-"""Top-1 / top-5 accuracy (torchmetrics) with the project's metric names, evaluation logging, batch checks."""
+"""Evaluation metrics (torchmetrics) with the project's names: top-1 / top-5, NLL, calibration; batch checks."""
 
 from __future__ import annotations
 
 import torch
 from torchmetrics import MetricCollection
-from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibrationError
 
 
 def top1_accuracy(num_classes: int) -> MulticlassAccuracy:
@@ -20,6 +20,11 @@ def topk_accuracy(num_classes: int, prefix: str = "") -> MetricCollection:
     return MetricCollection(metrics, prefix=prefix)
 
 
+def calibration_error(num_classes: int) -> MulticlassCalibrationError:
+    """Expected calibration error of the top-1 confidence, 15 equal-width bins (the usual reporting)."""
+    return MulticlassCalibrationError(num_classes, n_bins=15, norm="l1")
+
+
 def check_images(images: torch.Tensor, in_chans: int) -> None:
     """Refuse a batch the model cannot take (shape metadata only: no device sync)."""
     if images.ndim != 4 or images.shape[1] != in_chans:
@@ -29,9 +34,20 @@ def check_images(images: torch.Tensor, in_chans: int) -> None:
         )
 
 
-def log_evaluation(module, stage: str, logits: torch.Tensor, labels: torch.Tensor, metrics: MetricCollection) -> None:
-    """``{stage}/loss`` (hard-label cross-entropy, synced over ranks) and ``{stage}/top1|top5``."""
-    loss = torch.nn.functional.cross_entropy(logits.float(), labels)
+def log_evaluation(
+    module,
+    stage: str,
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    metrics: MetricCollection,
+    calibration: MulticlassCalibrationError,
+) -> None:
+    """``{stage}/loss`` (the NLL: hard-label cross-entropy, synced over ranks), ``{stage}/top1|top5`` and
+    ``{stage}/ece`` (expected calibration error, 15 bins)."""
+    logits = logits.float()
+    loss = torch.nn.functional.cross_entropy(logits, labels)
     module.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=True, sync_dist=True)
     metrics(logits, labels)
     module.log_dict(metrics, on_epoch=True, prog_bar=True)
+    calibration(logits.softmax(-1), labels)
+    module.log(f"{stage}/ece", calibration, on_epoch=True)

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from lightning_modules.losses import ensemble_soft_targets
+from lightning_modules.model_loading import ModelSource, create_model, expected_normalization
 
 
 class FrozenTeacher(nn.Module):
@@ -42,6 +43,15 @@ class FrozenTeacher(nn.Module):
         if weight is not None and weight.dtype != images.dtype:
             images = images.to(weight.dtype)
         return self.model(images).float()
+
+
+def build_teacher(
+    source: ModelSource, num_classes: int, in_chans: int, data_mean: Sequence[float], data_std: Sequence[float]
+) -> FrozenTeacher:
+    """A frozen teacher from its source, fed the data's normalization re-mapped to its own."""
+    model, hparams = create_model(source, num_classes, in_chans, keep_pretrained_head=True)
+    mean, std = expected_normalization(source, model, hparams, data_mean, data_std)
+    return FrozenTeacher(model, data_mean, data_std, mean, std)
 
 
 class TeacherEnsemble(nn.Module):

@@ -304,3 +304,37 @@ def test_demo_trains_from_the_shipped_zoo_and_soft_labels_on_the_real_data(tmp_p
     assert "Warning" not in result.stdout and "warn" not in result.stdout.lower()
     rows = {row["run"]: row for row in json.loads((out / "results.json").read_text())["rows"]}
     assert rows["MEAL V2 student"]["epochs"] == 1 and rows["baseline: init + hard labels"]["epochs"] == 1
+
+
+def test_method_table_chooses_on_held_out_images_then_trains_its_rows_end_to_end(tiny_zoo, tmp_path):
+    """`make ablations` shrunk: the zoo evaluated, Hinton KD's T chosen on held-out images, two rows, the table."""
+    zoo_dir, data_dir = tiny_zoo
+    out = tmp_path / "table"
+    command = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "method_table.py"),
+        *("--smoke", "--zoo", str(zoo_dir), "--out", str(out), "--data-dir", str(data_dir)),
+        *(
+            "--precision",
+            "32-true",
+            "--seeds",
+            "1",
+            "--held-out",
+            "16",
+            "--no-patient",
+            "--rows",
+            "meal_v2",
+            "hinton_kd",
+        ),
+    ]
+    run = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    assert "chosen on 16 held-out training images" in run.stdout
+    table = json.loads((out / "table.json").read_text())
+    assert [row["key"] for row in table["rows"]] == ["meal_v2", "hinton_kd"]
+    assert set(table["temperature_selection"]) == {"1", "2", "4", "8"}
+    kd = yaml.safe_load((out / "seed0/runs/fashion_mnist/hinton_kd/main/config.yaml").read_text())
+    assert kd["data"]["init_args"]["val_size"] == 0  # reported on the test images, chosen elsewhere
+    assert kd["model"]["init_args"]["objective"]["init_args"]["temperature"] == table["chosen_temperature"]
+    for row in table["rows"]:
+        assert all(row[metric] is not None for metric in ("top1", "agreement", "nll", "ece"))

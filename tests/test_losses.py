@@ -61,19 +61,3 @@ def test_discriminator_widths_follow_released_code_and_never_fall_below_8():
         disc = Discriminator(classes)
         out = disc(torch.randn(6, classes))
         assert out.shape == (6, 2) and (out >= 0).all()  # ReLU after the last layer, as released
-
-
-def test_hinton_kd_is_the_temperature_scaled_kl_to_the_softened_mean_logits():
-    from lightning_modules.objectives import HintonKD, SoftCrossEntropy, as_objective
-
-    torch.manual_seed(0)
-    student, mean_logits = torch.randn(6, 5), 3 * torch.randn(6, 5)
-    t = 4.0
-    p = (mean_logits / t).softmax(-1)
-    by_hand = (p * (p.log() - (student / t).log_softmax(-1))).sum(-1).mean() * t * t
-    torch.testing.assert_close(HintonKD(t)(student, None, mean_logits), by_hand)
-    probabilities = mean_logits.softmax(-1)
-    assert SoftCrossEntropy()(student, probabilities, mean_logits) == soft_cross_entropy(student, probabilities)
-    restored = as_objective(HintonKD(2.5).describe())  # as the checkpoint's hyperparameters hold it
-    assert isinstance(restored, HintonKD) and restored.temperature == 2.5
-    assert isinstance(as_objective(None), SoftCrossEntropy)

@@ -73,7 +73,7 @@ def test_hard_label_ablation_adds_cross_entropy():
     images, labels = batches(8)
     plain = tiny_meal().distillation_losses(images, labels)
     with_labels = tiny_meal(hard_label_weight=0.5).distillation_losses(images, labels)
-    ce = torch.nn.functional.cross_entropy(plain["student_logits"], labels)
+    ce = torch.nn.functional.cross_entropy(plain["batch"].student_logits, labels)
     torch.testing.assert_close(with_labels["loss"], plain["loss"] + 0.5 * ce)
 
 

@@ -30,25 +30,43 @@ def test_decoded_teacher_logits_are_exact_with_every_class_and_fill_the_tail_wit
     torch.testing.assert_close(top2, torch.tensor([[1.0, 3.0, 1.0, 1.0]]))
 
 
-@pytest.mark.parametrize("objective", ["SoftCrossEntropy", "HintonKD"])
+@pytest.mark.parametrize("objective", ["SoftCrossEntropy", "HintonKD", "DKD", "DIST"])
 def test_cached_step_equals_the_online_step_on_the_same_crops_with_every_class_stored(tmp_path, monkeypatch, objective):
-    """KD and discriminator losses from the cache (all 10 classes stored) match the teachers run on the same crops,
-    for MEAL V2's objective and for one that reads the mean logits (Hinton KD)."""
+    """Every term from the cache (all 10 classes stored) matches the teachers run on the same crops, for MEAL V2's
+    objective and for each that reads the mean logits and the labels (Hinton KD, DKD, DIST)."""
     monkeypatch.chdir(tmp_path)
     config = write_config(tmp_path, cutmix_prob=0.0)
     choice = [f"--model.init_args.objective=lightning_modules.objectives.{objective}"]
     cli = main(["predict", "--config", str(config), *cache_args(tmp_path, top_k=10), *choice])
     data, module = cli.datamodule, cli.model
     replay = CachedCrops(data.raw_train_set(), data.soft_label_store, data.render)
-    images, _, soft, logits = (
+    images, labels, soft, logits = (
         torch.stack([torch.as_tensor(replay[i][j]) for i in range(0, 288, 17)]) for j in range(4)
     )
     with torch.no_grad():
-        online = module.distillation_losses(images)
-        cached = module.distillation_losses(images, cached=(soft, logits))
-    assert float(online["discriminator"]) > 0.1  # the discriminator term is really compared
+        online = module.distillation_losses(images, labels, epoch=30.0)  # past DKD's warm-up
+        cached = module.distillation_losses(images, labels, cached=(soft, logits), epoch=30.0)
+    assert float(online["discriminator"]) > 0.1 and float(online["kd"]) > 0  # the terms are really compared
     for name in ("kd", "discriminator", "loss"):
         torch.testing.assert_close(cached[name], online[name], atol=2e-3, rtol=1e-3)
+
+
+def test_a_cache_of_all_training_images_serves_a_run_that_holds_some_out(tmp_path, monkeypatch):
+    """Choices are made on held-out training images from the same cache: the run trains on its rows only."""
+    monkeypatch.chdir(tmp_path)
+    config = write_config(tmp_path, cutmix_prob=0.0)
+    main(["predict", "--config", str(config), *cache_args(tmp_path)])
+    held_out = ["--model.init_args.soft_targets=cached", "--data.init_args.val_size=16", "--data.init_args.val_seed=3"]
+    cli = main(["fit", "--config", str(config), *cache_args(tmp_path), *held_out, "--trainer.max_epochs=1"])
+    data = cli.datamodule
+    everything, rows = data.cache_images()
+    train, val = data.train_set, data.val_set
+    assert (len(everything), len(rows), len(train), len(val)) == (96, 80, 80 * 3, 16)
+    assert torch.equal(everything.images[rows], data.raw_train_set().images)  # rows are the training images
+    kept = {tuple(image.flatten().tolist()) for image in data.raw_train_set().images}
+    assert not any(tuple(image.flatten().tolist()) in kept for image in val.images), "a val image is trained on"
+    for virtual in (0, 5, 3 * 79 + 2):  # each replayed label is its own image's
+        assert train[virtual][1] == everything.labels[rows[virtual // 3]]
 
 
 def test_a_cache_without_every_class_cannot_serve_an_objective_that_needs_the_logits(tmp_path, monkeypatch):

@@ -1,0 +1,383 @@
+"""Does MEAL V2 work? It, beside the hard-label baseline, Hinton KD, DKD and DIST, and the paper's ablations, on the
+embedded default (``make ablations``).
+
+Every row gets the demo's budget: the zoo's ResNet-8 init, 7 epochs, cosine from lr 0.01, batch 128, the same
+ensemble and, where the run is cached, the same stored crops; each run's last epoch on the 10,000 test images, no
+selection on them. What a row needs chosen is chosen first on held-out training images (``--held-out`` of the
+60,000, ``data.val_size``): Hinton KD's temperature from {1, 2, 4, 8}. Runs go side by side as in the demo; finished
+runs are skipped and an interrupted one resumes. The table gives each row's mean with a 95 % t-interval over
+seeds and, paired by seed, MEAL V2's lead over it; a 30-epoch baseline / MEAL V2 pair asks whether patience widens
+the margin.
+
+    python benchmarks/method_table.py             # everything (results/method_table/): see README for the time
+    python benchmarks/method_table.py --summary   # only the table and the plot from the runs done so far
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import demo  # noqa: E402
+import zoo  # noqa: E402
+from demo import CONFIGS, MEAL_CONFIG, Pipeline, Step  # noqa: E402
+
+BASELINE_CONFIG = CONFIGS / "baseline_resnet8_hard_labels.yaml"
+METHODS, ABLATIONS = CONFIGS / "methods", CONFIGS / "ablations"
+PATIENT = CONFIGS / "schedules" / "patient_30_epochs.yaml"
+TEMPERATURES = (1.0, 2.0, 4.0, 8.0)
+TEMPERATURE = "--model.init_args.objective.init_args.temperature"
+TAGS = {"top1": "val/top1", "agreement": "val/agreement", "nll": "val/loss", "ece": "val/ece"}
+
+
+@dataclass(frozen=True)
+class Row:
+    key: str  # run name
+    label: str
+    configs: tuple[Path, ...]
+    seeds: int  # how many seeds (0, 1, ...) the full table runs
+    chosen_temperature: bool = False  # Hinton KD: T from the held-out selection
+
+
+ROWS = [
+    Row("baseline", "hard labels (baseline)", (BASELINE_CONFIG,), 5),
+    Row("meal_v2", "MEAL V2", (MEAL_CONFIG,), 5),
+    Row("hinton_kd", "Hinton KD", (MEAL_CONFIG, METHODS / "hinton_kd.yaml"), 5, chosen_temperature=True),
+    Row("dkd", "DKD", (MEAL_CONFIG, METHODS / "dkd.yaml"), 5),
+    Row("dist", "DIST", (MEAL_CONFIG, METHODS / "dist.yaml"), 5),
+    *(
+        Row(f"ablation_{name}", label, (MEAL_CONFIG, ABLATIONS / f"{name}.yaml"), 3)
+        for name, label in (
+            ("no_discriminator", "MEAL V2 without the discriminator"),
+            ("adversarial_discriminator", "MEAL V2, adversarial discriminator"),
+            ("hard_labels", "MEAL V2 + hard labels"),
+            ("single_teacher", "MEAL V2 from the single best teacher"),
+            ("random_init", "MEAL V2 from a random init"),
+        )
+    ),
+]
+REFERENCE = "meal_v2"  # the row every other is paired with
+PAIR = ("baseline", "meal_v2")  # the patient schedule's two runs
+
+
+@dataclass
+class Table:
+    out: Path
+    seeds: int = 5  # at most this many seeds per row (each row's own count caps it)
+    held_out: int = 10_000
+    zoo_dir: Path = zoo.ZOO_DIR
+    data_dir: Optional[str] = None
+    precision: Optional[str] = None
+    smoke: bool = False
+    patient: bool = True
+    rows: tuple[str, ...] = tuple(row.key for row in ROWS)  # which rows to run (keys)
+
+    def selected(self) -> list[Row]:
+        return [row for row in ROWS if row.key in self.rows]
+
+    def pipeline(self, part: str, seed: int = 0) -> Pipeline:
+        return Pipeline(self.out / part, seed, self.zoo_dir, self.data_dir, self.precision, self.smoke)
+
+    def selection_steps(self) -> list[Step]:
+        """Hinton KD at each temperature, validated on held-out training images."""
+        held_out = (f"--data.init_args.val_size={self.held_out}",)
+        configs = (MEAL_CONFIG, METHODS / "hinton_kd.yaml")
+        return [
+            Step(f"hinton_kd_T{t:g}", f"Hinton KD, T={t:g}", configs, args=(f"{TEMPERATURE}={t}", *held_out))
+            for t in TEMPERATURES
+        ]
+
+    def chosen_temperature(self) -> float:
+        """The temperature with the best last-epoch top-1 on the held-out images (ties: the lower T)."""
+        pipeline = self.pipeline("selection")
+        scores = {}
+        for step, t in zip(self.selection_steps(), TEMPERATURES, strict=True):
+            values = zoo.read_scalars(pipeline.run_dir(step), "val/top1")
+            if not values:
+                raise demo.DemoError(f"{step.name} has no val/top1: run the selection first.")
+            scores[t] = values[-1]
+        return max(TEMPERATURES, key=lambda t: (scores[t], -t))
+
+    def row_step(self, row: Row, temperature: Optional[float] = None) -> Step:
+        args = (f"{TEMPERATURE}={temperature}",) if row.chosen_temperature else ()
+        return Step(row.key, row.label, row.configs, args=args)
+
+    def jobs(self, temperature: Optional[float]) -> list[tuple[Pipeline, Step]]:
+        """Seed-major, so an interrupted table has whole seeds."""
+        return [
+            (self.pipeline(f"seed{seed}", seed), self.row_step(row, temperature))
+            for seed in range(self.seeds)
+            for row in self.selected()
+            if seed < row.seeds
+        ]
+
+    def patient_steps(self) -> list[Step]:
+        rows = {row.key: row for row in ROWS}
+        return [Step(f"patient_{key}", f"{rows[key].label}, 30 epochs", (*rows[key].configs, PATIENT)) for key in PAIR]
+
+    def run(self) -> dict:
+        started = time.perf_counter()
+        zoo_pipeline = self.pipeline("zoo")
+        zoo_pipeline.prepare()
+        self.precision = zoo_pipeline.precision
+        selection = self.pipeline("selection")
+        parts = [selection, *(self.pipeline(f"seed{s}", s) for s in range(self.seeds))]
+        for pipeline in parts + ([self.pipeline("patient")] if self.patient else []):
+            pipeline.prepare()
+        choosing = any(row.chosen_temperature for row in self.selected())
+        demo.run_side_by_side(
+            [(zoo_pipeline, demo.STEPS[0])] + [(selection, s) for s in self.selection_steps() if choosing]
+        )
+        temperature = self.chosen_temperature() if choosing else None
+        if choosing:
+            print(f"Hinton KD: T={temperature:g} chosen on {self.held_out} held-out training images", flush=True)
+        jobs = self.jobs(temperature)
+        if self.patient:
+            jobs += [(self.pipeline("patient"), step) for step in self.patient_steps()]
+        demo.run_side_by_side(jobs)
+        return self.summarize(round(time.perf_counter() - started, 1))
+
+    # ----------------------------------------------------------------------------------------------
+    # The table
+    # ----------------------------------------------------------------------------------------------
+    def last_values(self, pipeline: Pipeline, step: Step) -> Optional[dict]:
+        """A finished run's last-epoch metrics (top-1, agreement, ECE in %; NLL), or None if it has not finished."""
+        folder = pipeline.run_dir(step)
+        if not (folder / "done.json").is_file():
+            return None
+        scalars = zoo.read_scalar_tags(folder, list(TAGS.values()))
+        values = {key: (scalars[tag][-1] if scalars[tag] else None) for key, tag in TAGS.items()}
+        return {k: (100 * v if v is not None and k != "nll" else v) for k, v in values.items()}
+
+    def summarize(self, seconds: Optional[float] = None) -> dict:
+        per_row = {}
+        for row in ROWS:
+            by_seed = {}
+            for seed in range(row.seeds):
+                pipeline = self.pipeline(f"seed{seed}", seed)
+                if (found := self.last_values(pipeline, self.row_step(row))) is not None:
+                    by_seed[seed] = found
+            per_row[row.key] = by_seed
+        rows = [table_row(row, per_row[row.key], per_row[REFERENCE]) for row in ROWS if per_row[row.key]]
+        selection = {}
+        for step, t in zip(self.selection_steps(), TEMPERATURES, strict=True):
+            if (found := self.last_values(self.pipeline("selection"), step)) is not None:
+                selection[f"{t:g}"] = found["top1"]
+        result = {
+            "machine": zoo.machine(),
+            "precision": self.precision or self.precision_used(),
+            "held_out_images": self.held_out,
+            "temperature_selection": selection,
+            "chosen_temperature": self.chosen_temperature() if len(selection) == len(TEMPERATURES) else None,
+            "zoo": self.zoo_rows(),
+            "rows": rows,
+            "patient": self.patient_pair(),
+            "seconds": seconds,
+        }
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "table.json").write_text(json.dumps(result, indent=2))
+        text = markdown(result)
+        (self.out / "table.md").write_text(text)
+        print(text, flush=True)
+        return result
+
+    def precision_used(self) -> Optional[str]:
+        """The precision the runs were made with (read back from a run's saved config, for ``--summary``)."""
+        import yaml
+
+        for config in sorted(self.out.glob("seed*/runs/fashion_mnist/*/main/config.yaml")):
+            return yaml.safe_load(config.read_text())["trainer"]["precision"]
+        return None
+
+    def zoo_rows(self) -> dict:
+        """The zoo's teachers, ensemble and init on the test images (the validate step: one evaluation)."""
+        folder = self.pipeline("zoo").run_dir(demo.STEPS[0])
+        tags = {
+            "teacher: ResNet-20": "val/teacher0_top1",
+            "teacher: WRN-16-2": "val/teacher1_top1",
+            "teacher ensemble": "val/ensemble_top1",
+            "student init": "val/top1",
+        }
+        scalars = zoo.read_scalar_tags(folder, [*tags.values(), *TAGS.values()])
+        result = {label: 100 * scalars[tag][-1] for label, tag in tags.items() if scalars[tag]}
+        init = {key: scalars[tag][-1] for key, tag in TAGS.items() if scalars[tag]}
+        if init:
+            result["student init, detail"] = {k: (v if k == "nll" else 100 * v) for k, v in init.items()}
+        return result
+
+    def patient_pair(self) -> dict:
+        """Val top-1 per epoch of the 30-epoch pair (seed 0)."""
+        pipeline = self.pipeline("patient")
+        curves = {}
+        for step in self.patient_steps():
+            values = zoo.read_scalars(pipeline.run_dir(step), "val/top1")
+            if values:
+                curves[step.name] = [100 * v for v in values]
+        return curves
+
+    def plot(self, result: dict) -> Optional[Path]:
+        curves = result["patient"]
+        if not curves:
+            return None
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        labels = {f"patient_{PAIR[0]}": "hard labels (baseline)", f"patient_{PAIR[1]}": "MEAL V2"}
+        figure, axis = plt.subplots(figsize=(8, 5))
+        for name, values in curves.items():
+            axis.plot(range(1, len(values) + 1), values, marker="o", markersize=3, label=labels.get(name, name))
+        for label, style in (("teacher ensemble", "--"), ("student init", ":")):
+            if label in result["zoo"]:
+                value = result["zoo"][label]
+                axis.axhline(value, color="grey", linestyle=style, linewidth=1, label=f"{label} ({value:.2f})")
+        axis.set_xlabel("epoch (cosine schedule over 30 epochs, from the zoo's ResNet-8 init)")
+        axis.set_ylabel("val top-1 on the 10,000 test images (%)")
+        axis.set_title("Fashion-MNIST, seed 0: does patience widen MEAL V2's margin?")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+        figure.tight_layout()
+        path = self.out / "patient_val_top1.png"
+        figure.savefig(path, dpi=120)
+        plt.close(figure)
+        return path
+
+
+# 97.5 % quantiles of Student's t for 1..30 degrees of freedom (two-sided 95 % intervals).
+T_975 = (
+    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
+    2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
+    2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
+)  # fmt: skip
+
+
+def interval(values: list[float]) -> dict:
+    """Mean and its 95 % t-interval (half-width None with fewer than 2 values)."""
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return {"n": n, "mean": mean, "half_width": None}
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    return {"n": n, "mean": mean, "half_width": T_975[min(n - 1, len(T_975)) - 1] * sd / math.sqrt(n)}
+
+
+def table_row(row: Row, by_seed: dict[int, dict], reference: dict[int, dict]) -> dict:
+    result = {"key": row.key, "label": row.label, "seeds": sorted(by_seed)}
+    for metric in TAGS:
+        values = [v[metric] for v in by_seed.values() if v[metric] is not None]
+        result[metric] = interval(values) if values else None
+    result["top1_by_seed"] = {s: v["top1"] for s, v in by_seed.items()}
+    common = sorted(set(by_seed) & set(reference))
+    if row.key != REFERENCE and common:
+        leads = [reference[s]["top1"] - by_seed[s]["top1"] for s in common]
+        result["meal_v2_lead"] = {
+            **interval(leads),
+            "ahead": sum(d > 0 for d in leads),
+            "by_seed": dict(zip(common, leads, strict=True)),
+        }
+    return result
+
+
+def cell(stat: Optional[dict], form: str = "{:.2f}", signed: bool = False) -> str:
+    if stat is None:
+        return ""
+    mean = (form.replace("{:", "{:+") if signed else form).format(stat["mean"])
+    return mean if stat["half_width"] is None else f"{mean} ± {form.format(stat['half_width'])}"
+
+
+def markdown(result: dict) -> str:
+    selection = ", ".join(f"T={t}: {v:.2f}" for t, v in result["temperature_selection"].items())
+    lines = [
+        f"Fashion-MNIST, {result['machine']}, precision {result['precision']}"
+        + (f", {result['seconds'] / 60:.0f} min" if result.get("seconds") else "")
+        + ". Every row trains the zoo's ResNet-8 init (93.15 %) for 7 epochs: SGD, momentum 0.9, cosine from lr 0.01, "
+        "batch 128, the same ensemble (ResNet-20 + WRN-16-2) and, where cached, the same stored crops. Weight decay: "
+        "5e-4 for the hard-label baseline (its recipe's), 0 for every distillation row (MEAL V2's). MEAL V2 rows: soft "
+        "cross-entropy on the mean of probabilities + the released discriminator, no labels; Hinton KD, DKD, DIST: "
+        "their loss on the mean teacher logits + the hard-label cross-entropy (weight 1), no discriminator. Top-1, "
+        "agreement with the ensemble's top-1, NLL and ECE (15 bins) on the 10,000 test images at the last epoch, "
+        "mean ± 95 % t-interval over seeds; MEAL V2's lead paired by seed (same init, same batches)."
+        + (
+            f" Hinton KD's T chosen on {result['held_out_images']:,} held-out training images ({selection})."
+            if selection
+            else ""
+        ),
+        "",
+        "| row | seeds | top-1 (%) | MEAL V2 − row (points) | MEAL V2 ahead | agreement (%) | NLL | ECE (%) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in result["rows"]:
+        lead = row.get("meal_v2_lead")
+        lines.append(
+            f"| {row['label']} | {len(row['seeds'])} | {cell(row['top1'])} | "
+            + (f"{cell(lead, signed=True)} | {lead['ahead']}/{lead['n']} | " if lead else "— | — | ")
+            + f"{cell(row['agreement'])} | {cell(row['nll'], '{:.3f}')} | {cell(row['ece'])} |"
+        )
+    zoo_rows = {k: v for k, v in result["zoo"].items() if not isinstance(v, dict)}
+    if zoo_rows:
+        lines += ["", "The zoo on the same images: " + ", ".join(f"{k} {v:.2f} %" for k, v in zoo_rows.items()) + "."]
+    if result["patient"]:
+        lines.append("")
+        lines.append(patient_line(result))
+    return "\n".join(lines) + "\n"
+
+
+def patient_line(result: dict) -> str:
+    curves = result["patient"]
+    last = {name: values[-1] for name, values in curves.items()}
+    parts = [
+        f"{name.removeprefix('patient_')} {value:.2f} % after {len(curves[name])} epochs"
+        for name, value in last.items()
+    ]
+    line = "Patient schedule (seed 0, 30 epochs, cosine): " + ", ".join(parts)
+    base, meal = (last.get(f"patient_{key}") for key in PAIR)
+    init, ensemble = result["zoo"].get("student init"), result["zoo"].get("teacher ensemble")
+    if None not in (base, meal, init, ensemble):
+        line += f"; MEAL V2 − baseline {meal - base:+.2f}, init -> ensemble gap closed {100 * (meal - init) / (ensemble - init):.0f} %"
+    return line + "."
+
+
+def main(argv: Optional[list[str]] = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=ROOT / "results" / "method_table")
+    parser.add_argument("--seeds", type=int, default=5, help="at most this many seeds per row (default 5)")
+    parser.add_argument("--held-out", type=int, default=10_000, help="training images held out for the choices")
+    parser.add_argument("--zoo", type=Path, default=zoo.ZOO_DIR)
+    parser.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST IDX files")
+    parser.add_argument("--precision", default=None, help="Trainer precision (default: as the demo picks it)")
+    parser.add_argument("--no-patient", action="store_true", help="leave out the 30-epoch pair")
+    parser.add_argument("--rows", nargs="+", choices=[r.key for r in ROWS], default=[r.key for r in ROWS])
+    parser.add_argument("--summary", action="store_true", help="only the table from the runs done so far")
+    parser.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)  # tiny runs, for the tests
+    args = parser.parse_args(argv)
+    table = Table(
+        args.out.resolve(),
+        args.seeds,
+        args.held_out,
+        args.zoo.resolve(),
+        str(Path(args.data_dir).resolve()) if args.data_dir else None,
+        args.precision,
+        args.smoke,
+        not args.no_patient,
+        tuple(args.rows),
+    )
+    try:
+        result = table.summarize() if args.summary else table.run()
+    except (zoo.ZooError, demo.DemoError) as error:
+        raise SystemExit(f"error: {error}") from None
+    table.plot(result)
+    return result
+
+
+if __name__ == "__main__":
+    main()

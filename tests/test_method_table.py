@@ -1,0 +1,96 @@
+"""The method table (benchmarks/method_table.py): choices on held-out images only, intervals, pairing by seed."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from torch.utils.tensorboard import SummaryWriter
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import method_table  # noqa: E402
+from method_table import ROWS, TEMPERATURES, Table, interval  # noqa: E402
+
+
+def write_run(folder: Path, top1: list[float], done: bool = True, **last) -> None:
+    """A finished run's TensorBoard scalars: val/top1 per epoch (fractions), other tags at the last epoch."""
+    folder.mkdir(parents=True, exist_ok=True)
+    writer = SummaryWriter(str(folder))
+    for step, value in enumerate(top1):
+        writer.add_scalar("val/top1", value, step)
+    for tag, value in last.items():
+        writer.add_scalar(tag, value, len(top1) - 1)
+    writer.close()
+    if done:
+        (folder / "done.json").write_text(json.dumps({"seconds": 1.0}))
+
+
+def test_interval_is_the_mean_with_a_95_percent_t_interval():
+    stat = interval([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert stat["mean"] == 3.0 and stat["n"] == 5
+    assert stat["half_width"] == pytest.approx(2.776 * (2.5**0.5) / 5**0.5, rel=1e-4)
+    assert interval([2.0])["half_width"] is None
+
+
+def test_temperature_is_chosen_on_held_out_training_images_never_on_the_test_images(tmp_path):
+    table = Table(tmp_path)
+    selection = table.pipeline("selection")
+    for step in table.selection_steps():
+        assert "--data.init_args.val_size=10000" in selection.command(step)  # validated on held-out images
+    held_out = dict(zip(TEMPERATURES, (0.90, 0.93, 0.92, 0.91), strict=True))
+    for step, t in zip(table.selection_steps(), TEMPERATURES, strict=True):
+        write_run(selection.run_dir(step), [0.5, held_out[t]])
+    # A run on the test images that would win if it were read: the choice must not see it.
+    kd = next(row for row in ROWS if row.chosen_temperature)
+    write_run(table.pipeline("seed0", 0).run_dir(table.row_step(kd, 8.0)), [0.99])
+    assert table.chosen_temperature() == 2.0
+    for pipeline, step in table.jobs(2.0):
+        command = pipeline.command(step)
+        assert not any("val_size" in arg for arg in command)  # the table's rows report on the test images
+        assert ("--model.init_args.objective.init_args.temperature=2.0" in command) == (step.name == kd.key)
+
+
+def test_summary_pairs_every_row_with_meal_v2_by_seed(tmp_path):
+    table = Table(tmp_path, seeds=3)
+    values = {"meal_v2": (0.934, 0.935, 0.936), "baseline": (0.932, 0.936, 0.933)}
+    for seed in range(3):
+        pipeline = table.pipeline(f"seed{seed}", seed)
+        for key, tops in values.items():
+            row = next(r for r in ROWS if r.key == key)
+            write_run(
+                pipeline.run_dir(table.row_step(row)),
+                [0.9, tops[seed]],
+                **{"val/agreement": 0.97, "val/loss": 0.2, "val/ece": 0.01},
+            )
+    result = table.summarize()
+    rows = {row["key"]: row for row in result["rows"]}
+    assert set(rows) == {"meal_v2", "baseline"}
+    lead = rows["baseline"]["meal_v2_lead"]
+    assert lead["by_seed"] == pytest.approx({0: 0.2, 1: -0.1, 2: 0.3}, abs=1e-4)  # TensorBoard keeps fp32
+    assert lead["ahead"] == 2 and lead["mean"] == pytest.approx(0.4 / 3, abs=1e-4)
+    assert rows["meal_v2"]["top1"]["mean"] == pytest.approx(93.5, abs=1e-4) and "meal_v2_lead" not in rows["meal_v2"]
+    assert rows["meal_v2"]["agreement"]["mean"] == pytest.approx(97.0, abs=1e-4) and rows["meal_v2"]["nll"][
+        "mean"
+    ] == pytest.approx(0.2)
+    text = (tmp_path / "table.md").read_text()
+    assert "| hard labels (baseline) | 3 | 93.37 ± " in text and "| +0.13 ± " in text and "| 2/3 |" in text
+    assert "Weight decay: 5e-4 for the hard-label baseline" in text
+
+
+def test_an_unfinished_run_is_left_out_of_the_table(tmp_path):
+    table = Table(tmp_path, seeds=2)
+    meal = next(r for r in ROWS if r.key == "meal_v2")
+    write_run(table.pipeline("seed0", 0).run_dir(table.row_step(meal)), [0.93])
+    write_run(table.pipeline("seed1", 1).run_dir(table.row_step(meal)), [0.5], done=False)
+    (row,) = table.summarize()["rows"]
+    assert row["seeds"] == [0] and row["top1"]["mean"] == pytest.approx(93.0)
+
+
+def test_every_row_names_configs_that_exist():
+    for row in ROWS:
+        assert all(path.is_file() for path in row.configs), row.key
+    assert all(path.is_file() for step in Table(Path("unused")).patient_steps() for path in step.configs)
+    assert method_table.PATIENT.is_file()
