@@ -6,7 +6,7 @@ TORCH ?= torch==2.14.1 torchvision==0.29.1
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup data demo zoo test test-floors gpu-check clean
+.PHONY: setup data demo ablations zoo test test-floors gpu-check clean
 
 setup: $(STAMP)
 
@@ -29,6 +29,12 @@ data:
 # (SEED=1 make demo for another seed; python demo.py --summary for mean and std over the seeds run).
 demo: setup data
 	$(PY) demo.py
+
+# Does MEAL V2 work? It beside the hard-label baseline, Hinton KD, DKD, DIST (5 seeds) and the paper's ablations
+# (3 seeds) at the demo's budget, then a 30-epoch baseline / MEAL V2 pair; results/method_table/table.md. Finished
+# runs are skipped and an interrupted one resumes, so it can be stopped and started again.
+ablations: setup data
+	$(PY) benchmarks/method_table.py
 
 # Rebuild the zoo from its configs (configs/fashion_mnist/zoo/), then export it into zoo/fashion_mnist/.
 zoo: setup data

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -141,6 +142,9 @@ def run_side_by_side(jobs: list[tuple[Pipeline, Step]]) -> None:
     threads = str(max(1, cores // slots))
     environment = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
     pending, running = deque(jobs), {}
+    # Stopped by SIGTERM (a scheduler, `kill`): unwind through `finally`, so the runs are stopped too and save
+    # their place (each run's own SIGTERM handling writes last.ckpt; the next start resumes it).
+    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         while pending or running:
             while pending and len(running) < slots:
@@ -162,8 +166,11 @@ def run_side_by_side(jobs: list[tuple[Pipeline, Step]]) -> None:
                 print(f"{step.name}: finished in {seconds:.0f} s", flush=True)
             time.sleep(0.2)
     finally:
-        for process, (_, _, log, _) in running.items():
+        signal.signal(signal.SIGTERM, previous)
+        for process in running:
             process.terminate()
+        for process, (_, _, log, _) in running.items():
+            process.wait()
             log.close()
 
 

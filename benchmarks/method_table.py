@@ -112,12 +112,15 @@ class Table:
         return Step(row.key, row.label, row.configs, args=args)
 
     def jobs(self, temperature: Optional[float]) -> list[tuple[Pipeline, Step]]:
-        """Seed-major, so an interrupted table has whole seeds."""
+        """The methods (5 seeds) before the ablations (3), each group seed by seed: a table stopped early has
+        whole seeds of its headline rows."""
+        groups = sorted({row.seeds for row in self.selected()}, reverse=True)
         return [
             (self.pipeline(f"seed{seed}", seed), self.row_step(row, temperature))
-            for seed in range(self.seeds)
+            for group in groups
+            for seed in range(min(group, self.seeds))
             for row in self.selected()
-            if seed < row.seeds
+            if row.seeds == group
         ]
 
     def patient_steps(self) -> list[Step]:

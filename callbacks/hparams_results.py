@@ -1,4 +1,4 @@
-"""Each run's hyperparameters with its final top-1 in TensorBoard's HParams tab, so runs line up for comparison."""
+"""Each run's hyperparameters with its final top-1 (agreement, NLL, ECE) in TensorBoard's HParams tab, so runs line up for comparison."""
 
 from __future__ import annotations
 
@@ -8,10 +8,13 @@ import lightning.pytorch as pl
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.tensorboard.summary import hparams
 
+RESULTS = (("top1", "top1"), ("agreement", "agreement"), ("nll", "loss"), ("ece", "ece"))  # (column, logged tag)
+
 
 class HParamsWithResults(pl.Callback):
     """After ``fit`` (and ``test``), records the module's hyperparameters, flattened (``student/name``,
-    ``teachers/0/checkpoint``, ...), with ``hparams/val_top1`` (``hparams/test_top1``): the last epoch's values.
+    ``teachers/0/checkpoint``, ...), with ``hparams/val_top1`` and, where logged, ``hparams/val_agreement``, ``_nll``
+    and ``_ece`` (``hparams/test_...`` after ``test``): the last epoch's values.
 
     Each run writes only its own session (no experiment summary), so TensorBoard's HParams tab builds its
     columns from every run's hyperparameters: a baseline and a MEAL V2 run show side by side, each with its own.
@@ -26,10 +29,14 @@ class HParamsWithResults(pl.Callback):
         self._record(trainer, pl_module, "test")
 
     def _record(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        value = trainer.callback_metrics.get(f"{stage}/top1")
-        if value is None or not trainer.is_global_zero:
+        logged = trainer.callback_metrics
+        if f"{stage}/top1" not in logged or not trainer.is_global_zero:
             return
-        metrics = {f"hparams/{stage}_top1": float(value)}
+        metrics = {
+            f"hparams/{stage}_{name}": float(logged[f"{stage}/{tag}"])
+            for name, tag in RESULTS
+            if f"{stage}/{tag}" in logged
+        }
         flat = flat_hparams(dict(pl_module.hparams))
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):

@@ -28,6 +28,35 @@ _FILES = {
 }
 
 
+# What the official CIFAR batches (Python 2 pickles of dicts, lists, strings and NumPy arrays) may name; a pickle
+# naming anything else (os.system, a class of some package) is refused before it can run.
+_SAFE_GLOBALS = (
+    {
+        (module, name)
+        for module in ("numpy.core.multiarray", "numpy._core.multiarray")
+        for name in ("_reconstruct", "scalar")
+    }
+    | {
+        (module, "_frombuffer")
+        for module in ("numpy.core.numeric", "numpy._core.numeric")  # arrays pickled with protocol 5
+    }
+    | {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+)
+
+
+class _DataOnlyUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _SAFE_GLOBALS:
+            raise pickle.UnpicklingError(f"it names {module}.{name}, which CIFAR data never holds")
+        return super().find_class(module, name)
+
+
+def load_data_pickle(path: Path):
+    """A CIFAR python batch, read with an unpickler that admits only the types such files hold: no code runs."""
+    with open(path, "rb") as handle:
+        return _DataOnlyUnpickler(handle, encoding="latin1").load()
+
+
 class CIFARPickles(Dataset):
     """Reads the official python-pickle batches (the files torchvision downloads) into memory."""
 
@@ -41,11 +70,15 @@ class CIFARPickles(Dataset):
                     f"{variant} file '{path}' not found: set data.download=true or point data.data_dir at it."
                 )
             try:
-                with open(path, "rb") as handle:
-                    batch = pickle.load(handle, encoding="latin1")
+                batch = load_data_pickle(path)
                 images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
                 labels.extend(int(v) for v in batch[label_key])
-            except (pickle.UnpicklingError, KeyError, ValueError, EOFError) as err:
+            except pickle.UnpicklingError as err:
+                raise DataError(
+                    f"{variant} file '{path}' is not plain CIFAR data ({err}): refused unread; delete it and download "
+                    "again (data.download=true)."
+                ) from None
+            except (KeyError, ValueError, EOFError, TypeError, IndexError) as err:
                 raise DataError(
                     f"{variant} file '{path}' is corrupt ({type(err).__name__}): delete it and download again."
                 ) from None
@@ -104,9 +137,8 @@ class CIFARData(ClassificationDataModule):
         folder, _, _, _ = _FILES[self.variant]
         meta, key = ("batches.meta", "label_names") if self.variant == "cifar10" else ("meta", "fine_label_names")
         try:
-            with open(self.data_dir / folder / meta, "rb") as handle:
-                names = pickle.load(handle, encoding="latin1")[key]
-        except (OSError, pickle.UnpicklingError, KeyError, EOFError):
+            names = load_data_pickle(self.data_dir / folder / meta)[key]
+        except (OSError, pickle.UnpicklingError, KeyError, EOFError, TypeError):
             return super().class_names
         return [str(name) for name in names] if len(names) == self.num_classes else super().class_names
 

@@ -108,6 +108,7 @@ def test_runs_record_hparams_with_their_final_top1_and_every_groups_lr(tmp_path,
         for tag in EventAccumulator(str(file)).Reload().Tags()["scalars"]
     }
     assert {"hparams/val_top1", "hparams/test_top1", "lr-SGD/student", "lr-SGD/discriminator"} <= tags
+    assert {"hparams/val_nll", "hparams/val_ece", "hparams/test_nll", "hparams/test_ece"} <= tags
     assert zoo.read_scalars(run / "test", "hparams/test_top1"), "test recorded outside its own folder"
     assert "hp_metric" not in tags and "lr" not in tags
     assert zoo.read_scalars(run, "hparams/val_top1") == zoo.read_scalars(run, "val/top1")[-1:]

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import pickle
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from fixtures import write_cifar, write_image_folder
 from torchvision import transforms
 
 from datamodules import CIFARData, DataError, ImageFolderData
+from datamodules.cifar import load_data_pickle
 
 
 def test_image_folder_uses_the_method_transforms(tmp_path):
@@ -134,3 +138,29 @@ def test_image_folder_train_subset_is_a_fixed_seeded_subset_and_workers_follow_t
     assert len(subsets[0]) == 5 and subsets[0] == subsets[1] and subsets[0] == sorted(subsets[0])
     assert [p for p, _ in data.raw_train_set().samples] == subsets[0]  # the soft-label cache sees the same images
     assert data.num_workers == min(8, len(os.sched_getaffinity(0)))
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+def test_a_cifar_file_whose_pickle_would_run_code_is_refused_unread(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    root = write_cifar(tmp_path / "cifar", "cifar10")
+    victim = next(root.rglob("data_batch_1"))
+    victim.write_bytes(pickle.dumps({"data": _RunsCode(), "labels": [0]}))
+    data = CIFARData(data_dir=str(root), variant="cifar10", batch_size=4, num_workers=0)
+    with pytest.raises(DataError, match=r"data_batch_1' is not plain CIFAR data \(it names (posix|os)\.system") as info:
+        data.setup("fit")
+    assert not (tmp_path / "pwned").exists() and "\n" not in str(info.value)
+
+
+def test_cifar_batches_pickled_by_python_2_and_3_both_load(tmp_path):
+    root = write_cifar(tmp_path / "cifar", "cifar10")
+    batch = next(root.rglob("data_batch_1"))
+    plain = load_data_pickle(batch)
+    for protocol in (2, 5):
+        batch.write_bytes(pickle.dumps(plain, protocol=protocol))
+        again = load_data_pickle(batch)
+        assert np.array_equal(again["data"], plain["data"]) and again["labels"] == plain["labels"]

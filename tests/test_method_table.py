@@ -65,7 +65,7 @@ def test_summary_pairs_every_row_with_meal_v2_by_seed(tmp_path):
                 [0.9, tops[seed]],
                 **{"val/agreement": 0.97, "val/loss": 0.2, "val/ece": 0.01},
             )
-    result = table.summarize()
+    result = method_table.main(["--summary", "--out", str(tmp_path), "--seeds", "3"])  # as the README prints it
     rows = {row["key"]: row for row in result["rows"]}
     assert set(rows) == {"meal_v2", "baseline"}
     lead = rows["baseline"]["meal_v2_lead"]
