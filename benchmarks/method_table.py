@@ -218,13 +218,16 @@ class Table:
         return result
 
     def patient_pair(self) -> dict:
-        """Val top-1 per epoch of the 30-epoch pair (seed 0)."""
+        """Val top-1 per epoch of the 30-epoch pair (seed 0), and how far each fits its own training crops."""
         pipeline = self.pipeline("patient")
         curves = {}
         for step in self.patient_steps():
-            values = zoo.read_scalars(pipeline.run_dir(step), "val/top1")
-            if values:
-                curves[step.name] = [100 * v for v in values]
+            scalars = zoo.read_scalar_tags(pipeline.run_dir(step), ["val/top1", "train/top1", "train/agreement"])
+            if scalars["val/top1"]:
+                curves[step.name] = {"val_top1": [100 * v for v in scalars["val/top1"]]}
+                for tag in ("train/top1", "train/agreement"):
+                    if scalars[tag]:
+                        curves[step.name][f"last_{tag.replace('/', '_')}"] = 100 * scalars[tag][-1]
         return curves
 
     def plot(self, result: dict) -> Optional[Path]:
@@ -238,7 +241,8 @@ class Table:
 
         labels = {f"patient_{PAIR[0]}": "hard labels (baseline)", f"patient_{PAIR[1]}": "MEAL V2"}
         figure, axis = plt.subplots(figsize=(8, 5))
-        for name, values in curves.items():
+        for name, curve in curves.items():
+            values = curve["val_top1"]
             axis.plot(range(1, len(values) + 1), values, marker="o", markersize=3, label=labels.get(name, name))
         for label, style in (("teacher ensemble", "--"), ("student init", ":")):
             if label in result["zoo"]:
@@ -337,9 +341,14 @@ def markdown(result: dict) -> str:
 
 def patient_line(result: dict) -> str:
     curves = result["patient"]
-    last = {name: values[-1] for name, values in curves.items()}
+    last = {name: curve["val_top1"][-1] for name, curve in curves.items()}
     parts = [
-        f"{name.removeprefix('patient_')} {value:.2f} % after {len(curves[name])} epochs"
+        f"{name.removeprefix('patient_')} {value:.2f} % after {len(curves[name]['val_top1'])} epochs"
+        + (
+            f" (own training crops {curves[name]['last_train_top1']:.2f} %)"
+            if "last_train_top1" in curves[name]
+            else ""
+        )
         for name, value in last.items()
     ]
     line = "Patient schedule (seed 0, 30 epochs, cosine): " + ", ".join(parts)

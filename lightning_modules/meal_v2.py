@@ -46,9 +46,9 @@ class MealV2(NetworkModule):
         schedule, milestones, gamma: per-epoch LR schedule (paper: step, [100], 0.1 over 180 epochs).
         cutmix_prob, cutmix_alpha: CutMix on the images only; targets stay the teachers' predictions.
         objective: the student's loss against the teachers (lightning_modules/objectives.py): None is MEAL V2's
-            soft cross-entropy on the mean of probabilities; e.g. ``HintonKD`` (temperature) as a baseline.
-        hard_label_weight: adds this weight times the hard-label cross-entropy (an ablation for MEAL V2; Hinton
-            KD's usual hard-label term).
+            soft cross-entropy on the mean of probabilities; ``HintonKD``, ``DKD`` or ``DIST`` for comparison.
+        hard_label_weight: adds this weight times the hard-label cross-entropy (an ablation for MEAL V2; the usual
+            companion of Hinton KD, DKD and DIST).
         soft_targets: ``online`` runs the teachers every step; ``cached`` takes the ensemble's
             probabilities and mean logits from the batch (the DataModule's soft-label cache, written by ``predict``).
         sync_batchnorm_student: under DDP, convert the student's BatchNorm to SyncBatchNorm (the
@@ -126,8 +126,9 @@ class MealV2(NetworkModule):
         labels: Optional[torch.Tensor] = None,
         cached: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
         epoch: float = 0.0,
-    ) -> dict[str, torch.Tensor]:
-        """All loss terms on one batch: the total under ``loss``, each term beside it.
+    ) -> dict:
+        """All loss terms on one batch: the total under ``loss``, each term beside it, and the ``batch`` view
+        (``DistillationBatch``) they were computed from.
 
         ``cached`` (the ensemble's probabilities and mean logits on these crops, from the soft-label cache)
         replaces the teachers: the same step. ``labels`` are read only by the terms that use them (the
