@@ -219,6 +219,13 @@ class MealCLI(LightningCLI):
             return
         run_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
         previous = run_files(run_dir)
+        found = previous + run_records(run_dir)
+        if found and not (run_dir / RUN_MARKER).is_file():
+            raise ConfigError(
+                f"'{run_dir}' holds {found[0].relative_to(run_dir)} but is not a run folder this project made (no "
+                f"{RUN_MARKER}), so nothing there is touched: give the run its own folder (a logger, or "
+                "--trainer.default_root_dir NEW_FOLDER)."
+            )
         if previous and not config.get("overwrite"):
             resume = "resume it with --ckpt_path last, " if list(run_dir.glob("checkpoints/last*.ckpt")) else ""
             raise ConfigError(
@@ -227,8 +234,10 @@ class MealCLI(LightningCLI):
             )
         if not self.trainer.is_global_zero:  # under torchrun or srun every rank runs this; one deletes
             return
-        for path in previous + run_records(run_dir):  # a fit that stopped before saving anything leaves records only
+        for path in found:  # a fit that stopped before saving anything leaves records only
             shutil.rmtree(path) if path.is_dir() else path.unlink()
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / RUN_MARKER).write_text("A run folder made by `cli.py fit`: --overwrite may replace what is in it.\n")
 
     def _select_nothing_on_test_images(self) -> None:
         """Where validation scores the test images, no checkpoint or export is chosen on them: only the last is kept."""
@@ -247,6 +256,9 @@ class MealCLI(LightningCLI):
 
 def _plain(value):
     return [round(float(v), 6) for v in value] if isinstance(value, (list, tuple)) else value
+
+
+RUN_MARKER = ".meal_v2_run"  # written into every folder fit makes a run of; only such folders are ever cleared
 
 
 def run_files(run_dir: Path) -> list[Path]:

@@ -368,3 +368,38 @@ def test_the_docs_cache_commands_run_as_written(tmp_path):
     assert (tmp_path / "cache/fmnist/meta.json").is_file() and (run / "checkpoints/last.ckpt").is_file()
     assert yaml.safe_load((run / "config.yaml").read_text())["data"]["init_args"]["soft_labels"]["crops"] == 8
     assert (run / "predict/config.yaml").is_file()
+
+
+@pytest.mark.parametrize("where", ["no logger, the current folder", "default_root_dir"])
+def test_fit_never_deletes_or_writes_into_a_folder_it_did_not_make_a_run_of(tmp_path, monkeypatch, where):
+    config = write_meal_config(tmp_path)
+    mine = tmp_path / "my_project"
+    for name in ("test/img.png", "validate/notes.txt", "config.yaml", "hparams.yaml"):
+        (mine / name).parent.mkdir(parents=True, exist_ok=True)
+        (mine / name).write_text("mine")
+    monkeypatch.chdir(mine if where.startswith("no logger") else tmp_path)
+    args = ["fit", "--config", str(config), "--trainer.logger=false", "--trainer.max_epochs=1"]
+    if where == "default_root_dir":
+        args.append(f"--trainer.default_root_dir={mine}")
+    with pytest.raises(ConfigError, match="is not a run folder this project made .* nothing there is touched") as info:
+        main(args)
+    one_line(info)
+    assert sorted(str(p.relative_to(mine)) for p in mine.rglob("*") if p.is_file()) == [
+        "config.yaml",
+        "hparams.yaml",
+        "test/img.png",
+        "validate/notes.txt",
+    ]
+    assert all(p.read_text() == "mine" for p in mine.rglob("*") if p.is_file())
+
+
+def test_a_run_folder_is_marked_and_overwritten_only_as_such(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = fixed_version(write_meal_config(tmp_path))
+    main(["fit", "--config", str(config), "--trainer.max_epochs=1"])
+    run = tmp_path / "runs/meal/main"
+    assert (run / ".meal_v2_run").is_file()
+    (run / ".meal_v2_run").unlink()  # e.g. a folder someone filled by hand
+    with pytest.raises(ConfigError, match="not a run folder this project made"):
+        main(["fit", "--config", str(config), "--trainer.max_epochs=1", "--overwrite=true"])
+    assert (run / "checkpoints/last.ckpt").is_file()
