@@ -35,7 +35,7 @@ def cpu_vendor() -> str:
 def cpu_has_fast_bf16() -> bool:
     """True where bf16 training measured faster than fp32: CPUs with AMX-BF16 tiles (2-6x), and AMD CPUs with
     AVX-512-BF16 (Zen 4: the demo's student step 1.24x on 2 threads, 1.50x on one). An Intel Xeon with
-    AVX-512-BF16 and no AMX measured no faster than fp32 with channels-last (issue 19); without bf16 units it
+    AVX-512-BF16 and no AMX measured no faster than fp32 with channels-last; without bf16 units it
     is emulated and slower."""
     flags = cpu_flags()
     return "amx_bf16" in flags or ("avx512_bf16" in flags and cpu_vendor() == "AuthenticAMD")

@@ -33,11 +33,13 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(autouse=True)
 def small_trainer(request, monkeypatch):
-    """Caps every ``Trainer`` (direct or through the CLI); a ``trainer`` marker raises the caps."""
+    """Caps every ``Trainer`` (direct or through the CLI) and runs it on the CPU, except in ``gpu``-marked tests;
+    a ``trainer`` marker raises the caps."""
     limits = dict(LIMITS)
     marker = request.node.get_closest_marker("trainer")
     if marker:
         limits.update(marker.kwargs)
+    on_gpu = request.node.get_closest_marker("gpu") is not None
     original = pl.Trainer.__init__
 
     @functools.wraps(original)  # the CLI reads the Trainer's signature
@@ -48,9 +50,10 @@ def small_trainer(request, monkeypatch):
                 isinstance(value, int) and not isinstance(value, bool) and value <= cap and value != -1
             )  # -1: unlimited
             kwargs[key] = value if keep else cap
-        kwargs.setdefault("accelerator", "cpu")
-        if kwargs.get("accelerator") in (None, "auto", "gpu", "cuda"):
-            kwargs["accelerator"] = "cpu"
+        if not on_gpu:  # gpu-marked tests keep their accelerator and precision: they run where a GPU exists
+            kwargs.setdefault("accelerator", "cpu")
+            if kwargs.get("accelerator") in (None, "auto", "gpu", "cuda"):
+                kwargs["accelerator"] = "cpu"
         kwargs["enable_progress_bar"] = False
         kwargs["enable_model_summary"] = False
         kwargs.setdefault("num_sanity_val_steps", 1)
