@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import signal
 import sys
+import threading
 import warnings
 from pathlib import Path
 from typing import Optional
@@ -30,10 +32,21 @@ from callbacks import (
     RestoreRandomState,
     SoftLabelWriter,
 )
-from callbacks.atomic_files import AtomicCheckpointIO, WriteError
+from callbacks.atomic_files import AtomicCheckpointIO, DamagedFileError, WriteError, verify_file
 from datamodules.base import ClassificationDataModule, DataError
 from lightning_modules.errors import ConfigError
 from lightning_modules.model_loading import ModelLoadingError
+from run_folder import (
+    RUN_MARKER,
+    RunFolderError,
+    acquire_lock,
+    check_writable,
+    is_marked,
+    mark,
+    release_locks,
+    run_files,
+    run_records,
+)
 
 # Expected in this project and nothing a user can act on, so kept off the console (narrowly, by message):
 # MealV2's frozen teachers are in eval mode at the start of training by design (they ignore .train());
@@ -87,9 +100,11 @@ class CheckpointError(ValueError):
 USER_ERRORS = (
     CheckpointError,
     ConfigError,
+    DamagedFileError,
     DataError,
     ModelLoadingError,
     NonFiniteLossError,
+    RunFolderError,
     WriteError,
     MisconfigurationException,
 )
@@ -106,10 +121,11 @@ def _user_error(error: BaseException):
 
 class SaveConfigOnceTrainingStarts(SaveConfigCallback):
     """``fit`` writes the run's ``config.yaml`` when training starts, after a resume's checkpoint has loaded:
-    a fit that fails before (a wrong checkpoint, bad data) leaves the run's record as it was."""
+    a fit that fails before (a wrong checkpoint, bad data) leaves the run's record as it was. ``validate``,
+    ``test`` and ``predict`` record theirs in the logger's sub-folder; without a logger, nowhere (not the current folder)."""
 
     def setup(self, trainer, pl_module, stage: str) -> None:
-        if stage != "fit":
+        if stage != "fit" and trainer.logger is not None:
             super().setup(trainer, pl_module, stage)
 
     def on_train_start(self, trainer, pl_module) -> None:
@@ -202,6 +218,9 @@ class MealCLI(LightningCLI):
         if ckpt_path in ("last", "best"):
             ckpt_path = str(find_named_checkpoint(config, ckpt_path, subcommand))
             config["ckpt_path"] = ckpt_path
+        elif ckpt_path == "hpc":
+            ckpt_path = str(find_hpc_checkpoint(config))
+            config["ckpt_path"] = ckpt_path
         if ckpt_path not in NAMED_CHECKPOINTS:
             checkpoint = check_checkpoint_file(ckpt_path)
             check_checkpoint_fits_model(checkpoint, ckpt_path, str(config.get("model.class_path", "")))
@@ -215,17 +234,23 @@ class MealCLI(LightningCLI):
                 f"trainer.max_epochs is {self.trainer.max_epochs}: give a positive number of epochs (or -1 for no limit)."
             )
         self._select_nothing_on_test_images()
-        if config.get("ckpt_path"):
-            return
+        stop_on_interrupt_like_a_preemption()
         run_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
-        previous = run_files(run_dir)
-        found = previous + run_records(run_dir)
-        if found and not (run_dir / RUN_MARKER).is_file():
+        check_writable(run_dir)
+        if config.get("ckpt_path"):
+            if self.trainer.is_global_zero:
+                acquire_lock(run_dir)
+            return
+        found = run_files(run_dir) + run_records(run_dir)
+        if found and not is_marked(run_dir):
             raise ConfigError(
                 f"'{run_dir}' holds {found[0].relative_to(run_dir)} but is not a run folder this project made (no "
                 f"{RUN_MARKER}), so nothing there is touched: give the run its own folder (a logger, or "
                 "--trainer.default_root_dir NEW_FOLDER)."
             )
+        if self.trainer.is_global_zero:  # one fit writes into a run folder; a second one started beside it stops here
+            acquire_lock(run_dir)
+        previous = run_files(run_dir)
         if previous and not config.get("overwrite"):
             resume = "resume it with --ckpt_path last, " if list(run_dir.glob("checkpoints/last*.ckpt")) else ""
             raise ConfigError(
@@ -234,10 +259,23 @@ class MealCLI(LightningCLI):
             )
         if not self.trainer.is_global_zero:  # under torchrun or srun every rank runs this; one deletes
             return
-        for path in found:  # a fit that stopped before saving anything leaves records only
+        for path in previous + run_records(run_dir):  # a fit that stopped before saving anything leaves records only
             shutil.rmtree(path) if path.is_dir() else path.unlink()
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / RUN_MARKER).write_text("A run folder made by `cli.py fit`: --overwrite may replace what is in it.\n")
+        mark(run_dir)
+
+    def before_validate(self) -> None:
+        self._check_record_folder()
+
+    def before_test(self) -> None:
+        self._check_record_folder()
+
+    def before_predict(self) -> None:
+        self._check_record_folder()
+
+    def _check_record_folder(self) -> None:
+        """validate, test and predict record into the run's sub-folder: say so now if it cannot be written."""
+        if self.trainer.logger is not None and self.trainer.log_dir:
+            check_writable(Path(self.trainer.log_dir))
 
     def _select_nothing_on_test_images(self) -> None:
         """Where validation scores the test images, no checkpoint or export is chosen on them: only the last is kept."""
@@ -256,25 +294,6 @@ class MealCLI(LightningCLI):
 
 def _plain(value):
     return [round(float(v), 6) for v in value] if isinstance(value, (list, tuple)) else value
-
-
-RUN_MARKER = ".meal_v2_run"  # written into every folder fit makes a run of; only such folders are ever cleared
-
-
-def run_files(run_dir: Path) -> list[Path]:
-    """What ``fit`` saved in a run directory: checkpoints and exported students (what --overwrite deletes)."""
-    if not run_dir.is_dir():
-        return []
-    return sorted([*run_dir.glob("checkpoints/*.ckpt"), *run_dir.glob("student"), *run_dir.glob("model")])
-
-
-def run_records(run_dir: Path) -> list[Path]:
-    """A run's curves, config and evaluations (``validate/``, ``test/``): they describe its checkpoints and go with them.
-    ``predict/`` (the soft-label cache's record) stays."""
-    if not run_dir.is_dir():
-        return []
-    names = ("events.out.tfevents.*", "config.yaml", "hparams.yaml", "validate", "test")
-    return sorted(path for name in names for path in run_dir.glob(name))
 
 
 def tensorboard_args(config):
@@ -318,6 +337,19 @@ def find_named_checkpoint(config, name: str, subcommand: str) -> Path:
     return max(candidates, key=lambda p: p.stat().st_mtime)
 
 
+def find_hpc_checkpoint(config) -> Path:
+    """Lightning's SLURM requeue checkpoint: the highest ``hpc_ckpt_N.ckpt`` in ``trainer.default_root_dir``."""
+    folder = Path(config.get("trainer.default_root_dir") or ".")
+    found = [
+        (int(p.stem.rsplit("_", 1)[1]), p) for p in folder.glob("hpc_ckpt_*.ckpt") if p.stem.rsplit("_", 1)[1].isdigit()
+    ]
+    if not found:
+        raise CheckpointError(
+            f"--ckpt_path hpc: no hpc_ckpt_N.ckpt in '{folder}' (where SLURM requeue saves): give the file, or 'last'."
+        )
+    return max(found)[1]
+
+
 def check_checkpoint_file(path: str) -> dict:
     """Refuse a missing, corrupt or foreign --ckpt_path in one line, before anything is built; returns it memory-mapped."""
     file = Path(path)
@@ -325,6 +357,7 @@ def check_checkpoint_file(path: str) -> dict:
         raise CheckpointError(
             f"--ckpt_path '{path}' does not exist: give a .ckpt file written by this project, or 'last'."
         )
+    verify_file(file)
     try:
         checkpoint = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:
@@ -376,8 +409,37 @@ def _version_of(ckpt: Path, run_root: Path) -> Optional[str]:
     return relative.parts[0] if len(relative.parts) >= 3 else None
 
 
+_interrupted = {"by": None, "previous": None}
+
+
+def stop_on_interrupt_like_a_preemption() -> None:
+    """During ``fit``, Ctrl+C (SIGINT) stops as SIGTERM does: the current step ends, ``last.ckpt`` is saved and the
+    command exits non-zero saying how to resume. A second Ctrl+C stops at once."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def as_sigterm(signum, frame):
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):  # Lightning's handler is not in place yet
+            raise KeyboardInterrupt
+        _interrupted["by"] = "SIGINT"
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    _interrupted["previous"] = signal.signal(signal.SIGINT, as_sigterm)
+
+
 def main(args=None, run: bool = True) -> MealCLI:
     """Parse ``args`` (default: sys.argv) and run the subcommand; ``run=False`` only instantiates."""
+    try:
+        return _cli(args, run)
+    finally:
+        release_locks()
+        if _interrupted["previous"] is not None:
+            signal.signal(signal.SIGINT, _interrupted["previous"])
+            _interrupted["previous"] = None
+
+
+def _cli(args, run: bool) -> MealCLI:
     return MealCLI(
         model_class=None,
         datamodule_class=ClassificationDataModule,
@@ -400,11 +462,12 @@ def one_line(error: BaseException) -> str:
 
 
 def preempted_line(error: SIGTERMException) -> str:
-    """What a SIGTERM left behind, and how to go on."""
+    """What a SIGTERM (or Ctrl+C) left behind, and how to go on."""
     path, step = getattr(error, "checkpoint", ("", 0))
+    why = "SIGINT (Ctrl+C)" if _interrupted["by"] == "SIGINT" else "SIGTERM (pre-empted)"
     if not path:
-        return "error: stopped by SIGTERM (pre-empted) before the first checkpoint: run the same command again."
-    return f"error: stopped by SIGTERM (pre-empted): {path} holds step {step}; continue with the same command and --ckpt_path last."
+        return f"error: stopped by {why} before the first checkpoint: run the same command again."
+    return f"error: stopped by {why}: {path} holds step {step}; continue with the same command and --ckpt_path last."
 
 
 if __name__ == "__main__":
@@ -414,4 +477,4 @@ if __name__ == "__main__":
         raise SystemExit(f"error: {one_line(error)}") from None
     except SIGTERMException as error:  # Lightning's is a SystemExit with status 0: `fit && test` would go on
         print(preempted_line(error), file=sys.stderr)
-        sys.exit(128 + signal.SIGTERM)
+        sys.exit(128 + (signal.SIGINT if _interrupted["by"] == "SIGINT" else signal.SIGTERM))

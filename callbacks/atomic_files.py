@@ -1,8 +1,14 @@
-"""Files that appear complete or not at all: checkpoints, exported students, cache metadata."""
+"""Files that appear complete or not at all, and are checked when read: checkpoints, exported students, cache metadata.
+
+Checkpoints are zip archives whose every member carries a CRC-32 written with it (torch's format); exported
+``model.safetensors`` carry the sha256 of their tensors in their own header. Both are verified before use.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import os
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional
@@ -10,10 +16,15 @@ from typing import Any, Optional
 import torch
 from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from torch.utils import serialization
 
 
 class WriteError(OSError):
     """A file could not be written (full disk, read-only or unwritable folder, file size limit)."""
+
+
+class DamagedFileError(ValueError):
+    """A checkpoint or exported weights file whose bytes differ from those written."""
 
 
 def atomic_write(path: os.PathLike | str, write: Callable[[str], Any]) -> None:
@@ -70,4 +81,98 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             with open(name, "wb") as handle:  # a Python file: a failed write keeps its OSError
                 torch.save(checkpoint, handle)
 
+        serialization.config.save.compute_crc32 = True  # the checksums verify_file reads (torch: on by default)
         atomic_write(path, write)
+
+
+def damaged_member(path: Path) -> Optional[str]:
+    """The first member of a checkpoint (a zip archive) whose CRC-32 fails, or None when all agree."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.testzip()
+    except zipfile.BadZipFile as error:
+        return f"the archive itself ({error})"
+    except (OSError, EOFError, ValueError) as error:
+        return f"the archive itself ({type(error).__name__})"
+
+
+def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 of named tensors (names, dtypes, shapes and bytes, by name): what an export's header records."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().cpu().contiguous()
+        digest.update(f"{name}\t{tensor.dtype}\t{tuple(tensor.shape)}\n".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def save_safetensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """``model.safetensors`` with the sha256 of its tensors in its header, written atomically."""
+    from safetensors.torch import save
+
+    data = save(tensors, metadata={"sha256": tensors_sha256(tensors)})
+    atomic_write(path, lambda name: Path(name).write_bytes(data))
+
+
+def is_intact(path: Path) -> bool:
+    try:
+        verify_file(path)
+    except DamagedFileError:
+        return False
+    return True
+
+
+def verify_file(path: Path, tensors: Optional[dict[str, torch.Tensor]] = None) -> None:
+    """Refuse a checkpoint whose checksums fail, or an export whose tensors differ from the sha256 in its header,
+    in one line naming the newest intact checkpoint or export of the same run. ``tensors``: the export as loaded."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        problem = _safetensors_problem(path, tensors)
+    elif zipfile.is_zipfile(path):
+        member = damaged_member(path)
+        problem = None if member is None else f"{member} fails its checksum"
+    else:
+        return  # not this project's format: its reader decides
+    if problem is None:
+        return
+    raise DamagedFileError(f"'{path}' is damaged ({problem}): its bytes are not those written; {_instead(path)}.")
+
+
+def _instead(path: Path) -> str:
+    """What to use instead of a damaged file: the newest intact checkpoint of its run, else its newest intact export."""
+    others = sorted((p for p in _run_weights(path) if p.resolve() != path.resolve()), key=_mtime, reverse=True)
+    checkpoint = next((p for p in others if p.suffix == ".ckpt" and is_intact(p)), None)
+    if checkpoint is not None:
+        return f"the newest intact checkpoint of this run is '{checkpoint}' (--ckpt_path {checkpoint})"
+    export = next((p for p in others if p.suffix == ".safetensors" and is_intact(p)), None)
+    if export is not None:
+        return f"no intact checkpoint of this run is left; its newest intact export is '{export}' (usable as weights)"
+    return "no intact checkpoint or export of this run is left: train it again"
+
+
+def _safetensors_problem(path: Path, tensors: Optional[dict[str, torch.Tensor]]) -> Optional[str]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as handle:
+            recorded = (handle.metadata() or {}).get("sha256")
+            if recorded is None:
+                return None  # a file from elsewhere carries no checksum
+            if tensors is None:
+                tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    except Exception as error:  # safetensors raises its own error types on a broken header
+        return f"unreadable: {str(error).strip().splitlines()[0][:120] or type(error).__name__}"
+    return None if tensors_sha256(tensors) == recorded else "its tensors differ from the sha256 in its header"
+
+
+def _run_weights(path: Path) -> list[Path]:
+    """Checkpoints and exports of the run ``path`` belongs to (a run folder holds ``checkpoints/``)."""
+    run = next((p for p in list(path.parents)[:3] if (p / "checkpoints").is_dir()), path.parent)
+    return [*run.glob("checkpoints/*.ckpt"), *run.glob("*/*/model.safetensors"), *path.parent.glob("*.ckpt")]
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0

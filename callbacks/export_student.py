@@ -8,10 +8,9 @@ from typing import Optional
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
-from safetensors.torch import save
 from timm.models._hub import save_config_for_hf  # timm's own export config writer (not re-exported)
 
-from callbacks.atomic_files import atomic_write
+from callbacks.atomic_files import atomic_write, save_safetensors
 from callbacks.finite_loss import refuse_non_finite
 from callbacks.onnx_export import export_folder_onnx
 
@@ -94,7 +93,7 @@ class ExportStudent(pl.Callback):
 
 def _write(model, tensors: dict, folder: Path, config: dict, class_names: Optional[list[str]]) -> None:
     (folder / "model.onnx").unlink(missing_ok=True)  # never an ONNX of older weights beside new ones
-    atomic_write(folder / "model.safetensors", lambda name: Path(name).write_bytes(save(tensors)))
+    save_safetensors(tensors, folder / "model.safetensors")
     labels = {"label_names": list(class_names)} if class_names else None
     atomic_write(
         folder / "config.json", lambda name: save_config_for_hf(model, name, model_config=labels, data_config=config)

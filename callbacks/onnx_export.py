@@ -20,11 +20,25 @@ from torch import nn
 from callbacks.atomic_files import atomic_write
 
 
-def exportable_model(name: str, model_args: dict, state_dict: dict[str, torch.Tensor]) -> nn.Module:
+class ExportInputError(ValueError):
+    """Weights or an export folder that cannot be converted."""
+
+
+def exportable_model(name: str, model_args: dict, state_dict: dict[str, torch.Tensor], source: Path) -> nn.Module:
     """``name`` built with timm's ``exportable`` layers (static 'same' padding and the like), these weights, eval mode."""
+    from lightning_modules.model_loading import check_model_name
+
+    check_model_name(name)
     with timm.layers.set_layer_config(exportable=True):
         model = timm.create_model(name, **model_args)
-    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()})
+    try:
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()})
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()[0][:160]
+        raise ExportInputError(
+            f"The weights in '{source}' do not fit a {name} with {model_args} ({first}): the config names another "
+            "network than the weights hold; export again from the run's checkpoint."
+        ) from None
     return model.eval()
 
 
@@ -61,27 +75,54 @@ def onnx_metadata(class_names: Optional[list[str]], data_config: dict) -> dict:
 
 def export_folder_onnx(folder: Path, out: Optional[Path] = None) -> Path:
     """``model.onnx`` from an export folder's own ``model.safetensors`` and ``config.json`` (that epoch's weights)."""
-    from safetensors.torch import load_file
+    from lightning_modules.model_loading import read_state_dict
 
-    config = json.loads((folder / "config.json").read_text())
+    config = read_export_config(folder)
     cfg = config["pretrained_cfg"]
     model_args = config.get("model_args") or {"num_classes": config["num_classes"], "in_chans": cfg["input_size"][0]}
-    model = exportable_model(config["architecture"], model_args, load_file(str(folder / "model.safetensors")))
+    weights, _ = read_state_dict(folder / "model.safetensors")
+    model = exportable_model(config["architecture"], model_args, weights, folder / "model.safetensors")
     data = {k: cfg[k] for k in ("input_size", "mean", "std", "crop_pct") if k in cfg}
     out = out or folder / "model.onnx"
     export_onnx(model, out, tuple(cfg["input_size"]), onnx_metadata(config.get("label_names"), data))
     return out
 
 
+def read_export_config(folder: Path) -> dict:
+    """An export folder's timm ``config.json``, or a one-line error saying what is wrong with it."""
+    path = folder / "config.json"
+    redo = "export the run again (python -m callbacks.onnx_export RUN/checkpoints/last.ckpt --image-size N)"
+    if not path.is_file():
+        raise ExportInputError(
+            f"'{folder}' has no config.json: an export folder holds model.safetensors + config.json."
+        )
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise ExportInputError(f"'{path}' cannot be read ({type(error).__name__}): it is damaged; {redo}.") from None
+    cfg = config.get("pretrained_cfg") if isinstance(config, dict) else None
+    missing = [k for k in ("architecture", "num_classes") if not isinstance(config, dict) or k not in config]
+    if not isinstance(cfg, dict) or "input_size" not in cfg or missing:
+        what = ", ".join(missing) or "pretrained_cfg.input_size"
+        raise ExportInputError(f"'{path}' lacks {what} (not a timm export config): {redo}.")
+    return config
+
+
 def _checkpoint_model(path: Path, image_size: int) -> tuple[nn.Module, tuple[int, int, int], dict]:
     from lightning_modules.model_loading import ModelSource, read_state_dict
 
     state_dict, hparams = read_state_dict(path)  # the student's (or Classifier's model's) weights, one read
+    needed = ("num_classes", "in_chans", "data_mean", "data_std")
+    if not (hparams.get("student") or hparams.get("model")) or any(k not in hparams for k in needed):
+        raise ExportInputError(
+            f"'{path}' holds no hyperparameters of this project (network, classes, normalization): give a .ckpt "
+            "written by `cli.py fit`, or an export folder."
+        )
     source = ModelSource.coerce(hparams.get("student") or hparams.get("model"))
     args = {"num_classes": hparams["num_classes"], "in_chans": hparams["in_chans"], **source.model_kwargs}
     size = (hparams["in_chans"], image_size, image_size)
     data = {"input_size": size, "mean": hparams["data_mean"], "std": hparams["data_std"]}
-    return exportable_model(source.name, args, state_dict), size, data
+    return exportable_model(source.name, args, state_dict, path), size, data
 
 
 def main(argv: Optional[list[str]] = None) -> Path:
@@ -92,6 +133,8 @@ def main(argv: Optional[list[str]] = None) -> Path:
     args = parser.parse_args(argv)
     import lightning_modules  # noqa: F401  (the project's small-image backbones)
 
+    if not args.weights.exists():
+        raise ExportInputError(f"'{args.weights}' does not exist: give an export folder or a .ckpt of this project.")
     if args.weights.is_dir():
         out = export_folder_onnx(args.weights, args.out)
     else:
@@ -105,4 +148,10 @@ def main(argv: Optional[list[str]] = None) -> Path:
 
 
 if __name__ == "__main__":
-    main()
+    from callbacks.atomic_files import DamagedFileError, WriteError
+    from lightning_modules.model_loading import ModelLoadingError
+
+    try:
+        main()
+    except (ExportInputError, DamagedFileError, ModelLoadingError, WriteError) as error:
+        raise SystemExit(f"error: {error}") from None

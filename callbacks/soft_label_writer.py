@@ -19,10 +19,11 @@ class SoftLabelWriter(BasePredictionWriter):
 
     Before writing, the ensemble's own val top-1 is printed, logged (``predict/ensemble_val_top1``) and
     recorded in ``meta.json``, so a wrong teacher file shows before hours of generation; at the end, the
-    storage per image and the generation rate are printed. ``check_batches`` limits that check (None: all).
+    storage per image and the generation rate are printed. ``check_batches``: val batches that check scores
+    (None: all), shown with a progress bar.
     """
 
-    def __init__(self, check_batches: int | None = None):
+    def __init__(self, check_batches: int | None = 50):
         super().__init__(write_interval="batch")
         self.check_batches = check_batches
         self._started, self._images = 0.0, 0
@@ -34,7 +35,9 @@ class SoftLabelWriter(BasePredictionWriter):
         scores = None  # once, on global rank 0 (every rank would score the same images), then shared
         if trainer.is_global_zero:
             loader = trainer.datamodule.val_dataloader()
-            scores = teacher_scores(pl_module.teachers, loader, pl_module.device, self.check_batches)
+            scores = teacher_scores(
+                pl_module.teachers, loader, pl_module.device, self.check_batches, "Scoring the teachers on val"
+            )
         scores = trainer.strategy.broadcast(scores)
         top1, total = scores["ensemble"], scores["images"]
         rank_zero_info(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import functools
 import os
+import signal
 from collections.abc import Callable, Iterator
 from typing import Optional
 
@@ -352,6 +353,7 @@ class ClassificationDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             persistent_workers=False,  # workers re-seeded from (seed, epoch) every epoch
             pin_memory=torch.cuda.is_available(),
+            worker_init_fn=leave_interrupts_to_the_main_process,
         )
 
     def _eval_loader(self, dataset: Dataset) -> DataLoader:
@@ -363,6 +365,7 @@ class ClassificationDataModule(L.LightningDataModule):
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
             generator=torch.Generator().manual_seed(global_seed()),  # leaves the global RNG untouched
+            worker_init_fn=leave_interrupts_to_the_main_process,
         )
 
     def val_dataloader(self) -> DataLoader:
@@ -370,6 +373,12 @@ class ClassificationDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._eval_loader(self.test_set)
+
+
+def leave_interrupts_to_the_main_process(worker_id: int) -> None:
+    """Ctrl+C reaches every process of the terminal's group: loader workers ignore it, so the main process can
+    finish its step and save (cli.py) instead of losing its workers mid-batch."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def take(dataset: Dataset, indices: torch.Tensor) -> Dataset:

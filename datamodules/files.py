@@ -8,9 +8,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
-from torchvision.datasets.folder import IMG_EXTENSIONS
+from torchvision.datasets.folder import IMG_EXTENSIONS as TORCHVISION_EXTENSIONS
 
 from datamodules.errors import DataError
+
+IMAGE_EXTENSIONS = (*TORCHVISION_EXTENSIONS, ".gif")  # a GIF is read as its first frame
 
 
 def to_8bit(image: Image.Image) -> Image.Image:
@@ -26,6 +28,11 @@ def load_image(path: str, mode: str = "RGB") -> Image.Image:
     try:
         with open(path, "rb") as handle:
             return to_8bit(Image.open(handle)).convert(mode)
+    except Image.DecompressionBombError as err:  # PIL refuses images of more than 2 x MAX_IMAGE_PIXELS pixels
+        raise DataError(
+            f"Image '{path}' is too large to decode safely ({err}): shrink or remove it "
+            "(or, for a file you trust, raise PIL.Image.MAX_IMAGE_PIXELS)."
+        ) from None
     except (OSError, ValueError, SyntaxError) as err:  # PIL's UnidentifiedImageError and truncated files are OSErrors
         raise DataError(f"Cannot read image '{path}' ({err}): replace or remove the file.") from None
 
@@ -40,13 +47,15 @@ def list_image_files(entries: Sequence[str]) -> list[Path]:
     for entry in entries:
         path = Path(entry)
         if path.is_dir():
-            files += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS)
+            files += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
         elif path.is_file():
             files.append(path)
         else:
             raise DataError(f"data.init_args.predict_files: '{entry}' does not exist: give image files or folders.")
     if not files:
-        raise DataError(f"data.init_args.predict_files {list(entries)} holds no images ({', '.join(IMG_EXTENSIONS)}).")
+        raise DataError(
+            f"data.init_args.predict_files {list(entries)} holds no images ({', '.join(IMAGE_EXTENSIONS)})."
+        )
     return files
 
 

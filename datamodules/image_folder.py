@@ -8,14 +8,17 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
+from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets import ImageFolder
-from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms import InterpolationMode, v2
 
 from datamodules.base import ClassificationDataModule, DataError
-from datamodules.files import load_rgb
+from datamodules.files import IMAGE_EXTENSIONS, load_rgb
 from datamodules.soft_labels import SoftLabelCache, crop_and_flip
+
+CHECK_ALL_UP_TO = 20_000  # image folders this small are decoded once before training (check_images: null)
 
 
 class ImageFolderData(ClassificationDataModule):
@@ -26,7 +29,9 @@ class ImageFolderData(ClassificationDataModule):
     CenterCrop(image_size) (crop_pct 0.875 = the paper's 256 -> 224). Both normalized with mean/std.
     ``test_split`` names a folder of held-out images for ``test`` (none: ``test`` refuses); ``train_subset``
     keeps a fixed random subset of the training images (``subset_seed``) for short runs; ``num_workers: null``
-    uses the machine's cores (up to 8).
+    uses the machine's cores (up to 8). Images are found in class folders and their sub-folders (as torchvision's
+    ImageFolder does; GIFs as their first frame); ``check_images`` decodes every image once before training so a
+    corrupt or truncated file stops the run before it starts (null: when the splits hold at most 20,000 images).
     """
 
     def __init__(
@@ -48,6 +53,7 @@ class ImageFolderData(ClassificationDataModule):
         ratio: tuple[float, float] = (3 / 4, 4 / 3),
         soft_labels: Optional[SoftLabelCache] = None,
         predict_files: Optional[list[str]] = None,
+        check_images: Optional[bool] = None,
     ):
         super().__init__(batch_size, num_workers, soft_labels, predict_files)
         self.data_dir = Path(data_dir)
@@ -58,6 +64,7 @@ class ImageFolderData(ClassificationDataModule):
         self.scale, self.ratio = tuple(scale), tuple(ratio)
         self._mean, self._std = tuple(mean), tuple(std)
         self.train_subset, self.subset_seed = train_subset, subset_seed
+        self.check_images = check_images
         self.splits = (train_split, val_split, test_split)
         self.classes = self._scan_classes()
 
@@ -120,12 +127,21 @@ class ImageFolderData(ClassificationDataModule):
 
     def _dataset(self, split: str, transform) -> ImageFolder:
         folder = self.data_dir / split
-        empty = [c for c in self.classes if not any(p.suffix.lower() in IMG_EXTENSIONS for p in (folder / c).iterdir())]
+        files = {c: [p for p in (folder / c).rglob("*") if p.is_file()] for c in self.classes}
+        empty = [c for c in self.classes if not any(p.suffix.lower() in IMAGE_EXTENSIONS for p in files[c])]
         if empty:
             raise DataError(
-                f"Class folder '{folder / empty[0]}' has no images ({len(empty)} such folders): add images or remove it."
+                f"Class folder '{folder / empty[0]}' has no images, in it or its sub-folders ({len(empty)} such folders; "
+                f"images are {', '.join(IMAGE_EXTENSIONS)}): add images or remove it."
             )
-        return ImageFolder(str(folder), transform=transform, loader=load_rgb)
+        skipped = [p for c in self.classes for p in files[c] if p.suffix.lower() not in IMAGE_EXTENSIONS]
+        if skipped := [p for p in skipped if not p.name.startswith(".")]:
+            kinds = sorted({p.suffix.lower() or "(no extension)" for p in skipped})
+            rank_zero_warn(
+                f"'{folder}': {len(skipped)} files are not images this project reads and are skipped ({', '.join(kinds)}; "
+                f"e.g. '{skipped[0]}'); images are {', '.join(IMAGE_EXTENSIONS)}."
+            )
+        return ImageFolder(str(folder), transform=transform, loader=load_rgb, is_valid_file=is_image_file)
 
     def build_datasets(self):
         train_split, val_split, test_split = self.splits
@@ -147,7 +163,20 @@ class ImageFolderData(ClassificationDataModule):
             train.targets = [train.targets[i] for i in keep]
         self._raw_train = copy.copy(train)  # the same file list (listed once), decoded without augmentation
         self._raw_train.transform = v2.PILToTensor()
+        self._check_images([train, val] + ([test] if test is not None and test is not val else []))
         return train, val, test
+
+    def _check_images(self, datasets: list[ImageFolder]) -> None:
+        """Decode every image once (in loader workers) so a corrupt one stops the run before training, named."""
+        paths = [path for dataset in datasets for path, _ in dataset.samples]
+        if self.check_images is False or (self.check_images is None and len(paths) > CHECK_ALL_UP_TO):
+            return
+        if len(paths) > 2000:
+            rank_zero_info(f"Checking that all {len(paths)} images decode (data.init_args.check_images false skips it)")
+        loader = DataLoader(_Decode(paths), batch_size=64, num_workers=self.num_workers, collate_fn=list)
+        bad = [problem for batch in loader for problem in batch if problem is not None]
+        if bad:
+            raise DataError(f"{len(bad)} of {len(paths)} images cannot be read; the first: {bad[0]}")
 
 
 def random_resized_box(
@@ -176,6 +205,27 @@ def random_resized_box(
     else:
         w, h = width, height
     return (height - h) // 2, (width - w) // 2, h, w
+
+
+def is_image_file(path: str) -> bool:
+    return path.lower().endswith(IMAGE_EXTENSIONS)
+
+
+class _Decode(Dataset):
+    """Each item: None when the image decodes, else the one-line reason (with the file's name)."""
+
+    def __init__(self, paths: list[str]):
+        self.paths = paths
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> Optional[str]:
+        try:
+            load_rgb(self.paths[index])
+        except DataError as error:
+            return str(error)
+        return None
 
 
 class RandomCrop:

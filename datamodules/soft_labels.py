@@ -8,18 +8,24 @@ Layout of a cache folder (numpy memory-maps, one row per training image):
     values.npy    float16 [N, R, k]   the ensemble's k largest probabilities (mean of the teachers' softmax)
     logits.npy    float16 [N, R, k]   the mean of the teachers' logits at the same k classes (the discriminator's input)
     indices.npy   uint8/int16/int32 [N, R, k]  those classes
+    crc.npy       uint32  [N]         CRC-32 of an image's rows, seeded by the cache's meta.json: checked on every read
     done.npy      uint8   [N]         1 once an image's crops are written (resume / shards)
 With top_k = classes the replayed step is the online step on the same crop (up to fp16 storage). With
 top_k < classes two things differ: the probability mass outside the top k is spread evenly over the
 other classes ("marginal smoothing"), and the discriminator's teacher rows hold the mean logits of the
 k stored classes with every other class set to the smallest stored one. A crop costs 17 bytes plus
-k * (4 + index bytes).
+k * (4 + index bytes), an image 5 more. Files are allocated in full when the cache is made, so a full disk is a
+one-line error then, never a crash while writing; each replayed image is checked against its CRC and its
+targets checked to be finite probabilities.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -33,8 +39,10 @@ from torchvision.transforms.v2 import functional as F
 from callbacks.atomic_files import atomic_write_text
 from datamodules.errors import DataError
 
-FILES = ("boxes", "flips", "values", "logits", "indices", "done")
-FORMAT = 2  # 2: mean teacher logits stored beside the probabilities
+ROWS = ("boxes", "flips", "values", "logits", "indices")  # an image's stored crops
+FILES = (*ROWS, "crc", "done")
+FORMAT = 3  # 2: mean teacher logits stored beside the probabilities; 3: a CRC per image
+REMAKE = "delete the folder and make it again with `python cli.py predict`"
 
 
 @dataclass
@@ -67,12 +75,13 @@ class SoftLabelStore:
         self.arrays = {name: _load_array(folder / f"{name}.npy", mode) for name in FILES}
         n, r, k = meta["images"], meta["crops"], meta["top_k"]
         expected = {"boxes": (n, r, 4), "flips": (n, r), "values": (n, r, k), "logits": (n, r, k), "indices": (n, r, k)}
-        for name, shape in {**expected, "done": (n,)}.items():
+        for name, shape in {**expected, "crc": (n,), "done": (n,)}.items():
             if self.arrays[name].shape != shape:
                 raise DataError(
                     f"Soft-label cache '{folder}': {name}.npy has shape {self.arrays[name].shape}, meta.json says "
-                    f"{shape}: the cache is damaged; delete the folder and make it again with `python cli.py predict`."
+                    f"{shape}: the cache is damaged; {REMAKE}."
                 )
+        self.seed = zlib.crc32(json.dumps({k: meta.get(k) for k in SEALED}, sort_keys=True).encode())
 
     @classmethod
     def create_or_resume(
@@ -95,19 +104,33 @@ class SoftLabelStore:
         }
         if (folder / "meta.json").is_file():
             check_fingerprint(folder, _read_meta(folder), meta, "predict into another dir")
+            _allocate(folder)  # a resume after a full disk was freed
             return cls(folder, meta, "r+")
         folder.mkdir(parents=True, exist_ok=True)
         n, r, k = num_images, config.crops, config.top_k
         index_dtype = np.uint8 if num_classes <= 2**8 else np.int16 if num_classes <= 2**15 else np.int32
-        for name, shape, dtype in (
+        layout = (
             ("boxes", (n, r, 4), np.float32),
             ("flips", (n, r), np.uint8),
             ("values", (n, r, k), np.float16),
             ("logits", (n, r, k), np.float16),
             ("indices", (n, r, k), index_dtype),
+            ("crc", (n,), np.uint32),
             ("done", (n,), np.uint8),
-        ):
-            np.lib.format.open_memmap(folder / f"{name}.npy", mode="w+", dtype=dtype, shape=shape).flush()
+        )
+        needed = sum(int(np.prod(shape)) * np.dtype(dtype).itemsize for _, shape, dtype in layout)
+        free = shutil.disk_usage(folder).free
+        if needed > free:
+            raise DataError(
+                f"Soft-label cache '{folder}' needs {needed / 2**20:.1f} MiB, {free / 2**20:.1f} MiB are free there: "
+                "free space or choose another soft_labels.dir, then run the predict step again."
+            )
+        for name, shape, dtype in layout:
+            try:
+                np.lib.format.open_memmap(folder / f"{name}.npy", mode="w+", dtype=dtype, shape=shape).flush()
+            except OSError as error:
+                raise _no_room(folder, name, error) from None
+        _allocate(folder)
         atomic_write_text(folder / "meta.json", json.dumps(meta))
         return cls(folder, meta, "r+")
 
@@ -141,15 +164,67 @@ class SoftLabelStore:
         return candidates[done[candidates] == 0]
 
     def write(self, image_indices: np.ndarray, **rows: np.ndarray) -> None:
-        """Rows of boxes, flips, values, logits and indices for these images, then their done marks."""
-        for name in FILES[:-1]:
+        """Rows of boxes, flips, values, logits and indices for these images, their CRCs, then their done marks."""
+        rows = {name: np.asarray(rows[name]).astype(self.arrays[name].dtype, copy=False) for name in ROWS}
+        for name in ROWS:
             self.arrays[name][image_indices] = rows[name]
             self.arrays[name].flush()
+        crcs = [
+            self.row_crc(int(index), {name: rows[name][j] for name in ROWS}) for j, index in enumerate(image_indices)
+        ]
+        self.arrays["crc"][image_indices] = crcs
+        self.arrays["crc"].flush()
         self.arrays["done"][image_indices] = 1  # written last: a killed run never marks half-written rows
         self.arrays["done"].flush()
 
+    def row_crc(self, index: int, rows: dict[str, np.ndarray]) -> int:
+        """CRC-32 of image ``index``'s rows, seeded by what the cache was made for (so rows of another cache fail)."""
+        crc = zlib.crc32(index.to_bytes(8, "little"), self.seed)
+        for name in ROWS:
+            crc = zlib.crc32(np.ascontiguousarray(rows[name]).tobytes(), crc)
+        return crc
+
+    def checked_rows(self, index: int) -> dict[str, np.ndarray]:
+        """Image ``index``'s stored rows, refused in one line when they fail their CRC or are not finite probabilities."""
+        rows = {name: np.array(self.arrays[name][index]) for name in ROWS}
+        problem = None
+        if self.row_crc(index, rows) != int(self.arrays["crc"][index]):
+            problem = "its rows fail their CRC (changed, zeroed or copied from another cache)"
+        else:
+            values = rows["values"].astype(np.float32)
+            total = values.sum(-1)
+            full = self.meta["top_k"] == self.meta["classes"]
+            if not (np.isfinite(values).all() and np.isfinite(rows["logits"].astype(np.float32)).all()):
+                problem = "its targets are not finite"
+            elif (values < 0).any() or (total > 1.01).any() or (full and (total < 0.99).any()):
+                problem = f"its targets are not probabilities (sums {total.min():.3f}..{total.max():.3f})"
+        if problem:
+            raise DataError(f"Soft-label cache '{self.folder}': image {index}: {problem}; {REMAKE}.")
+        return rows
+
     def bytes_per_image(self) -> int:
         return sum(self.arrays[name][0].nbytes for name in FILES)
+
+
+SEALED = ("format", "images", "crops", "top_k", "classes", "source", "teacher_image_size", "fingerprint")
+
+
+def _allocate(folder: Path) -> None:
+    """Reserve every array's blocks now: a full disk is then this one-line error, not a SIGBUS while writing."""
+    for name in FILES:
+        path = folder / f"{name}.npy"
+        try:
+            with open(path, "r+b") as handle:
+                os.posix_fallocate(handle.fileno(), 0, os.fstat(handle.fileno()).st_size)
+        except OSError as error:
+            raise _no_room(folder, name, error) from None
+
+
+def _no_room(folder: Path, name: str, error: OSError) -> DataError:
+    return DataError(
+        f"Soft-label cache '{folder}': no room for {name}.npy ({error.strerror}): free space or choose another "
+        "soft_labels.dir, then run the predict step again (it finishes the cache)."
+    )
 
 
 def _read_meta(folder: Path) -> dict:
@@ -158,7 +233,7 @@ def _read_meta(folder: Path) -> dict:
     except (OSError, ValueError) as error:
         raise DataError(
             f"Soft-label cache '{folder}': meta.json cannot be read ({type(error).__name__}): the cache is damaged; "
-            "delete the folder and make it again with `python cli.py predict`."
+            f"{REMAKE}."
         ) from None
 
 
@@ -168,8 +243,7 @@ def _load_array(path: Path, mode: str) -> np.ndarray:
     except (OSError, ValueError) as error:
         reason = "missing" if not path.is_file() else f"unreadable or truncated ({type(error).__name__})"
         raise DataError(
-            f"Soft-label cache '{path.parent}': {path.name} is {reason}: the cache is damaged; delete the folder and "
-            "make it again with `python cli.py predict`."
+            f"Soft-label cache '{path.parent}': {path.name} is {reason}: the cache is damaged; {REMAKE}."
         ) from None
 
 
@@ -336,15 +410,12 @@ class CachedCrops(Dataset):
         index, first = divmod(virtual, self.crops)
         index = self.rows[index] if self.rows is not None else index
         image, label = self.raw[index]
-        arrays = self.store.arrays
+        rows = self.store.checked_rows(index)
         crops = [(first + j) % self.crops for j in range(self.per_sample)]
         images = [
-            self.render(image, pixel_box(arrays["boxes"][index, c], *image.shape[-2:]), bool(arrays["flips"][index, c]))
-            for c in crops
+            self.render(image, pixel_box(rows["boxes"][c], *image.shape[-2:]), bool(rows["flips"][c])) for c in crops
         ]
-        stored = {
-            name: torch.from_numpy(np.array(arrays[name][index, crops])) for name in ("values", "logits", "indices")
-        }
+        stored = {name: torch.from_numpy(rows[name][crops]) for name in ("values", "logits", "indices")}
         soft = decode_soft_labels(stored["values"], stored["indices"], self.classes)
         logits = decode_teacher_logits(stored["logits"], stored["indices"], self.classes)
         if self.per_sample == 1:

@@ -7,6 +7,7 @@ import lightning as L
 import torch
 from torch import nn
 
+from lightning_modules.errors import ConfigError
 from lightning_modules.metrics import calibration_error, check_images, log_evaluation, top1_accuracy, topk_accuracy
 from lightning_modules.optim import EpochSchedule, build_optimizer, check_schedule
 
@@ -31,6 +32,24 @@ class NetworkModule(EpochSchedule, L.LightningModule):
     @property
     def network(self) -> nn.Module:
         raise NotImplementedError
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """A checkpoint of another head or input (other classes, channels) is refused in one line, not with
+        torch's size-mismatch listing."""
+        current = self.state_dict()
+        for key, tensor in checkpoint.get("state_dict", {}).items():
+            if key in current and tuple(tensor.shape) != tuple(current[key].shape):
+                stored = checkpoint.get("hyper_parameters", {})
+                facts = ", ".join(
+                    f"{name} {stored[name]} there, {self.hparams[name]} here"
+                    for name in ("num_classes", "in_chans")
+                    if name in stored and name in self.hparams and stored[name] != self.hparams[name]
+                )
+                raise ConfigError(
+                    f"The checkpoint does not fit this model: '{key}' is {list(tensor.shape)} there, "
+                    f"{list(current[key].shape)} here ({facts or 'another network'}): use data with the classes and "
+                    "channels it was trained on, or start from its weights with new_head: true."
+                )
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Inference: the network's logits."""

@@ -307,6 +307,7 @@ class MealV2(NetworkModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Refuse a checkpoint of another configuration in one line; then hand Lightning's strict loading the
         teachers as built now, so any other missing or unexpected key still fails."""
+        super().on_load_checkpoint(checkpoint)
         stored = checkpoint.get("state_dict", {})
         trained_with = any(k.startswith("discriminator.") for k in stored)
         if trained_with != (self.discriminator is not None):

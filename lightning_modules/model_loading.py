@@ -92,12 +92,15 @@ def read_state_dict(path: Union[str, Path]) -> tuple[dict[str, torch.Tensor], di
     path = Path(path)
     if not path.is_file():
         raise ModelLoadingError(f"Checkpoint file '{path}' does not exist: fix the path or train that model first.")
-    check_manifest(path)
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+    from callbacks.atomic_files import verify_file  # here: callbacks/ imports this module
 
-            return load_file(str(path)), {}
+    check_manifest(path)
+    if path.suffix == ".safetensors":
+        tensors = _read_safetensors(path)
+        verify_file(path, tensors)  # against the sha256 in its header, when it has one
+        return tensors, {}
+    verify_file(path)  # a checkpoint's zip checksums
+    try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch/safetensors raise many different types on corrupt files
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -115,6 +118,18 @@ def read_state_dict(path: Union[str, Path]) -> tuple[dict[str, torch.Tensor], di
             blob = blob[key]
             break
     return {k.removeprefix("module."): v for k, v in blob.items() if isinstance(v, torch.Tensor)}, {}
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except Exception as err:  # safetensors raises its own error types on a broken header
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelLoadingError(
+            f"Cannot read weights '{path}' ({first_line[:200]}): it is corrupt or not a safetensors file; re-create or re-download it."
+        ) from None
 
 
 def file_sha256(path: Path) -> str:
@@ -177,7 +192,7 @@ def create_model(
         )
         if source.new_head:
             state_dict = _with_new_head(model, state_dict)
-        _load_strict(model, state_dict, source)
+        _load_strict(model, state_dict, source, teacher=keep_pretrained_head)
     else:
         if source.pretrained and keep_pretrained_head:
             _check_pretrained_head(source.name, num_classes)
@@ -253,7 +268,9 @@ def _check_pretrained_head(name: str, num_classes: int) -> None:
         )
 
 
-def _load_strict(model: nn.Module, state_dict: dict[str, torch.Tensor], source: ModelSource) -> None:
+def _load_strict(
+    model: nn.Module, state_dict: dict[str, torch.Tensor], source: ModelSource, teacher: bool = False
+) -> None:
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))
@@ -265,11 +282,13 @@ def _load_strict(model: nn.Module, state_dict: dict[str, torch.Tensor], source: 
         )
     for key, tensor in state_dict.items():
         if tensor.shape != expected[key].shape:
-            hint = (
-                " (to fine-tune it to the data's classes, set new_head: true beside checkpoint:)"
-                if (head := _head_prefix(model)) and key.startswith(head)
-                else ""
+            fine_tune = (
+                "a teacher must be trained for the data's classes: fine-tune it with the Classifier module "
+                "(model.new_head: true) and give the teacher that checkpoint"
+                if teacher
+                else "to fine-tune it to the data's classes, set new_head: true beside checkpoint:"
             )
+            hint = f" ({fine_tune})" if (head := _head_prefix(model)) and key.startswith(head) else ""
             raise ModelLoadingError(
                 f"Checkpoint '{source.checkpoint}' does not fit '{source.name}': '{key}' has shape {tuple(tensor.shape)}, "
                 f"the model needs {tuple(expected[key].shape)}; check num_classes / in_chans of the data and the checkpoint{hint}."

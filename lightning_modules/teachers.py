@@ -80,10 +80,18 @@ class TeacherEnsemble(nn.Module):
 
 
 @torch.no_grad()
-def teacher_scores(teachers: TeacherEnsemble, batches, device, max_batches: Optional[int] = None) -> dict[str, float]:
-    """Top-1 (%) of each teacher (``teacher0``, ...) and of their ensemble (mean of probabilities) on labelled batches."""
+def teacher_scores(
+    teachers: TeacherEnsemble, batches, device, max_batches: Optional[int] = None, progress: Optional[str] = None
+) -> dict[str, float]:
+    """Top-1 (%) of each teacher (``teacher0``, ...) and of their ensemble (mean of probabilities) on labelled batches;
+    ``progress``: a progress bar with this title."""
     correct = torch.zeros(len(teachers) + 1, dtype=torch.long)
     total = 0
+    if progress is not None:
+        from rich.progress import track
+
+        count = len(batches) if max_batches is None else min(len(batches), max_batches)
+        batches = track(batches, description=progress, total=count, transient=True)
     for index, (images, labels) in enumerate(batches):
         if max_batches is not None and index >= max_batches:
             break

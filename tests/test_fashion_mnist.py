@@ -19,7 +19,7 @@ import demo
 import zoo
 from cli import main
 from datamodules import DataError, FashionMNISTData
-from datamodules.soft_labels import FILES, weights_digest
+from datamodules.soft_labels import FILES, FORMAT, SoftLabelStore, weights_digest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -275,7 +275,7 @@ def test_committed_zoo_matches_its_manifests_and_loads_through_the_recipe(tmp_pa
 def test_committed_soft_labels_match_their_manifest_and_the_zoo_teachers(monkeypatch, tmp_path):
     manifest = zoo.verify_soft_labels()  # sha256 of every shipped file
     meta = json.loads((zoo.ZOO_DIR / "soft_labels" / "meta.json").read_text())
-    assert manifest["fingerprint"] == meta["fingerprint"] and meta["format"] == 2
+    assert manifest["fingerprint"] == meta["fingerprint"] and meta["format"] == FORMAT
     assert (meta["images"], meta["top_k"], meta["classes"]) == (60000, 10, 10)  # every image, every class
     monkeypatch.chdir(ROOT)
     cli = main(
@@ -288,6 +288,9 @@ def test_committed_soft_labels_match_their_manifest_and_the_zoo_teachers(monkeyp
     ]
     assert meta["fingerprint"]["teachers"] == teachers
     assert meta["fingerprint"]["crop"] == cli.datamodule.crop_settings()
+    store = SoftLabelStore(zoo.ZOO_DIR / "soft_labels", meta, "r")
+    for index in range(meta["images"]):  # every row passes its CRC and holds probabilities
+        store.checked_rows(index)
 
 
 @pytest.mark.slow

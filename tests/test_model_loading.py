@@ -95,6 +95,15 @@ def test_checkpoint_with_another_head_is_refused(tmp_path):
         create_model(ModelSource("cifar_resnet20", checkpoint=str(path)), num_classes=100)
 
 
+def test_a_teacher_checkpoint_with_another_head_is_told_to_fine_tune_not_new_head(tmp_path):
+    path = write_weights(tmp_path / "w.pt", "cifar_resnet20", 5)
+    with pytest.raises(
+        ModelLoadingError, match=r"a teacher must be trained for the data's classes: fine-tune it"
+    ) as info:
+        create_model(ModelSource("cifar_resnet20", checkpoint=str(path)), num_classes=10, keep_pretrained_head=True)
+    assert "set new_head: true beside" not in str(info.value)
+
+
 def test_checkpoint_of_another_architecture_is_refused(tmp_path):
     path = write_weights(tmp_path / "w.pt", "cifar_resnet20", 10)
     with pytest.raises(ModelLoadingError, match="does not fit 'test_resnet'.*missing keys"):

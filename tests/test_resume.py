@@ -246,3 +246,41 @@ def test_sigterm_saves_the_current_step_exits_nonzero_and_resumes_exactly(tmp_pa
     )
     subprocess.run(command + ["--ckpt_path=last"], cwd=tmp_path / "preempted", check=True, capture_output=True)
     assert_same_training_state(straight, load(checkpoints / "last.ckpt"))
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_the_current_step_like_sigterm_and_resumes_exactly(tmp_path):
+    """Ctrl+C in a terminal reaches the whole process group (loader workers too): the step is saved, exit 130."""
+    workers = "--data.init_args.num_workers=2"
+    straight = straight_run(tmp_path, workers)
+    config = write_config(tmp_path / "interrupted")
+    checkpoints = tmp_path / "interrupted/runs/meal/version_0/checkpoints"
+    command = fit_command(config, workers, "--last_checkpoint.every_n_train_steps=3")
+    process = subprocess.Popen(
+        command,
+        cwd=tmp_path / "interrupted",
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    deadline = time.time() + 180
+    while time.time() < deadline and process.poll() is None:
+        try:
+            if load(checkpoints / "last.ckpt")["global_step"] >= 3:
+                break
+        except Exception:  # not there yet, or being written
+            pass
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGINT)  # what the terminal does on Ctrl+C
+    _, stderr = process.communicate(timeout=180)
+
+    assert process.returncode == 128 + signal.SIGINT, stderr[-2000:]
+    saved = load(checkpoints / "last.ckpt")["global_step"]
+    assert 3 <= saved < 48
+    assert stderr.strip().splitlines()[-1] == (
+        f"error: stopped by SIGINT (Ctrl+C): {checkpoints / 'last.ckpt'} holds step {saved}; "
+        "continue with the same command and --ckpt_path last."
+    )
+    subprocess.run(command + ["--ckpt_path=last"], cwd=tmp_path / "interrupted", check=True, capture_output=True)
+    assert_same_training_state(straight, load(checkpoints / "last.ckpt"))

@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 
 from cli import USER_ERRORS, CheckpointError, ConfigError, main
 from datamodules import DataError
+from run_folder import RunFolderError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -178,7 +179,13 @@ def test_corrupt_image_in_a_folder_names_the_file_through_loader_workers(tmp_pat
     broken.write_bytes(b"not a jpeg")
     data = {
         "class_path": "ImageFolderData",
-        "init_args": {"data_dir": str(root), "image_size": 32, "batch_size": 4, "num_workers": 1},
+        "init_args": {
+            "data_dir": str(root),
+            "image_size": 32,
+            "batch_size": 4,
+            "num_workers": 1,
+            "check_images": False,
+        },
     }
     config = write_meal_config_for_data(tmp_path, data, num_classes=3)
     result = subprocess.run(
@@ -409,3 +416,166 @@ def test_a_run_folder_is_marked_and_overwritten_only_as_such(tmp_path, monkeypat
 def test_gpu_marked_tests_keep_their_accelerator():
     trainer = pl.Trainer(accelerator="gpu", devices=1, logger=False)
     assert type(trainer.accelerator).__name__ == "CUDAAccelerator"
+
+
+def _write_lock(run: Path, pid: int) -> Path:
+    import json
+    import socket
+
+    run.mkdir(parents=True, exist_ok=True)
+    lock = run / ".meal_v2_lock"
+    lock.write_text(json.dumps({"pid": pid, "host": socket.gethostname(), "started": "2026-01-01 00:00:00"}))
+    return lock
+
+
+def test_a_fit_into_a_run_folder_in_use_stops_in_one_line_and_a_dead_ones_lock_is_taken_over(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = fixed_version(write_meal_config(tmp_path))
+    holder = subprocess.Popen(["sleep", "60"])
+    try:
+        lock = _write_lock(tmp_path / "runs/meal/main", holder.pid)
+        with pytest.raises(
+            RunFolderError, match=rf"runs/meal/main' is in use by another fit \(pid {holder.pid} "
+        ) as info:
+            main(["fit", "--config", str(config), "--trainer.max_epochs=1"])
+        assert "--trainer.logger.init_args.version=NAME" in one_line(info)
+        assert lock.is_file() and not list(lock.parent.glob("checkpoints/*"))
+    finally:
+        holder.kill()
+        holder.wait()
+    main(["fit", "--config", str(config), "--trainer.max_epochs=1"])  # its process is gone: a stale lock
+    assert (lock.parent / "checkpoints/last.ckpt").is_file()
+    assert not lock.exists(), "the lock outlived the fit"
+
+
+@pytest.mark.slow
+def test_two_fits_started_together_into_one_run_never_both_run(tmp_path):
+    config = fixed_version(write_meal_config(tmp_path))
+    fit = [sys.executable, str(ROOT / "cli.py"), "fit", "--config", str(config), "--trainer.max_epochs=1"]
+    fit += ["--trainer.enable_progress_bar=false"]
+    runs = [subprocess.Popen(fit, cwd=tmp_path, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [(run.wait(timeout=300), run.stderr.read()) for run in runs]
+    assert sorted(code for code, _ in results) == [0, 1], results
+    refused = next(stderr for code, stderr in results if code == 1).strip().splitlines()[-1]
+    assert refused.startswith("error: ") and ("is in use by another fit" in refused or "already holds a run" in refused)
+    assert not (tmp_path / "runs/meal/main/.meal_v2_lock").exists()
+
+
+def test_a_checkpoint_trained_for_other_classes_is_refused_in_one_line(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    three, four = write_image_folder(tmp_path / "three", 3, 4, 2), write_image_folder(tmp_path / "four", 4, 4, 2)
+    data = {"class_path": "ImageFolderData", "init_args": {"data_dir": str(three), "image_size": 32, "batch_size": 4}}
+    model = {"class_path": "Classifier", "init_args": {"model": {"name": "test_resnet"}}}
+    logger = {"class_path": "TensorBoardLogger", "init_args": {"save_dir": str(tmp_path / "runs"), "name": "c"}}
+    config = tmp_path / "classifier.yaml"
+    config.write_text(yaml.safe_dump({"model": model, "data": data, "trainer": {"logger": logger}}))
+    main(["fit", "--config", str(config), "--trainer.max_epochs=1"])
+    with pytest.raises(ConfigError, match=r"does not fit this model: .* \(num_classes 3 there, 4 here\)") as info:
+        main(["validate", "--config", str(config), f"--data.init_args.data_dir={four}", "--ckpt_path=last"])
+    one_line(info)
+
+
+def image_folder_config(tmp_path, root, **data_args):
+    data = {"data_dir": str(root), "image_size": 32, "batch_size": 4, "num_workers": 0, **data_args}
+    return write_meal_config_for_data(tmp_path, {"class_path": "ImageFolderData", "init_args": data}, num_classes=3)
+
+
+def test_a_truncated_jpeg_stops_the_run_before_training_naming_the_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    root = write_image_folder(tmp_path / "images", num_classes=3, train_per_class=4, val_per_class=2, size=40)
+    truncated = root / "train" / "class_2" / "1.JPEG"
+    truncated.write_bytes(truncated.read_bytes()[:-300])
+    with pytest.raises(
+        DataError,
+        match=r"^1 of 18 images cannot be read; the first: Cannot read image '.*1.JPEG' \(image file is truncated",
+    ) as info:
+        main(["fit", "--config", str(image_folder_config(tmp_path, root)), "--trainer.max_epochs=1"])
+    one_line(info)
+    assert not list(tmp_path.glob("runs/meal/*/checkpoints")), "training started"
+
+
+def test_an_image_too_large_to_decode_safely_is_named(tmp_path, monkeypatch):
+    from PIL import Image
+
+    monkeypatch.chdir(tmp_path)
+    root = write_image_folder(tmp_path / "images", num_classes=3, train_per_class=4, val_per_class=2, size=40)
+    Image.new("L", (200, 200)).save(root / "train" / "class_0" / "huge.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)  # 200 x 200 is over twice that: PIL's bomb error
+    with pytest.raises(
+        DataError, match=r"Image '.*huge.png' is too large to decode safely .*shrink or remove it"
+    ) as info:
+        main(["fit", "--config", str(image_folder_config(tmp_path, root)), "--trainer.max_epochs=1"])
+    one_line(info)
+
+
+def test_gifs_and_images_in_sub_folders_of_a_class_are_read_and_other_files_listed_once(tmp_path, monkeypatch):
+    from PIL import Image
+
+    monkeypatch.chdir(tmp_path)
+    root = write_image_folder(tmp_path / "images", num_classes=3, train_per_class=4, val_per_class=2, size=40)
+    Image.new("P", (40, 40)).save(root / "train" / "class_0" / "frame.gif")
+    nested = root / "train" / "class_1"
+    (nested / "2024").mkdir()
+    for image in list(nested.glob("*.JPEG")):
+        image.rename(nested / "2024" / image.name)  # class_1's images only in a sub-folder
+    (nested / "notes.txt").write_text("not an image")
+    with pytest.warns(
+        UserWarning, match=r"1 files are not images this project reads and are skipped \(.txt; e.g. '.*notes.txt'\)"
+    ):
+        cli = main(["fit", "--config", str(image_folder_config(tmp_path, root)), "--trainer.max_epochs=1"])
+    samples = [Path(path).relative_to(root / "train").as_posix() for path, _ in cli.datamodule.train_set.samples]
+    assert "class_0/frame.gif" in samples and sum(s.startswith("class_1/2024/") for s in samples) == 4
+
+
+def test_a_class_folder_without_images_anywhere_says_so_accurately(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    root = write_image_folder(tmp_path / "images", num_classes=3, train_per_class=4, val_per_class=2, size=40)
+    for image in (root / "train" / "class_2").glob("*.JPEG"):
+        image.unlink()
+    ((root / "train" / "class_2") / "empty_sub").mkdir()
+    with pytest.raises(DataError, match=r"class_2' has no images, in it or its sub-folders") as info:
+        main(["fit", "--config", str(image_folder_config(tmp_path, root)), "--trainer.max_epochs=1"])
+    one_line(info)
+
+
+def test_validate_without_a_logger_writes_nothing_into_the_current_folder(tmp_path, monkeypatch):
+    config = write_meal_config(tmp_path)
+    work = tmp_path / "my_project"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    main(["validate", "--config", str(config), "--trainer.logger=false"])
+    assert list(work.iterdir()) == []
+
+
+def read_only(path: Path, on: bool) -> bool:
+    """Make a folder tree unwritable (chmod; for root, which chmod does not stop, the immutable attribute)."""
+    if os.geteuid() != 0:
+        for item in [path, *path.rglob("*")]:
+            item.chmod(item.stat().st_mode & ~0o222 if on else item.stat().st_mode | 0o200)
+        return True
+    return subprocess.run(["chattr", "-R", "+i" if on else "-i", str(path)], capture_output=True).returncode == 0
+
+
+@pytest.mark.parametrize("subcommand", ["fit", "validate"])
+def test_a_read_only_run_folder_stops_in_one_line_before_any_work(tmp_path, monkeypatch, subcommand):
+    monkeypatch.chdir(tmp_path)
+    config = write_meal_config(tmp_path)
+    main(["fit", "--config", str(config), "--trainer.max_epochs=1"])
+    run = tmp_path / "runs/meal/version_0"
+    if not read_only(run, True):
+        pytest.skip("cannot make a folder read-only for root here (chattr +i needs ext4 and CAP_LINUX_IMMUTABLE)")
+    try:
+        with pytest.raises(RunFolderError, match=rf"Cannot write into '{run}' \(.*\): make it writable") as info:
+            main([subcommand, "--config", str(config), "--ckpt_path=last", "--trainer.max_epochs=2"])
+        one_line(info)
+    finally:
+        read_only(run, False)
+
+
+def test_every_test_docs_reliability_names_as_a_guarantee_exists():
+    import re
+
+    named = re.findall(r"`(tests/test_\w+\.py)::(\w+)`", (ROOT / "docs/reliability.md").read_text())
+    assert len(named) >= 15
+    missing = [f"{file}::{name}" for file, name in named if f"def {name}(" not in (ROOT / file).read_text()]
+    assert not missing

@@ -404,8 +404,8 @@ def test_cache_generation_checks_the_ensemble_on_val_first_and_reports_its_cost(
             total += len(labels)
     assert meta["ensemble_val_top1"] == {"top1": round(100 * correct / total, 2), "images": 6}
     assert (
-        cli.datamodule.soft_label_store.bytes_per_image() == 3 * (16 + 1 + 2 * 2 + 2 * 2 + 2 * 1) + 1
-    )  # per crop: box, flip, fp16 values and logits, uint8 indices; done
+        cli.datamodule.soft_label_store.bytes_per_image() == 3 * (16 + 1 + 2 * 2 + 2 * 2 + 2 * 1) + 4 + 1
+    )  # per crop: box, flip, fp16 values and logits, uint8 indices; per image: CRC, done
 
 
 def test_cache_set_for_an_online_run_is_refused_before_training(tmp_path, monkeypatch):
@@ -442,3 +442,87 @@ def test_damaged_cache_is_refused_in_one_line(tmp_path, monkeypatch, damage, mes
     with pytest.raises(DataError, match=message) as info:
         main(["fit", "--config", str(config), *cache_args(tmp_path), "--model.init_args.soft_targets=cached"])
     assert "\n" not in str(info.value) and "python cli.py predict" in str(info.value)
+
+
+@pytest.fixture
+def made_cache(tmp_path, monkeypatch):
+    """A complete cache of the tiny data (96 images x 3 crops, top 4 of 10 classes) and its config."""
+    monkeypatch.chdir(tmp_path)
+    config = write_config(tmp_path, cutmix_prob=0.0)
+    main(["predict", "--config", str(config), *cache_args(tmp_path)])
+    return config, tmp_path / "cache"
+
+
+def rewrite_rows(cache, change, seed_of=None) -> None:
+    """``change(arrays)`` on the cache's arrays, with the CRCs recomputed (by a store seeded by ``seed_of``'s meta)."""
+    from datamodules.soft_labels import ROWS, SoftLabelStore
+
+    meta = json.loads((cache / "meta.json").read_text())
+    store = SoftLabelStore(cache, seed_of or meta, "r+")
+    change(store.arrays)
+    for index in range(meta["images"]):
+        store.arrays["crc"][index] = store.row_crc(index, {name: np.array(store.arrays[name][index]) for name in ROWS})
+    for array in store.arrays.values():
+        array.flush()
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (
+            "rows of another cache",
+            r"image \d+: its rows fail their CRC \(changed, zeroed or copied from another cache\)",
+        ),
+        ("rows zeroed, marked done", r"image 5: its rows fail their CRC"),
+        ("two images' rows swapped", r"image [34]: its rows fail their CRC"),
+        ("NaN targets", r"image 7: its targets are not finite"),
+    ],
+)
+def test_a_cache_whose_rows_are_not_what_was_written_is_refused_naming_the_image(made_cache, damage, message):
+    config, cache = made_cache
+    if damage == "rows of another cache":  # same shapes, made for other images: its arrays with their own CRCs
+        meta = json.loads((cache / "meta.json").read_text())
+        other = {**meta, "fingerprint": {**meta["fingerprint"], "data": "0" * 64}}
+        rewrite_rows(cache, lambda arrays: None, seed_of=other)
+    elif damage.startswith("rows zeroed"):
+        for name in ("values", "logits", "indices", "boxes"):
+            array = np.load(cache / f"{name}.npy", mmap_mode="r+")
+            array[5] = 0
+            array.flush()
+    elif damage.startswith("two images"):
+        for name in ("values", "logits", "indices", "boxes", "flips", "crc"):
+            array = np.load(cache / f"{name}.npy", mmap_mode="r+")
+            array[[3, 4]] = array[[4, 3]]
+            array.flush()
+    else:
+        rewrite_rows(cache, lambda arrays: arrays["values"].__setitem__((7, 1, 0), np.nan))
+    with pytest.raises(DataError, match=message) as info:
+        fit_one_epoch_from_cache(config, cache.parent)
+    assert "\n" not in str(info.value) and f"Soft-label cache '{cache}'" in str(info.value)
+    assert "make it again with `python cli.py predict`" in str(info.value)
+
+
+def test_a_full_disk_while_making_a_cache_is_one_line_and_a_rerun_finishes_it(tmp_path):
+    import resource
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    config = write_config(tmp_path, cutmix_prob=0.0)
+    predict = [sys.executable, str(root / "cli.py"), "predict", "--config", str(config), *cache_args(tmp_path)]
+    predict += ["--trainer.enable_progress_bar=false"]
+
+    def small_files():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a too-large file fails with EFBIG, as a full disk would
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2000, 2000))  # values.npy (96 x 3 x 4 fp16) does not fit
+
+    result = subprocess.run(predict, cwd=tmp_path, capture_output=True, text=True, preexec_fn=small_files)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"error: Soft-label cache '{tmp_path / 'cache'}': no room for ") and "File too large" in line
+    assert not (tmp_path / "cache/meta.json").exists()
+
+    subprocess.run(predict, cwd=tmp_path, check=True, capture_output=True)  # space freed: the same command
+    assert np.load(tmp_path / "cache/done.npy").all()

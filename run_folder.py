@@ -1,0 +1,135 @@
+"""What a run folder is: the project's mark on it, the files a run leaves there, and one writer at a time."""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import socket
+import time
+from pathlib import Path
+
+RUN_MARKER = ".meal_v2_run"  # written into every folder fit makes a run of; only such folders are ever cleared
+LOCK = ".meal_v2_lock"  # held by the one fit writing into a run folder; removed when it exits
+
+
+class RunFolderError(ValueError):
+    """A run folder that cannot be used: someone else's, or in use by another fit."""
+
+
+def run_files(run_dir: Path) -> list[Path]:
+    """What ``fit`` saved in a run directory: checkpoints and exported students (what --overwrite deletes)."""
+    if not run_dir.is_dir():
+        return []
+    return sorted([*run_dir.glob("checkpoints/*.ckpt"), *run_dir.glob("student"), *run_dir.glob("model")])
+
+
+def run_records(run_dir: Path) -> list[Path]:
+    """A run's curves, config and evaluations (``validate/``, ``test/``): they describe its checkpoints and go with them.
+    ``predict/`` (the soft-label cache's record) stays."""
+    if not run_dir.is_dir():
+        return []
+    names = ("events.out.tfevents.*", "config.yaml", "hparams.yaml", "validate", "test")
+    return sorted(path for name in names for path in run_dir.glob(name))
+
+
+def is_marked(run_dir: Path) -> bool:
+    return (run_dir / RUN_MARKER).is_file()
+
+
+def mark(run_dir: Path) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / RUN_MARKER).write_text("A run folder made by `cli.py fit`: --overwrite may replace what is in it.\n")
+
+
+def check_writable(folder: Path) -> None:
+    """Stop in one line, before any work, when a run's folder (or the nearest one that exists) cannot be written."""
+    existing = next((p for p in [folder, *folder.parents] if p.exists()), Path("."))
+    targets = [existing] + [existing / "checkpoints"] * (existing / "checkpoints").is_dir()
+    for target in targets:
+        probe = target / f".meal_v2_probe.{os.getpid()}"
+        try:
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as error:
+            raise RunFolderError(
+                f"Cannot write into '{target}' ({error.strerror or type(error).__name__}): make it writable, or give "
+                "the run a folder you can write (--trainer.logger.init_args.save_dir DIR)."
+            ) from None
+
+
+_held: set[Path] = set()
+
+
+def acquire_lock(run_dir: Path) -> None:
+    """Take the run folder's lock for this process, or stop in one line naming the fit that holds it.
+
+    The lock is a file created exclusively (one winner when two start together) holding the owner's pid and
+    host; a lock whose process has died on this host is stale and taken over.
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = (run_dir / LOCK).resolve()
+    if lock in _held:
+        return
+    owner = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    for _ in range(2):
+        try:
+            handle = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = _read_lock(lock)
+            if holder is None and _age(lock) < 10:  # just created, its owner still writing it
+                holder = {"pid": "?", "host": "?"}
+            if holder is not None and _alive(holder):
+                elsewhere = "" if holder["host"] == socket.gethostname() else f" (if no fit runs there, delete {lock})"
+                raise RunFolderError(
+                    f"Run folder '{run_dir}' is in use by another fit (pid {holder['pid']} on {holder['host']}, started "
+                    f"{holder.get('started', 'just now')}){elsewhere}: wait for it to end, or give this run its own "
+                    "name with --trainer.logger.init_args.version=NAME."
+                ) from None
+            lock.unlink(missing_ok=True)  # stale: its process is gone (or the file is unreadable)
+            continue
+        with os.fdopen(handle, "w") as file:
+            json.dump(owner, file)
+        _held.add(lock)
+        return
+    raise RunFolderError(f"Cannot take the lock '{lock}': another fit keeps taking it; give this run its own name.")
+
+
+def release_locks() -> None:
+    """Remove the locks this process holds (at the end of a command, and at exit)."""
+    for lock in list(_held):
+        holder = _read_lock(lock)
+        if holder is not None and holder.get("pid") == os.getpid():
+            lock.unlink(missing_ok=True)
+        _held.discard(lock)
+
+
+atexit.register(release_locks)
+
+
+def _read_lock(lock: Path):
+    try:
+        holder = json.loads(lock.read_text())
+        return holder if isinstance(holder, dict) and isinstance(holder.get("pid"), int) else None
+    except (OSError, ValueError):
+        return None
+
+
+def _age(lock: Path) -> float:
+    try:
+        return time.time() - lock.stat().st_mtime
+    except OSError:
+        return float("inf")
+
+
+def _alive(holder: dict) -> bool:
+    """Whether the lock's process still runs; on another host that cannot be told, so it counts as alive."""
+    if holder.get("host") != socket.gethostname() or not isinstance(holder.get("pid"), int):
+        return True
+    try:
+        os.kill(holder["pid"], 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
