@@ -34,6 +34,7 @@ from callbacks import (
 )
 from callbacks.atomic_files import AtomicCheckpointIO, DamagedFileError, WriteError, verify_file
 from datamodules.base import ClassificationDataModule, DataError
+from datamodules.exported import find_trained_network
 from lightning_modules.errors import ConfigError
 from lightning_modules.model_loading import ModelLoadingError
 from run_folder import (
@@ -238,7 +239,7 @@ class MealCLI(LightningCLI):
         run_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
         check_writable(run_dir)
         if config.get("ckpt_path"):
-            if self.trainer.is_global_zero:
+            if first_process(self.trainer):
                 acquire_lock(run_dir)
             return
         found = run_files(run_dir) + run_records(run_dir)
@@ -248,7 +249,7 @@ class MealCLI(LightningCLI):
                 f"{RUN_MARKER}), so nothing there is touched: give the run its own folder (a logger, or "
                 "--trainer.default_root_dir NEW_FOLDER)."
             )
-        if self.trainer.is_global_zero:  # one fit writes into a run folder; a second one started beside it stops here
+        if first_process(self.trainer):  # one fit writes into a run folder; a second one started beside it stops here
             acquire_lock(run_dir)
         previous = run_files(run_dir)
         if previous and not config.get("overwrite"):
@@ -257,7 +258,7 @@ class MealCLI(LightningCLI):
                 f"Run directory '{run_dir}' already holds a run ({previous[0].relative_to(run_dir)}): {resume}"
                 "start another with --trainer.logger.init_args.version=NAME (or another name), or replace it with --overwrite true."
             )
-        if not self.trainer.is_global_zero:  # under torchrun or srun every rank runs this; one deletes
+        if not first_process(self.trainer):  # under torchrun or srun every rank runs this; one deletes
             return
         for path in previous + run_records(run_dir):  # a fit that stopped before saving anything leaves records only
             shutil.rmtree(path) if path.is_dir() else path.unlink()
@@ -290,6 +291,13 @@ class MealCLI(LightningCLI):
             "Validation runs on the test images (no held-out split), so no 'best' checkpoint or export is selected: "
             "last.ckpt and the last export hold the final epoch. Hold out training images with data.init_args.val_size N."
         )
+
+
+def first_process(trainer) -> bool:
+    """Global rank 0 before ``fit`` starts: Lightning's own launcher starts the other ranks as copies of this command
+    whose trainer does not know its rank yet, but whose environment does (``LOCAL_RANK``, ``NODE_RANK``)."""
+    launched = any(int(os.environ.get(name, "0") or 0) != 0 for name in ("LOCAL_RANK", "NODE_RANK"))
+    return trainer.is_global_zero and not launched
 
 
 def _plain(value):
@@ -428,8 +436,29 @@ def stop_on_interrupt_like_a_preemption() -> None:
     _interrupted["previous"] = signal.signal(signal.SIGINT, as_sigterm)
 
 
+def predict_from(args: list[str]) -> list[str]:
+    """``predict --from PATH`` (an export folder, a run folder, or a checkpoint in one) is shorthand for the network
+    alone as a ``Classifier`` and ``FilesToClassify`` with that network's preprocessing and class names: no training
+    data and no teacher. Predictions go to the run's ``predict/`` folder, or ``./predictions`` for a lone export."""
+    at = next((i for i, a in enumerate(args) if a == "--from" or a.startswith("--from=")), None)
+    if not args or args[0] != "predict" or at is None:
+        return args
+    path = args[at].split("=", 1)[1] if "=" in args[at] else (args[at + 1] if at + 1 < len(args) else "")
+    rest = args[:at] + args[at + (1 if "=" in args[at] else 2) :]
+    network = find_trained_network(path)
+    output = network.run / "predict" if network.run is not None else Path("predictions")
+    expanded = ["--model", "Classifier", "--model.model.name", network.architecture]
+    expanded += ["--model.model.checkpoint", str(network.weights), "--data", "FilesToClassify", "--data.network", path]
+    expanded += ["--trainer.logger", "false", "--predictions.output_dir", str(output)]
+    return [rest[0], *expanded, *rest[1:]]
+
+
 def main(args=None, run: bool = True) -> MealCLI:
     """Parse ``args`` (default: sys.argv) and run the subcommand; ``run=False`` only instantiates."""
+    if args is None:
+        sys.argv[1:] = predict_from(sys.argv[1:])  # LightningCLI reads sys.argv itself
+    else:
+        args = predict_from(list(args))
     try:
         return _cli(args, run)
     finally:

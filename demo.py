@@ -53,10 +53,8 @@ class Step:
 
 STEPS = [
     Step("zoo_evaluation", "zoo evaluation", (MEAL_CONFIG,), subcommand="validate"),
-    Step(
-        "baseline_resnet8_hard_labels", "baseline: init + hard labels", (CONFIGS / "baseline_resnet8_hard_labels.yaml",)
-    ),
-    Step("resnet8_from_resnet20+wrn_16_2", "MEAL V2 student", (MEAL_CONFIG,)),
+    Step("baseline_hard_labels", "baseline: init + hard labels", (CONFIGS / "baseline_resnet8_hard_labels.yaml",)),
+    Step("meal_v2", "MEAL V2 student", (MEAL_CONFIG,)),
 ]
 
 
@@ -120,6 +118,7 @@ class Pipeline:
         run_side_by_side([(self, s) for s in steps if s.subcommand == "fit"])
         result = report(self, manifests, round(time.perf_counter() - started, 1))
         print(f"demo finished in {result['seconds']:.0f} s; results in {self.out}", flush=True)
+        print(f"curves and the HParams table: tensorboard --logdir {self.out / RUNS}", flush=True)
         return result
 
     def prepare(self) -> list[dict]:
@@ -259,7 +258,7 @@ def report(pipeline: Pipeline, verified: list[dict], seconds: Optional[float] = 
     return result
 
 
-EXPORTS = {"baseline_resnet8_hard_labels": "model", "resnet8_from_resnet20+wrn_16_2": "student"}  # Classifier, MealV2
+EXPORTS = {"baseline_hard_labels": "model", "meal_v2": "student"}  # Classifier, MealV2
 
 
 def per_class(exports: dict[str, Path], data_dir: Optional[str], confusion_png: Path) -> dict:

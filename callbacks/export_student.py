@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -10,7 +11,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from timm.models._hub import save_config_for_hf  # timm's own export config writer (not re-exported)
 
-from callbacks.atomic_files import atomic_write, save_safetensors
+from callbacks.atomic_files import atomic_write, atomic_write_text, save_safetensors
 from callbacks.finite_loss import refuse_non_finite
 from callbacks.onnx_export import export_folder_onnx
 
@@ -50,16 +51,19 @@ class ExportStudent(pl.Callback):
             return
         root = self._root(trainer, pl_module)  # on every rank: trainer.log_dir is a collective under DDP
         config = data_config(trainer, pl_module)
-        self._export(trainer, pl_module, root / "last", config)
+        run = Path(trainer.log_dir) if trainer.logger is not None else None  # for the model card; also a collective
+        self._export(trainer, pl_module, root / "last", config, run)
         score = trainer.callback_metrics.get(self.monitor) if self.monitor else None
         if score is None:
             return
         score = float(score)
         if self.best is None or (score > self.best if self.mode == "max" else score < self.best):
             self.best = score
-            self._export(trainer, pl_module, root / "best", config)
+            self._export(trainer, pl_module, root / "best", config, run)
 
-    def _export(self, trainer: pl.Trainer, pl_module: pl.LightningModule, folder: Path, config: dict) -> None:
+    def _export(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, folder: Path, config: dict, run: Optional[Path]
+    ) -> None:
         model = pl_module.network
         tensors = {
             k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous()
@@ -69,6 +73,7 @@ class ExportStudent(pl.Callback):
         if trainer.is_global_zero:
             names = getattr(trainer.datamodule, "class_names", None)
             _write(model, tensors, folder, config, names)
+            atomic_write_text(folder / "README.md", model_card(trainer, pl_module, folder, config, names, run))
             self._written.add(folder)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -101,14 +106,80 @@ def _write(model, tensors: dict, folder: Path, config: dict, class_names: Option
 
 
 def data_config(trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict:
-    """The preprocessing the student was trained with: channels, size, crop, normalization."""
+    """The preprocessing the network was validated with: channels, size, resize interpolation, crop, normalization
+    (the shorter side resized to size / crop_pct, then a centre crop: timm's eval transform)."""
     hp = pl_module.hparams
     datamodule = getattr(trainer, "datamodule", None)
     size = getattr(datamodule, "image_size", None)
     config = {"mean": tuple(hp.data_mean), "std": tuple(hp.data_std)}
     if size:
         config["input_size"] = (hp.in_chans, size, size)
-    crop_pct = getattr(datamodule, "crop_pct", None)
-    if crop_pct:
-        config["crop_pct"] = crop_pct
+    config["interpolation"] = str(getattr(datamodule, "interpolation", None) or "bilinear")
+    config["crop_pct"] = float(getattr(datamodule, "crop_pct", None) or 1.0)
+    config["crop_mode"] = "center"
     return config
+
+
+def model_card(
+    trainer: pl.Trainer, pl_module: pl.LightningModule, folder: Path, config: dict, names, run: Optional[Path]
+) -> str:
+    """``README.md`` beside an export: what the network is, what it takes, how it was trained, what it scored."""
+    hp, metrics, datamodule = pl_module.hparams, trainer.callback_metrics, trainer.datamodule
+    network = pl_module.network
+    name = getattr(network, "default_cfg", {}).get("architecture") or type(network).__name__
+    params = sum(p.numel() for p in network.parameters())
+    channels, size = config.get("input_size", (hp.in_chans, "?", "?"))[0], config.get("input_size", (0, "?"))[-1]
+    teachers = [t["name"] for t in hp.get("teachers") or []]
+    how = f"MEAL V2, distilled from {' + '.join(teachers)}" if teachers else "cross-entropy on hard labels"
+    val_set = getattr(datamodule, "val_set", None)
+    images = f"{len(val_set):,} " if val_set is not None else ""
+    which = (
+        "test images (no held-out split)" if getattr(datamodule, "val_is_test", False) else "held-out training images"
+    )
+    top1 = metrics.get("val/top1")
+    lines = [
+        f"# {name} ({how})",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| architecture | `{name}`, {params:,} parameters |",
+        f"| input | {channels} x {size} x {size}, {'grey (L)' if channels == 1 else 'RGB'}; shorter side resized to "
+        f"{int(int(size) / config['crop_pct']) if str(size).isdigit() else size} ({config['interpolation']}), centre "
+        f"crop {size}, pixels / 255, mean {list(config['mean'])}, std {list(config['std'])} |",
+        f"| classes | {len(names) if names else hp.num_classes}: {', '.join(names) if names else 'indices'} |",
+        f"| this export | `{folder.name}`: epoch {trainer.current_epoch + 1} of {trainer.max_epochs} |",
+    ]
+    if top1 is not None:
+        lines.append(f"| val top-1 | {100 * float(top1):.2f} % on {images}{which} |")
+    ceiling = [
+        f"{k.split('/')[1][:-5]} {100 * float(v):.2f} %"
+        for k, v in sorted(metrics.items())
+        if k.startswith("val/teacher") and k.endswith("_top1")
+    ]
+    if "val/ensemble_top1" in metrics:
+        ceiling.append(f"ensemble {100 * float(metrics['val/ensemble_top1']):.2f} %")
+    if teachers:
+        lines.append(
+            f"| teachers | {', '.join(teachers)}" + (f"; val top-1: {', '.join(ceiling)}" if ceiling else "") + " |"
+        )
+    command = " ".join(sys.argv[1:]) if Path(sys.argv[0]).name == "cli.py" else None
+    if command:
+        lines.append(f"| trained with | `python cli.py {command}` |")
+    if run is not None:
+        lines.append(f"| run | `{run}` (its `config.yaml` holds every setting) |")
+    lines += [
+        "",
+        'Use it: `python cli.py predict --from THIS_FOLDER --data.init_args.predict_files "[photos/]"`, or in Python:',
+        "",
+        "```python",
+        "import lightning_modules  # the project's small-image backbones",
+        "import timm",
+        "",
+        f'model = timm.create_model("local-dir:{folder}", pretrained=True).eval()',
+        "```",
+        "",
+        "`model.onnx` (written when `fit` ends) takes `images` [N, C, H, W] prepared as above and carries the same facts "
+        "in its metadata.",
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,25 +1,24 @@
-"""Each run's hyperparameters with its final top-1 (agreement, NLL, ECE) in TensorBoard's HParams tab, so runs line up for comparison."""
+"""Each run's defining settings with its final top-1 (agreement, NLL, ECE) in TensorBoard's HParams tab, so runs line up."""
 
 from __future__ import annotations
-
-from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.tensorboard.summary import hparams
 
 RESULTS = (("top1", "top1"), ("agreement", "agreement"), ("nll", "loss"), ("ece", "ece"))  # (column, logged tag)
+METRICS = [f"hparams/{stage}_{name}" for stage in ("val", "test") for name, _ in RESULTS]  # the table's metric columns
 
 
 class HParamsWithResults(pl.Callback):
-    """After ``fit`` (and ``test``), records the module's hyperparameters, flattened (``student/name``,
-    ``teachers/0/checkpoint``, ...), with ``hparams/val_top1`` and, where logged, ``hparams/val_agreement``, ``_nll``
-    and ``_ece`` (``hparams/test_...`` after ``test``): the last epoch's values.
+    """After ``fit`` (and ``test``), records the settings a person compares first, in this order: ``method``,
+    ``student``, ``teachers``, ``discriminator``, ``epochs``, ``lr``, ``weight_decay``, ``batch_size`` (global),
+    ``seed``, ``precision``; then ``hparams/val_top1`` and, where logged, ``hparams/val_agreement``, ``_nll`` and
+    ``_ece`` (``hparams/test_...`` after ``test``): the last epoch's values.
 
-    Each run writes only its own session (no experiment summary), so TensorBoard's HParams tab builds its
-    columns from every run's hyperparameters: a baseline and a MEAL V2 run show side by side, each with its own.
-    The modules save their hyperparameters with ``logger=False``: Lightning's own record would add an
-    experiment summary per run and the nested values as single text columns.
+    Every run writes the same columns (a baseline reads ``teachers: -``) and the same experiment summary, so
+    TensorBoard's HParams table shows them in this order for all runs, with ``hparams/val_top1`` the first metric;
+    every other setting is in the run's ``config.yaml``.
     """
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -37,33 +36,53 @@ class HParamsWithResults(pl.Callback):
             for name, tag in RESULTS
             if f"{stage}/{tag}" in logged
         }
-        flat = flat_hparams(dict(pl_module.hparams))
+        columns = run_columns(trainer, pl_module)
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
-                _, session_start, session_end = hparams(flat, metrics)
+                experiment, _, _ = hparams(columns, dict.fromkeys(METRICS, 0.0))  # the same in every run
+                _, session_start, session_end = hparams(columns, metrics)
                 writer = logger.experiment
-                writer.file_writer.add_summary(session_start)
-                writer.file_writer.add_summary(session_end)
+                for summary in (experiment, session_start, session_end):
+                    writer.file_writer.add_summary(summary)
                 for name, number in metrics.items():
                     writer.add_scalar(name, number, trainer.global_step)
                 writer.flush()
             else:
-                logger.log_hyperparams(flat, metrics)
+                logger.log_hyperparams(columns, metrics)
 
 
-def flat_hparams(values: dict, prefix: str = "") -> dict[str, Any]:
-    """Nested hyperparameters as ``a/b/0/c`` keys holding numbers, booleans or text; private ``_...`` keys dropped."""
-    flat: dict[str, Any] = {}
-    for key, value in values.items():
-        if str(key).startswith("_"):
-            continue
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flat_hparams(value, f"{name}/"))
-        elif isinstance(value, (list, tuple)) and any(isinstance(v, dict) for v in value):
-            flat.update(flat_hparams(dict(enumerate(value)), f"{name}/"))
-        elif isinstance(value, (bool, int, float, str)):
-            flat[name] = value
-        else:  # None, lists of numbers, anything else: as text
-            flat[name] = str(list(value) if isinstance(value, (list, tuple)) else value)
-    return flat
+def run_columns(trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, object]:
+    """The settings that tell runs apart, as plain text and numbers, in the order the HParams table shows them."""
+    from datamodules.base import global_seed
+
+    hp = pl_module.hparams
+    teachers = [t["name"] for t in hp.get("teachers") or []]
+    network = hp.get("student") or hp.get("model") or {}
+    datamodule = getattr(trainer, "datamodule", None)
+    batch = getattr(datamodule, "batch_size", 0) * trainer.world_size
+    return {
+        "method": method_name(hp),
+        "student": str(network.get("name", "?")),
+        "teachers": " + ".join(teachers) if teachers else "-",
+        "discriminator": str(hp.get("discriminator") or "none") if teachers else "-",
+        "epochs": int(trainer.max_epochs or -1),
+        "lr": float(hp.get("lr", 0.0)),
+        "weight_decay": float(hp.get("weight_decay", 0.0)),
+        "batch_size": int(batch),
+        "seed": int(global_seed()),
+        "precision": str(trainer.precision),
+    }
+
+
+def method_name(hp) -> str:
+    """What trains the network: hard labels, MEAL V2's soft cross-entropy, or the objective given instead."""
+    if not hp.get("teachers"):
+        return "hard labels"
+    objective = hp.get("objective") or {}
+    kind = str(objective.get("class_path", "SoftCrossEntropy")).rsplit(".", 1)[-1]
+    name = {"SoftCrossEntropy": "MEAL V2", "HintonKD": "Hinton KD"}.get(kind, kind)
+    if kind == "HintonKD":
+        name += f" T={objective.get('init_args', {}).get('temperature')}"
+    if hp.get("hard_label_weight"):
+        name += f" + {hp['hard_label_weight']} x hard labels"
+    return name

@@ -60,14 +60,26 @@ def export_onnx(model: nn.Module, path: Path, input_size: tuple[int, int, int], 
     proto = program.model_proto
     for key, value in metadata.items():
         entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value if isinstance(value, str) else json.dumps(value)
+        entry.key, entry.value = key, json.dumps(value)
     onnx.checker.check_model(proto)
     atomic_write(path, lambda name: onnx.save(proto, name))
 
 
+PREPROCESSING = ("input_size", "interpolation", "crop_pct", "crop_mode", "mean", "std")
+
+
 def onnx_metadata(class_names: Optional[list[str]], data_config: dict) -> dict:
-    """What a client needs besides the graph: class names (index order) and the preprocessing."""
+    """What a client needs besides the graph, every value JSON: class names (index order) and every preprocessing
+    fact (channels, size, resize rule and interpolation, crop, pixel scale, mean, std)."""
     metadata = {key: list(value) if isinstance(value, tuple) else value for key, value in data_config.items()}
+    metadata["channel_order"] = "L" if metadata["input_size"][0] == 1 else "RGB"
+    metadata["pixel_scale"] = 1 / 255
+    if "crop_pct" in metadata:
+        metadata["resize"] = (
+            "decode as channel_order; resize the shorter side to floor(input_size[-1] / crop_pct) with interpolation "
+            "(the longer side in proportion, truncated); centre-crop input_size[-1] x input_size[-1] (offsets "
+            "rounded); multiply by pixel_scale; subtract mean and divide by std per channel; NCHW float32"
+        )
     if class_names:
         metadata["label_names"] = list(class_names)
     return metadata
@@ -75,6 +87,7 @@ def onnx_metadata(class_names: Optional[list[str]], data_config: dict) -> dict:
 
 def export_folder_onnx(folder: Path, out: Optional[Path] = None) -> Path:
     """``model.onnx`` from an export folder's own ``model.safetensors`` and ``config.json`` (that epoch's weights)."""
+    from datamodules.exported import read_export_config
     from lightning_modules.model_loading import read_state_dict
 
     config = read_export_config(folder)
@@ -82,33 +95,15 @@ def export_folder_onnx(folder: Path, out: Optional[Path] = None) -> Path:
     model_args = config.get("model_args") or {"num_classes": config["num_classes"], "in_chans": cfg["input_size"][0]}
     weights, _ = read_state_dict(folder / "model.safetensors")
     model = exportable_model(config["architecture"], model_args, weights, folder / "model.safetensors")
-    data = {k: cfg[k] for k in ("input_size", "mean", "std", "crop_pct") if k in cfg}
+    data = {k: cfg[k] for k in PREPROCESSING if k in cfg}
     out = out or folder / "model.onnx"
     export_onnx(model, out, tuple(cfg["input_size"]), onnx_metadata(config.get("label_names"), data))
     return out
 
 
-def read_export_config(folder: Path) -> dict:
-    """An export folder's timm ``config.json``, or a one-line error saying what is wrong with it."""
-    path = folder / "config.json"
-    redo = "export the run again (python -m callbacks.onnx_export RUN/checkpoints/last.ckpt --image-size N)"
-    if not path.is_file():
-        raise ExportInputError(
-            f"'{folder}' has no config.json: an export folder holds model.safetensors + config.json."
-        )
-    try:
-        config = json.loads(path.read_text())
-    except (OSError, ValueError) as error:
-        raise ExportInputError(f"'{path}' cannot be read ({type(error).__name__}): it is damaged; {redo}.") from None
-    cfg = config.get("pretrained_cfg") if isinstance(config, dict) else None
-    missing = [k for k in ("architecture", "num_classes") if not isinstance(config, dict) or k not in config]
-    if not isinstance(cfg, dict) or "input_size" not in cfg or missing:
-        what = ", ".join(missing) or "pretrained_cfg.input_size"
-        raise ExportInputError(f"'{path}' lacks {what} (not a timm export config): {redo}.")
-    return config
-
-
 def _checkpoint_model(path: Path, image_size: int) -> tuple[nn.Module, tuple[int, int, int], dict]:
+    from datamodules.errors import DataError
+    from datamodules.exported import find_trained_network
     from lightning_modules.model_loading import ModelSource, read_state_dict
 
     state_dict, hparams = read_state_dict(path)  # the student's (or Classifier's model's) weights, one read
@@ -122,6 +117,11 @@ def _checkpoint_model(path: Path, image_size: int) -> tuple[nn.Module, tuple[int
     args = {"num_classes": hparams["num_classes"], "in_chans": hparams["in_chans"], **source.model_kwargs}
     size = (hparams["in_chans"], image_size, image_size)
     data = {"input_size": size, "mean": hparams["data_mean"], "std": hparams["data_std"]}
+    try:  # a checkpoint inside a run: the resize and crop its export records
+        cfg = find_trained_network(str(path)).config["pretrained_cfg"]
+        data |= {k: cfg[k] for k in ("interpolation", "crop_pct", "crop_mode") if k in cfg}
+    except DataError:
+        pass
     return exportable_model(source.name, args, state_dict, path), size, data
 
 
@@ -149,9 +149,10 @@ def main(argv: Optional[list[str]] = None) -> Path:
 
 if __name__ == "__main__":
     from callbacks.atomic_files import DamagedFileError, WriteError
+    from datamodules.errors import DataError
     from lightning_modules.model_loading import ModelLoadingError
 
     try:
         main()
-    except (ExportInputError, DamagedFileError, ModelLoadingError, WriteError) as error:
+    except (ExportInputError, DamagedFileError, DataError, ModelLoadingError, WriteError) as error:
         raise SystemExit(f"error: {error}") from None

@@ -12,6 +12,7 @@ from typing import Optional
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, get_worker_info
 from torchvision.transforms import InterpolationMode, v2
 
@@ -339,6 +340,13 @@ class ClassificationDataModule(L.LightningDataModule):
             raise DataError(
                 f"The training set has {images} images, {images // world} per device: fewer than one batch of "
                 f"{self.batch_size} (incomplete batches are dropped): lower data.batch_size or use more training images."
+            )
+        per_device = -(-images // world)  # the sampler pads the last device's share with repeats
+        if (left := per_device % self.batch_size) and epoch == 0:
+            rank_zero_info(
+                f"Each epoch trains {per_device - left} of the {per_device} training images per device: the last "
+                f"incomplete batch ({left} images, other ones each epoch as the order is reshuffled) is dropped; a "
+                f"data.batch_size that divides {per_device} trains on all of them."
             )
         sampler = EpochShuffle(
             images, global_seed(), epoch, crops, num_replicas=world, rank=rank, per_sample=per_sample

@@ -58,8 +58,8 @@ class Classifier(NetworkModule):
         check_images(images, self.hparams.in_chans)
         logits = self.model(images)
         loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.hparams.label_smoothing)
-        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)  # per step
-        self.log("train/loss_epoch", loss, on_step=False, on_epoch=True)  # the epoch's mean
+        self.log("train/ce_loss", loss, on_step=True, on_epoch=False, prog_bar=True)  # per step
+        self.log("train/ce_loss_epoch", loss, on_step=False, on_epoch=True)  # the epoch's mean
         self.train_top1(logits.detach(), labels)
         self.log("train/top1", self.train_top1, on_step=False, on_epoch=True)
         return loss

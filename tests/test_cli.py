@@ -114,51 +114,61 @@ def test_runs_record_hparams_with_their_final_top1_and_every_groups_lr(tmp_path,
     assert zoo.read_scalars(run, "hparams/val_top1") == zoo.read_scalars(run, "val/top1")[-1:]
 
 
-def session_hparams(run) -> dict:
-    """The hyperparameters a run's events give TensorBoard's HParams tab (its session start info), read by TensorBoard."""
+def hparams_record(run) -> tuple[dict, list[str], list[str]]:
+    """What a run's events give TensorBoard's HParams tab, read by TensorBoard: the session's values, and the
+    experiment's columns and metrics in the order the table shows them."""
     from tensorboard.backend.event_processing.plugin_event_accumulator import EventAccumulator as PluginAccumulator
     from tensorboard.plugins.hparams import plugin_data_pb2
 
-    found = {}
+    values, columns, metrics = {}, [], []
     for file in run.glob("events.out.tfevents.*"):
         accumulator = PluginAccumulator(str(file), size_guidance={"tensors": 0}).Reload()
         tags = accumulator.Tags()["tensors"]
-        assert "_hparams_/experiment" not in tags, "an experiment summary would hide the other runs' columns"
         if "_hparams_/session_start_info" in tags:
             content = accumulator.SummaryMetadata("_hparams_/session_start_info").plugin_data.content
             hparams = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info.hparams
-            found.update({key: getattr(value, value.WhichOneof("kind")) for key, value in hparams.items()})
-    return found
+            values.update({key: getattr(value, value.WhichOneof("kind")) for key, value in hparams.items()})
+        if "_hparams_/experiment" in tags:
+            content = accumulator.SummaryMetadata("_hparams_/experiment").plugin_data.content
+            experiment = plugin_data_pb2.HParamsPluginData.FromString(content).experiment
+            columns = [info.name for info in experiment.hparam_infos]
+            metrics = [info.name.tag for info in experiment.metric_infos]
+    return values, columns, metrics
 
 
-def test_each_run_shows_its_own_hyperparameters_and_logged_names_match_the_docs(tmp_path, monkeypatch):
-    """A Classifier run and a MEAL V2 run in one log folder: each session carries its own flattened hyperparameters."""
+def test_every_run_shows_the_same_columns_in_order_with_val_top1_first_and_one_name_per_loss(tmp_path, monkeypatch):
+    """A Classifier run and a MEAL V2 run in one log folder: the HParams table reads method, student, teachers, ...
+    for both; the hard-label loss and MEAL V2's loss never share a chart."""
     monkeypatch.chdir(tmp_path)
     main(
         ["fit", "--config", str(write_meal_config(tmp_path)), "--trainer.max_epochs=1", "--trainer.log_every_n_steps=1"]
     )
     classifier = write_meal_config(tmp_path / "c")
-    main(
-        [
-            "fit",
-            "--config",
-            str(classifier),
-            "--model=Classifier",
-            "--model.model.name=cifar_resnet8",
-            "--trainer.max_epochs=1",
-        ]
+    model = ["--model=Classifier", "--model.model.name=cifar_resnet8", "--trainer.log_every_n_steps=1"]
+    main(["fit", "--config", str(classifier), *model, "--trainer.max_epochs=1"])
+    meal, meal_columns, meal_metrics = hparams_record(tmp_path / "runs/meal/version_0")
+    baseline, baseline_columns, _ = hparams_record(tmp_path / "c/runs/meal/version_0")
+    order = ["method", "student", "teachers", "discriminator", "epochs", "lr", "weight_decay", "batch_size", "seed"]
+    assert meal_columns == baseline_columns == [*order, "precision"]
+    assert meal_metrics[0] == "hparams/val_top1" and "hparams/test_top1" in meal_metrics
+    assert meal["method"] == "MEAL V2" and meal["teachers"] == "cifar_resnet8 + cifar_wrn_16_1"
+    assert meal["discriminator"] == "official" and meal["student"] == "cifar_resnet8"
+    assert meal["lr"] == pytest.approx(0.05) and meal["epochs"] == 1 and meal["batch_size"] == 16
+    assert meal["seed"] == 7 and meal["precision"] == "32-true"
+    assert baseline["method"] == "hard labels" and baseline["teachers"] == "-" and baseline["discriminator"] == "-"
+    assert "None" not in {str(v) for v in {**meal, **baseline}.values()}
+
+    def scalar_tags(run):
+        return set(EventAccumulator(str(next(run.glob("events*")))).Reload().Tags()["scalars"])
+
+    meal_tags, baseline_tags = (
+        scalar_tags(tmp_path / "runs/meal/version_0"),
+        scalar_tags(tmp_path / "c/runs/meal/version_0"),
     )
-    meal = session_hparams(tmp_path / "runs/meal/version_0")
-    baseline = session_hparams(tmp_path / "c/runs/meal/version_0")
-    assert meal["discriminator"] == "official" and meal["student/name"] == "cifar_resnet8"
-    assert meal["teachers/1/name"] == "cifar_wrn_16_1" and meal["lr"] == pytest.approx(0.05)
-    assert baseline["model/name"] == "cifar_resnet8" and "discriminator" not in baseline
-    assert not [key for key in {**meal, **baseline} if key.startswith("_")]
-    tags = set(
-        EventAccumulator(str(next((tmp_path / "runs/meal/version_0").glob("events*")))).Reload().Tags()["scalars"]
-    )
-    assert {"train/kd_loss", "train/kd_loss_epoch", "train/loss", "train/discriminator_loss", "val/top1"} <= tags
-    assert not [tag for tag in tags if tag.endswith("_step")]
+    assert {"train/kd_loss", "train/kd_loss_epoch", "train/loss", "train/discriminator_loss", "val/top1"} <= meal_tags
+    assert {"train/ce_loss", "train/ce_loss_epoch", "val/top1"} <= baseline_tags
+    assert not baseline_tags & {"train/loss", "train/loss_epoch", "train/kd_loss"}
+    assert not [tag for tag in meal_tags | baseline_tags if tag.endswith("_step")]
 
 
 def test_one_notion_of_best_the_export_follows_the_checkpoint_monitor(tmp_path, monkeypatch):

@@ -164,3 +164,25 @@ def test_cifar_batches_pickled_by_python_2_and_3_both_load(tmp_path):
         batch.write_bytes(pickle.dumps(plain, protocol=protocol))
         again = load_data_pickle(batch)
         assert np.array_equal(again["data"], plain["data"]) and again["labels"] == plain["labels"]
+
+
+def test_images_left_out_of_every_epoch_by_drop_last_are_counted_in_one_line(tmp_path, monkeypatch, caplog):
+    import logging
+
+    from fixtures import write_meal_config
+
+    from cli import main
+
+    monkeypatch.chdir(tmp_path)
+    config = write_meal_config(tmp_path)  # 96 training images
+    with caplog.at_level(logging.INFO, logger="lightning.pytorch.utilities.rank_zero"):
+        main(["fit", "--config", str(config), "--trainer.max_epochs=1", "--data.init_args.batch_size=40"])
+    lines = [r.getMessage() for r in caplog.records if "incomplete batch" in r.getMessage()]
+    assert lines == [
+        "Each epoch trains 80 of the 96 training images per device: the last incomplete batch (16 images, other ones "
+        "each epoch as the order is reshuffled) is dropped; a data.batch_size that divides 96 trains on all of them."
+    ]
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="lightning.pytorch.utilities.rank_zero"):
+        main(["fit", "--config", str(config), "--trainer.max_epochs=1", "--data.init_args.batch_size=32"])
+    assert not [r for r in caplog.records if "incomplete batch" in r.getMessage()]

@@ -220,14 +220,15 @@ def test_demo_distils_the_zoo_end_to_end_and_skips_finished_steps(tiny_zoo, tmp_
         "baseline: init + hard labels",
         "MEAL V2 student",
     }
-    meal_run = out / "runs" / "fashion_mnist" / "resnet8_from_resnet20+wrn_16_2" / "main"
+    meal_run = out / "runs" / "fashion_mnist" / "meal_v2" / "main"
     assert (
         yaml.safe_load((meal_run / "config.yaml").read_text())["model"]["init_args"]["student"]["checkpoint"]
         == "zoo/fashion_mnist/student_init_resnet8/model.safetensors"
     )
 
-    assert (out / "logs" / "resnet8_from_resnet20+wrn_16_2.log").is_file()
-    assert "resnet8_from_resnet20+wrn_16_2: epoch 1/1: val/top1" in first.stdout  # a line per epoch, no bars
+    assert (out / "logs" / "meal_v2.log").is_file()
+    assert "meal_v2: epoch 1/1: val/top1" in first.stdout  # a line per epoch, no bars
+    assert f"tensorboard --logdir {out / 'runs' / 'fashion_mnist'}" in first.stdout  # where its runs are
 
     rerun = subprocess.run(command, check=True, cwd=tmp_path, capture_output=True, text=True)
     assert rerun.stdout.count("done earlier, skipped") == 3
@@ -301,7 +302,7 @@ def test_demo_trains_from_the_shipped_zoo_and_soft_labels_on_the_real_data(tmp_p
     command = [sys.executable, str(ROOT / "demo.py"), "--smoke", "--out", str(out), "--precision", "32-true"]
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    meal = yaml.safe_load((out / "runs/fashion_mnist/resnet8_from_resnet20+wrn_16_2/main/config.yaml").read_text())
+    meal = yaml.safe_load((out / "runs/fashion_mnist/meal_v2/main/config.yaml").read_text())
     assert meal["model"]["init_args"]["soft_targets"] == "cached"
     assert meal["data"]["init_args"]["soft_labels"]["dir"] == "zoo/fashion_mnist/soft_labels"
     assert "Warning" not in result.stdout and "warn" not in result.stdout.lower()

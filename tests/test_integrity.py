@@ -15,6 +15,7 @@ from callbacks.atomic_files import DamagedFileError
 from callbacks.onnx_export import ExportInputError
 from callbacks.onnx_export import main as onnx_main
 from cli import CheckpointError, main
+from datamodules import DataError
 from lightning_modules.model_loading import ModelLoadingError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -127,7 +128,7 @@ def test_the_onnx_command_refuses_a_broken_export_folder_in_one_line(finished_ru
         config_file.write_text(json.dumps({**config, "architecture": "cifar_wrn_16_1"}))
     else:
         damage_safetensors(folder / "model.safetensors")
-    with pytest.raises((ExportInputError, DamagedFileError)) as info:
+    with pytest.raises((ExportInputError, DamagedFileError, DataError)) as info:
         onnx_main([str(folder)])
     assert message in str(info.value) and "\n" not in str(info.value)
 

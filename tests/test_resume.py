@@ -227,11 +227,17 @@ def test_hard_kill_mid_epoch_resumes_to_the_weights_of_an_uninterrupted_run(tmp_
     assert_same_training_state(straight, load(checkpoint))
 
 
+@pytest.fixture(scope="module")
+def straight_with_workers(tmp_path_factory) -> dict:
+    """The uninterrupted run (2 loader workers) that the SIGTERM and Ctrl+C resumes must equal."""
+    return straight_run(tmp_path_factory.mktemp("reference"), "--data.init_args.num_workers=2")
+
+
 @pytest.mark.slow
-def test_sigterm_saves_the_current_step_exits_nonzero_and_resumes_exactly(tmp_path):
+def test_sigterm_saves_the_current_step_exits_nonzero_and_resumes_exactly(tmp_path, straight_with_workers):
     """SLURM and Kubernetes pre-empt with SIGTERM: the step is saved, `fit && test` stops, the resume is exact (with workers)."""
     workers = "--data.init_args.num_workers=2"
-    straight = straight_run(tmp_path, workers)
+    straight = straight_with_workers
     config = write_config(tmp_path / "preempted")
     checkpoints = tmp_path / "preempted/runs/meal/version_0/checkpoints"
     command = fit_command(config, workers, "--last_checkpoint.every_n_train_steps=3")
@@ -249,10 +255,10 @@ def test_sigterm_saves_the_current_step_exits_nonzero_and_resumes_exactly(tmp_pa
 
 
 @pytest.mark.slow
-def test_ctrl_c_saves_the_current_step_like_sigterm_and_resumes_exactly(tmp_path):
+def test_ctrl_c_saves_the_current_step_like_sigterm_and_resumes_exactly(tmp_path, straight_with_workers):
     """Ctrl+C in a terminal reaches the whole process group (loader workers too): the step is saved, exit 130."""
     workers = "--data.init_args.num_workers=2"
-    straight = straight_run(tmp_path, workers)
+    straight = straight_with_workers
     config = write_config(tmp_path / "interrupted")
     checkpoints = tmp_path / "interrupted/runs/meal/version_0/checkpoints"
     command = fit_command(config, workers, "--last_checkpoint.every_n_train_steps=3")
