@@ -11,9 +11,9 @@ METRICS = [f"hparams/{stage}_{name}" for stage in ("val", "test") for name, _ in
 
 
 class HParamsWithResults(pl.Callback):
-    """After ``fit`` (and ``test``), records the settings a person compares first, in this order: ``method``,
-    ``student``, ``teachers``, ``discriminator``, ``epochs``, ``lr``, ``weight_decay``, ``batch_size`` (global),
-    ``seed``, ``precision``; then ``hparams/val_top1`` and, where logged, ``hparams/val_agreement``, ``_nll`` and
+    """After ``fit`` (and ``test``), records the settings a person compares first, in this order (numbered, as
+    TensorBoard sorts setting columns by name): ``01 method``, ``02 student``, ``03 teachers``, ``04 discriminator``,
+    ``05 epochs``, ``06 lr``, ``07 weight_decay``, ``08 batch_size`` (global), ``09 seed``, ``10 precision``; then ``hparams/val_top1`` and, where logged, ``hparams/val_agreement``, ``_nll`` and
     ``_ece`` (``hparams/test_...`` after ``test``): the last epoch's values.
 
     Every run writes the same columns (a baseline reads ``teachers: -``) and the same experiment summary, so
@@ -60,7 +60,7 @@ def run_columns(trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str,
     network = hp.get("student") or hp.get("model") or {}
     datamodule = getattr(trainer, "datamodule", None)
     batch = getattr(datamodule, "batch_size", 0) * trainer.world_size
-    return {
+    columns = {
         "method": method_name(hp),
         "student": str(network.get("name", "?")),
         "teachers": " + ".join(teachers) if teachers else "-",
@@ -72,6 +72,8 @@ def run_columns(trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str,
         "seed": int(global_seed()),
         "precision": str(trainer.precision),
     }
+    # TensorBoard's table sorts setting columns by name: numbered names keep this order on screen.
+    return {f"{index:02d} {name}": value for index, (name, value) in enumerate(columns.items(), start=1)}
 
 
 def method_name(hp) -> str:

@@ -149,7 +149,10 @@ def test_every_run_shows_the_same_columns_in_order_with_val_top1_first_and_one_n
     meal, meal_columns, meal_metrics = hparams_record(tmp_path / "runs/meal/version_0")
     baseline, baseline_columns, _ = hparams_record(tmp_path / "c/runs/meal/version_0")
     order = ["method", "student", "teachers", "discriminator", "epochs", "lr", "weight_decay", "batch_size", "seed"]
-    assert meal_columns == baseline_columns == [*order, "precision"]
+    assert meal_columns == baseline_columns == [f"{i:02d} {name}" for i, name in enumerate([*order, "precision"], 1)]
+    assert sorted(meal_columns) == meal_columns  # TensorBoard sorts them by name: the same order on screen
+    meal = {key[3:]: value for key, value in meal.items()}
+    baseline = {key[3:]: value for key, value in baseline.items()}
     assert meal_metrics[0] == "hparams/val_top1" and "hparams/test_top1" in meal_metrics
     assert meal["method"] == "MEAL V2" and meal["teachers"] == "cifar_resnet8 + cifar_wrn_16_1"
     assert meal["discriminator"] == "official" and meal["student"] == "cifar_resnet8"

@@ -212,6 +212,12 @@ def straight_run(tmp_path: Path, *extra: str) -> dict:
     return load(tmp_path / "straight/runs/meal/version_0/checkpoints/last.ckpt")
 
 
+@pytest.fixture(scope="module")
+def straight_with_workers(tmp_path_factory) -> dict:
+    """The uninterrupted run (2 loader workers) that the SIGTERM and Ctrl+C resumes must equal."""
+    return straight_run(tmp_path_factory.mktemp("reference"), "--data.init_args.num_workers=2")
+
+
 @pytest.mark.slow
 def test_hard_kill_mid_epoch_resumes_to_the_weights_of_an_uninterrupted_run(tmp_path):
     """SIGKILL after a step checkpoint in the middle of epoch 0; --ckpt_path last trains the batches not yet seen."""
@@ -225,12 +231,6 @@ def test_hard_kill_mid_epoch_resumes_to_the_weights_of_an_uninterrupted_run(tmp_
 
     subprocess.run(command + ["--ckpt_path=last"], cwd=tmp_path / "killed", check=True, capture_output=True)
     assert_same_training_state(straight, load(checkpoint))
-
-
-@pytest.fixture(scope="module")
-def straight_with_workers(tmp_path_factory) -> dict:
-    """The uninterrupted run (2 loader workers) that the SIGTERM and Ctrl+C resumes must equal."""
-    return straight_run(tmp_path_factory.mktemp("reference"), "--data.init_args.num_workers=2")
 
 
 @pytest.mark.slow
