@@ -128,7 +128,8 @@ def model_card(
     network = pl_module.network
     name = getattr(network, "default_cfg", {}).get("architecture") or type(network).__name__
     params = sum(p.numel() for p in network.parameters())
-    channels, size = config.get("input_size", (hp.in_chans, "?", "?"))[0], config.get("input_size", (0, "?"))[-1]
+    channels, _, size = config.get("input_size", (hp.in_chans, None, None))
+    resized = int(size / config["crop_pct"]) if size else "the input size"
     teachers = [t["name"] for t in hp.get("teachers") or []]
     how = f"MEAL V2, distilled from {' + '.join(teachers)}" if teachers else "cross-entropy on hard labels"
     val_set = getattr(datamodule, "val_set", None)
@@ -144,7 +145,7 @@ def model_card(
         "|---|---|",
         f"| architecture | `{name}`, {params:,} parameters |",
         f"| input | {channels} x {size} x {size}, {'grey (L)' if channels == 1 else 'RGB'}; shorter side resized to "
-        f"{int(int(size) / config['crop_pct']) if str(size).isdigit() else size} ({config['interpolation']}), centre "
+        f"{resized} ({config['interpolation']}), centre "
         f"crop {size}, pixels / 255, mean {list(config['mean'])}, std {list(config['std'])} |",
         f"| classes | {len(names) if names else hp.num_classes}: {', '.join(names) if names else 'indices'} |",
         f"| this export | `{folder.name}`: epoch {trainer.current_epoch + 1} of {trainer.max_epochs} |",
@@ -169,7 +170,7 @@ def model_card(
         lines.append(f"| run | `{run}` (its `config.yaml` holds every setting) |")
     lines += [
         "",
-        'Use it: `python cli.py predict --from THIS_FOLDER --data.init_args.predict_files "[photos/]"`, or in Python:',
+        f'Use it: `python cli.py predict --from {folder} --data.init_args.predict_files "[photos/]"`, or in Python:',
         "",
         "```python",
         "import lightning_modules  # the project's small-image backbones",

@@ -127,21 +127,21 @@ class ImageFolderData(ClassificationDataModule):
 
     def _dataset(self, split: str, transform) -> ImageFolder:
         folder = self.data_dir / split
-        files = {c: [p for p in (folder / c).rglob("*") if p.is_file()] for c in self.classes}
-        empty = [c for c in self.classes if not any(p.suffix.lower() in IMAGE_EXTENSIONS for p in files[c])]
+        images = ImageFilter()  # one walk of the folder: ImageFolder's, which also notes the files it passes over
+        dataset = ImageFolder(str(folder), transform=transform, loader=load_rgb, is_valid_file=images, allow_empty=True)
+        empty = [c for index, c in enumerate(dataset.classes) if index not in set(dataset.targets)]
         if empty:
             raise DataError(
                 f"Class folder '{folder / empty[0]}' has no images, in it or its sub-folders ({len(empty)} such folders; "
                 f"images are {', '.join(IMAGE_EXTENSIONS)}): add images or remove it."
             )
-        skipped = [p for c in self.classes for p in files[c] if p.suffix.lower() not in IMAGE_EXTENSIONS]
-        if skipped := [p for p in skipped if not p.name.startswith(".")]:
-            kinds = sorted({p.suffix.lower() or "(no extension)" for p in skipped})
+        if images.skipped:
+            kinds = sorted({Path(p).suffix.lower() or "(no extension)" for p in images.skipped})
             rank_zero_warn(
-                f"'{folder}': {len(skipped)} files are not images this project reads and are skipped ({', '.join(kinds)}; "
-                f"e.g. '{skipped[0]}'); images are {', '.join(IMAGE_EXTENSIONS)}."
+                f"'{folder}': {len(images.skipped)} files are not images this project reads and are skipped "
+                f"({', '.join(kinds)}; e.g. '{images.skipped[0]}'); images are {', '.join(IMAGE_EXTENSIONS)}."
             )
-        return ImageFolder(str(folder), transform=transform, loader=load_rgb, is_valid_file=is_image_file)
+        return dataset
 
     def build_datasets(self):
         train_split, val_split, test_split = self.splits
@@ -207,8 +207,18 @@ def random_resized_box(
     return (height - h) // 2, (width - w) // 2, h, w
 
 
-def is_image_file(path: str) -> bool:
-    return path.lower().endswith(IMAGE_EXTENSIONS)
+class ImageFilter:
+    """ImageFolder's ``is_valid_file``: admits the image extensions and notes every other (not hidden) file it sees."""
+
+    def __init__(self):
+        self.skipped: list[str] = []
+
+    def __call__(self, path: str) -> bool:
+        if path.lower().endswith(IMAGE_EXTENSIONS):
+            return True
+        if not Path(path).name.startswith("."):
+            self.skipped.append(path)
+        return False
 
 
 class _Decode(Dataset):

@@ -189,9 +189,14 @@ def fit_command(config: Path, *extra: str) -> list[str]:
     ]
 
 
-def interrupt_after_step(command: list[str], cwd: Path, checkpoint: Path, step: int, signum: int):
-    """Start ``command``, send ``signum`` once ``checkpoint`` holds at least ``step``; returns (exit status, stderr)."""
-    process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+def interrupt_after_step(
+    command: list[str], cwd: Path, checkpoint: Path, step: int, signum: int, whole_group: bool = False
+):
+    """Start ``command``, send ``signum`` once ``checkpoint`` holds at least ``step`` (to its whole process group, as a
+    terminal's Ctrl+C does, with ``whole_group``); returns (exit status, stderr)."""
+    process = subprocess.Popen(
+        command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=whole_group
+    )
     deadline = time.time() + 180
     while time.time() < deadline and process.poll() is None:
         if checkpoint.exists():
@@ -201,7 +206,7 @@ def interrupt_after_step(command: list[str], cwd: Path, checkpoint: Path, step: 
             except Exception:  # being written
                 pass
         time.sleep(0.05)
-    os.kill(process.pid, signum)
+    (os.killpg if whole_group else os.kill)(process.pid, signum)
     _, stderr = process.communicate(timeout=180)
     return process.returncode, stderr
 
@@ -262,26 +267,11 @@ def test_ctrl_c_saves_the_current_step_like_sigterm_and_resumes_exactly(tmp_path
     config = write_config(tmp_path / "interrupted")
     checkpoints = tmp_path / "interrupted/runs/meal/version_0/checkpoints"
     command = fit_command(config, workers, "--last_checkpoint.every_n_train_steps=3")
-    process = subprocess.Popen(
-        command,
-        cwd=tmp_path / "interrupted",
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
+    status, stderr = interrupt_after_step(
+        command, tmp_path / "interrupted", checkpoints / "last.ckpt", 3, signal.SIGINT, whole_group=True
     )
-    deadline = time.time() + 180
-    while time.time() < deadline and process.poll() is None:
-        try:
-            if load(checkpoints / "last.ckpt")["global_step"] >= 3:
-                break
-        except Exception:  # not there yet, or being written
-            pass
-        time.sleep(0.05)
-    os.killpg(process.pid, signal.SIGINT)  # what the terminal does on Ctrl+C
-    _, stderr = process.communicate(timeout=180)
 
-    assert process.returncode == 128 + signal.SIGINT, stderr[-2000:]
+    assert status == 128 + signal.SIGINT, stderr[-2000:]
     saved = load(checkpoints / "last.ckpt")["global_step"]
     assert 3 <= saved < 48
     assert stderr.strip().splitlines()[-1] == (
