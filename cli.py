@@ -30,6 +30,7 @@ from callbacks import (
     LastCheckpoint,
     NonFiniteLossError,
     RestoreRandomState,
+    SigtermOnEveryRank,
     SoftLabelWriter,
 )
 from callbacks.atomic_files import AtomicCheckpointIO, DamagedFileError, WriteError, verify_file
@@ -142,6 +143,7 @@ class MealCLI(LightningCLI):
         parser.add_lightning_class_args(ExportStudent, "export_student")
         parser.add_lightning_class_args(FiniteLossGuard, "finite_loss_guard")
         parser.add_lightning_class_args(RestoreRandomState, "restore_random_state")
+        parser.add_lightning_class_args(SigtermOnEveryRank, "sigterm_on_every_rank")
         parser.add_lightning_class_args(SoftLabelWriter, "soft_label_writer")
         parser.add_lightning_class_args(ClassPredictionWriter, "predictions")
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")

@@ -11,8 +11,12 @@ batch and image size for:
   online_limit   1 / (1/floor + 1/teachers_alone): student step and teachers cannot overlap on one device
   cached         MEAL V2 from cached soft labels (no teacher in the step)
 and how close the fast teachers' soft targets stay to fp32 (top-1 agreement, mean KL). Data loading
-is excluded: batches live on the device. On CUDA the peak memory of each step is reported too.
-Prints a Markdown table and writes JSON.
+is excluded from those rows: batches live on the device. Two rows include it, for the embedded default
+(Fashion-MNIST and the zoo's soft-label cache, found with --data-dir and --cache-dir; skipped, with a note,
+for other shapes or without the data):
+  hard_labels_loaded  the student's step on hard labels, batches from FashionMNISTData's training loader
+  cached_loaded       MEAL V2 from the cache, batches from the same loader replaying the cache
+On CUDA the peak memory of each step is reported too. Prints a Markdown table and writes JSON.
 
     python benchmarks/throughput.py                         # Fashion-MNIST-sized defaults, CPU here
     python benchmarks/throughput.py --device cuda --student resnet50 --teachers senet154 resnet152s \
@@ -22,6 +26,7 @@ Prints a Markdown table and writes JSON.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -34,6 +39,9 @@ sys.path.insert(0, str(ROOT))
 from reporting import device_name, save_and_print, synchronize  # noqa: E402
 
 from callbacks.fast_teachers import accelerate_teacher  # noqa: E402
+from datamodules import FashionMNISTData  # noqa: E402
+from datamodules.errors import DataError  # noqa: E402
+from datamodules.soft_labels import CachedCrops, SoftLabelStore  # noqa: E402
 from lightning_modules import MealV2  # noqa: E402
 from lightning_modules.hardware import fast_precision  # noqa: E402
 from lightning_modules.losses import ensemble_soft_targets  # noqa: E402
@@ -96,14 +104,24 @@ def run(args) -> dict:
     def autocast(bf16: bool):
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
-    def floor_step(bf16: bool):
+    student_bf16 = args.student_precision == "bf16-mixed"
+
+    def floor_step(bf16: bool, batch=None):
+        x, y = batch if batch is not None else (images, labels)
         optimizer.zero_grad(set_to_none=True)
         with autocast(bf16):
-            loss = torch.nn.functional.cross_entropy(module.student(images).float(), labels)
+            loss = torch.nn.functional.cross_entropy(module.student(x).float(), y)
         loss.backward()
         optimizer.step()
 
-    student_bf16 = args.student_precision == "bf16-mixed"
+    def meal_step(cached=None, batch=None):
+        x, y = batch if batch is not None else (images, labels)
+        optimizer.zero_grad(set_to_none=True)
+        with autocast(student_bf16):
+            loss = module.distillation_losses(x, y, cached)["loss"]
+        loss.backward()
+        optimizer.step()
+
     for channels_last in (False, True):
         module.student.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
         for bf16 in (False, True):
@@ -114,12 +132,7 @@ def run(args) -> dict:
         f"floor_{'bf16' if student_bf16 else 'fp32'}{'_channels_last' if args.channels_last else ''}"
     ]
 
-    def meal_step(cached=None):
-        optimizer.zero_grad(set_to_none=True)
-        with autocast(student_bf16):
-            loss = module.distillation_losses(images, labels, cached)["loss"]
-        loss.backward()
-        optimizer.step()
+    note = loaded_rows(args, module, floor_step, meal_step, timing, results, student_bf16)
 
     measure("online_fp32", meal_step, timing, results, memory)
     with torch.no_grad():
@@ -166,8 +179,55 @@ def run(args) -> dict:
             "floor / cached": results["floor"] / results["cached"],
         },
         "fast_soft_targets": {"top1_agreement": agreement, "mean_kl": kl},
+        "loaded_note": note,
     }
+    if "cached_loaded" in results:
+        report["ratios"]["cached_loaded / hard_labels_loaded"] = (
+            results["cached_loaded"] / results["hard_labels_loaded"]
+        )
     return report
+
+
+def loaded_rows(args, module, floor_step, meal_step, timing, results, student_bf16) -> str:
+    """The embedded default's two steps with their DataLoaders (num_workers 0, as the recipes): hard labels through
+    FashionMNISTData's augmented training set, MEAL V2 through the same loader replaying the zoo's cache."""
+    shape = (args.in_chans, args.image_size, args.num_classes)
+    if shape != (1, 28, 10):
+        return f"loaded rows skipped: they use Fashion-MNIST (1x28x28, 10 classes), not {shape}"
+    try:
+        hard = FashionMNISTData(data_dir=args.data_dir, batch_size=args.batch_size, num_workers=0)
+        hard.setup("fit")
+        cached = FashionMNISTData(data_dir=args.data_dir, batch_size=args.batch_size, num_workers=0)
+        cached.setup("fit")
+        meta = json.loads((args.cache_dir / "meta.json").read_text())
+        cached.train_set = CachedCrops(cached.raw_train_set(), SoftLabelStore(args.cache_dir, meta, "r"), cached.render)
+    except (DataError, OSError) as error:
+        return f"loaded rows skipped: {error}"
+    device = timing["device"]
+
+    def from_loader(data):
+        batches = iter(data.train_dataloader())
+
+        def next_batch():
+            nonlocal batches
+            try:
+                return next(batches)
+            except StopIteration:
+                batches = iter(data.train_dataloader())
+                return next(batches)
+
+        return lambda: [part.to(device, non_blocking=True) for part in next_batch()]
+
+    loaded = {**timing, "steps": args.loaded_steps}
+    hard_batch, cached_batch = from_loader(hard), from_loader(cached)
+    results["hard_labels_loaded"] = images_per_second(lambda: floor_step(student_bf16, hard_batch()), **loaded)
+
+    def cached_step():
+        x, y, soft, teacher_logits = cached_batch()
+        meal_step((soft, teacher_logits), (x, y))
+
+    results["cached_loaded"] = images_per_second(cached_step, **loaded)
+    return f"loaded rows: {args.data_dir} or the system copy, cache {args.cache_dir}, {args.loaded_steps} batches per round"
 
 
 def markdown(report: dict) -> str:
@@ -182,6 +242,7 @@ def markdown(report: dict) -> str:
     ]
     names = [n for n in r if n.startswith("floor_")]
     names += ["floor", "online_fp32", "online_fast", "teachers_alone", "online_limit", "cached"]
+    names += [n for n in ("hard_labels_loaded", "cached_loaded") if n in r]
     for name in names:
         mem = f" {memory[name]:.1f} |" if name in memory else (" |" if memory else "")
         lines.append(f"| {name} | {r[name]:.0f} | {r[name] / r['floor']:.2f}x |{mem}")
@@ -194,6 +255,9 @@ def markdown(report: dict) -> str:
         f"top-1 agreement {100 * fast['top1_agreement']:.2f}%, mean KL {fast['mean_kl']:.2e}; their first call took "
         f"{report['teachers_first_call_s']:.1f} s" + (" (the compile)." if report["compile"] else "."),
     ]
+    if "cached_loaded / hard_labels_loaded" in q:
+        lines.append(f"With data loading: cached / hard labels = {q['cached_loaded / hard_labels_loaded']:.2f}x.")
+    lines.append(report["loaded_note"] + ".")
     return "\n".join(lines) + "\n"
 
 
@@ -216,6 +280,9 @@ def main(argv=None) -> dict:
     )
     parser.add_argument("--no-channels-last", dest="channels_last", action="store_false")
     parser.add_argument("--compile", action="store_true", help="torch.compile the fast teachers")
+    parser.add_argument("--data-dir", default="data/fashion-mnist", help="Fashion-MNIST for the loaded rows")
+    parser.add_argument("--cache-dir", type=Path, default=ROOT / "zoo" / "fashion_mnist" / "soft_labels")
+    parser.add_argument("--loaded-steps", type=int, default=50, help="batches per timed round of the loaded rows")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "throughput.json")
     args = parser.parse_args(argv)
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")

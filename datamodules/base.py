@@ -352,7 +352,7 @@ class ClassificationDataModule(L.LightningDataModule):
             images, global_seed(), epoch, crops, num_replicas=world, rank=rank, per_sample=per_sample
         )
         return ResumableLoader(
-            SeededPerSample(self.train_set),
+            self.train_set if cached else SeededPerSample(self.train_set),  # replayed crops draw nothing at random
             batch_size=self.batch_size,
             sampler=sampler,
             generator=sampler.generator,

@@ -82,6 +82,7 @@ class SoftLabelStore:
                     f"{shape}: the cache is damaged; {REMAKE}."
                 )
         self.seed = zlib.crc32(json.dumps({k: meta.get(k) for k in SEALED}, sort_keys=True).encode())
+        self._uncommitted: list[np.ndarray] = []  # image indices written but not yet flushed and marked done
 
     @classmethod
     def create_or_resume(
@@ -164,18 +165,27 @@ class SoftLabelStore:
         return candidates[done[candidates] == 0]
 
     def write(self, image_indices: np.ndarray, **rows: np.ndarray) -> None:
-        """Rows of boxes, flips, values, logits and indices for these images, their CRCs, then their done marks."""
+        """Rows of boxes, flips, values, logits and indices for these images, and their CRCs; ``commit`` marks them done."""
         rows = {name: np.asarray(rows[name]).astype(self.arrays[name].dtype, copy=False) for name in ROWS}
         for name in ROWS:
             self.arrays[name][image_indices] = rows[name]
-            self.arrays[name].flush()
-        crcs = [
+        self.arrays["crc"][image_indices] = [
             self.row_crc(int(index), {name: rows[name][j] for name in ROWS}) for j, index in enumerate(image_indices)
         ]
-        self.arrays["crc"][image_indices] = crcs
-        self.arrays["crc"].flush()
-        self.arrays["done"][image_indices] = 1  # written last: a killed run never marks half-written rows
+        self._uncommitted.append(np.asarray(image_indices))
+
+    def commit(self) -> int:
+        """Flush the rows written since the last commit, then mark their images done (a run killed before this
+        leaves them unmarked, to be made again). One flush per block of images, not per batch. Returns the count."""
+        if not self._uncommitted:
+            return 0
+        for name in (*ROWS, "crc"):
+            self.arrays[name].flush()
+        written = np.concatenate(self._uncommitted)
+        self.arrays["done"][written] = 1
         self.arrays["done"].flush()
+        self._uncommitted = []
+        return len(written)
 
     def row_crc(self, index: int, rows: dict[str, np.ndarray]) -> int:
         """CRC-32 of image ``index``'s rows, seeded by what the cache was made for (so rows of another cache fail)."""
@@ -184,23 +194,34 @@ class SoftLabelStore:
             crc = zlib.crc32(np.ascontiguousarray(rows[name]).tobytes(), crc)
         return crc
 
-    def checked_rows(self, index: int) -> dict[str, np.ndarray]:
-        """Image ``index``'s stored rows, refused in one line when they fail their CRC or are not finite probabilities."""
-        rows = {name: np.array(self.arrays[name][index]) for name in ROWS}
-        problem = None
-        if self.row_crc(index, rows) != int(self.arrays["crc"][index]):
-            problem = "its rows fail their CRC (changed, zeroed or copied from another cache)"
-        else:
-            values = rows["values"].astype(np.float32)
-            total = values.sum(-1)
-            full = self.meta["top_k"] == self.meta["classes"]
-            if not (np.isfinite(values).all() and np.isfinite(rows["logits"].astype(np.float32)).all()):
-                problem = "its targets are not finite"
-            elif (values < 0).any() or (total > 1.01).any() or (full and (total < 0.99).any()):
-                problem = f"its targets are not probabilities (sums {total.min():.3f}..{total.max():.3f})"
-        if problem:
-            raise DataError(f"Soft-label cache '{self.folder}': image {index}: {problem}; {REMAKE}.")
+    def checked_rows(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+        """The stored rows of these images ([B, R, ...] each), refused in one line naming the first image that fails
+        its CRC or whose targets are not finite probabilities. One read per array for the whole batch."""
+        order = np.argsort(indices, kind="stable")  # memory maps read fastest in file order
+        rows = {name: np.empty_like(self.arrays[name][: len(indices)]) for name in ROWS}
+        for name in ROWS:
+            rows[name][order] = self.arrays[name][indices[order]]
+        stored_crcs = self.arrays["crc"][indices]
+        for j, index in enumerate(indices.tolist()):
+            if self.row_crc(index, {name: rows[name][j] for name in ROWS}) != int(stored_crcs[j]):
+                self._refuse(index, "its rows fail their CRC (changed, zeroed or copied from another cache)")
+        values = rows["values"].astype(np.float32)
+        total = values.sum(-1)
+        full = self.meta["top_k"] == self.meta["classes"]
+        finite = np.isfinite(values).all(axis=(1, 2)) & np.isfinite(rows["logits"].astype(np.float32)).all(axis=(1, 2))
+        if not finite.all():
+            self._refuse(int(indices[np.argmin(finite)]), "its targets are not finite")
+        wrong = (values < 0).any(axis=(1, 2)) | (total > 1.01).any(axis=1) | (full & (total < 0.99).any(axis=1))
+        if wrong.any():
+            first = int(np.argmax(wrong))
+            sums = total[first]
+            self._refuse(
+                int(indices[first]), f"its targets are not probabilities (sums {sums.min():.3f}..{sums.max():.3f})"
+            )
         return rows
+
+    def _refuse(self, index: int, problem: str) -> None:
+        raise DataError(f"Soft-label cache '{self.folder}': image {index}: {problem}; {REMAKE}.")
 
     def bytes_per_image(self) -> int:
         return sum(self.arrays[name][0].nbytes for name in FILES)
@@ -407,20 +428,32 @@ class CachedCrops(Dataset):
         return (len(self.rows) if self.rows is not None else len(self.raw)) * self.crops
 
     def __getitem__(self, virtual: int):
-        index, first = divmod(virtual, self.crops)
-        index = self.rows[index] if self.rows is not None else index
-        image, label = self.raw[index]
-        rows = self.store.checked_rows(index)
-        crops = [(first + j) % self.crops for j in range(self.per_sample)]
-        images = [
-            self.render(image, pixel_box(rows["boxes"][c], *image.shape[-2:]), bool(rows["flips"][c])) for c in crops
-        ]
-        stored = {name: torch.from_numpy(rows[name][crops]) for name in ("values", "logits", "indices")}
+        return self.__getitems__([virtual])[0]
+
+    def __getitems__(self, virtuals: list[int]) -> list:
+        """A batch's items (the DataLoader's per-batch fetch): the labels of all its images read, checked and decoded
+        at once; only the crops are rendered image by image."""
+        images, first = np.divmod(np.asarray(virtuals, dtype=np.int64), self.crops)
+        indices = np.asarray(self.rows, dtype=np.int64)[images] if self.rows is not None else images
+        rows = self.store.checked_rows(indices)
+        crops = (first[:, None] + np.arange(self.per_sample)) % self.crops  # [B, m]
+        chosen = {name: rows[name][np.arange(len(indices))[:, None], crops] for name in ROWS}
+        stored = {name: torch.from_numpy(chosen[name]) for name in ("values", "logits", "indices")}
         soft = decode_soft_labels(stored["values"], stored["indices"], self.classes)
         logits = decode_teacher_logits(stored["logits"], stored["indices"], self.classes)
-        if self.per_sample == 1:
-            return images[0], label, soft[0], logits[0]
-        return torch.stack(images), torch.full((self.per_sample,), label), soft, logits
+        items = []
+        for j, index in enumerate(indices.tolist()):
+            image, label = self.raw[index]
+            boxes, flips = chosen["boxes"][j], chosen["flips"][j]
+            views = [
+                self.render(image, pixel_box(box, *image.shape[-2:]), bool(flip))
+                for box, flip in zip(boxes, flips, strict=True)
+            ]
+            if self.per_sample == 1:
+                items.append((views[0], label, soft[j, 0], logits[j, 0]))
+            else:
+                items.append((torch.stack(views), torch.full((self.per_sample,), label), soft[j], logits[j]))
+        return items
 
 
 def concat_crops(items: list) -> list[torch.Tensor]:

@@ -276,7 +276,8 @@ class MealV2(NetworkModule):
         if "paths" in batch:
             return self.classify_files(batch)
         crops = batch["images"]  # [B, R, C, H, W]
-        teacher_logits = self.teachers(crops.flatten(0, 1))
+        # B crops per teacher call, as in a training batch: B x R at once thrashes the CPU caches (2.5x slower)
+        teacher_logits = torch.cat([self.teachers(part) for part in crops.flatten(0, 1).split(len(crops))], dim=1)
         return {
             **{k: batch[k] for k in ("index", "boxes", "flips")},
             "probabilities": ensemble_soft_targets(teacher_logits).view(*crops.shape[:2], -1),

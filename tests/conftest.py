@@ -18,6 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 torch.set_num_threads(2)
 
+pytest_plugins = ["pytester"]  # tests/test_harness.py runs this harness on dummy tests
+
 LIMITS = {"limit_train_batches": 4, "limit_val_batches": 2, "limit_test_batches": 2, "max_epochs": 2}
 
 

@@ -18,7 +18,8 @@ class SaveRankState(pl.Callback):
         Path(self.dirpath).mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu() for k, v in pl_module.student.state_dict().items()}
         modes = [m.training for m in pl_module.teachers.modules()]
+        backend = torch.distributed.get_backend() if torch.distributed.is_initialized() else None
         torch.save(
-            {"student": state, "teacher_training": any(modes), "batches": self.batches},
+            {"student": state, "teacher_training": any(modes), "batches": self.batches, "backend": backend},
             Path(self.dirpath) / f"rank{trainer.global_rank}.pt",
         )

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -14,6 +17,8 @@ from PIL import Image
 from safetensors.torch import save_file
 
 import lightning_modules  # noqa: F401  (registers the small-image backbones)
+
+ROOT = Path(__file__).resolve().parents[1]
 
 COLORS = [(220, 40, 40), (40, 200, 40), (40, 40, 220), (200, 200, 40), (200, 40, 200)]
 
@@ -172,3 +177,68 @@ def tensorboard_logger(tmp_path: Path) -> dict:
 def write_yaml(path: Path, config: dict) -> Path:
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+def ddp_config(tmp_path: Path, discriminator: str) -> Path:
+    """MEAL V2 on 64 tiny Fashion-MNIST images, one conv teacher, a ViT student (no BatchNorm), 2 epochs of 3 steps."""
+    data_dir = write_fashion_mnist(tmp_path / "data", train_count=64, test_count=32)
+    teachers = [
+        {
+            "name": "cifar_resnet8",
+            "checkpoint": str(write_weights(tmp_path / "t.pt", "cifar_resnet8", 10, in_chans=1, seed=1)),
+        }
+    ]
+    student = {
+        "name": "test_vit",
+        "model_kwargs": {"img_size": 28, "patch_size": 4},
+    }  # no BatchNorm: per-rank stats cannot differ
+    config = {
+        "seed_everything": 3,
+        "model": {
+            "class_path": "MealV2",
+            "init_args": {"teachers": teachers, "student": student, "lr": 0.05, "discriminator": discriminator},
+        },
+        "data": {"class_path": "FashionMNISTData", "init_args": {"data_dir": str(data_dir), "augment": False}},
+        "trainer": {
+            "accelerator": "cpu",
+            "max_epochs": 2,
+            "limit_train_batches": 3,
+            "limit_val_batches": 2,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "num_sanity_val_steps": 0,
+            "logger": {
+                "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                "init_args": {"save_dir": "runs", "name": "x", "version": "v"},
+            },
+        },
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def fit_processes(
+    tmp_path: Path, folder: str, devices: int, per_device_batch: int, discriminator: str, *extra: str
+) -> Path:
+    """``cli.py fit`` of ``ddp_config`` on ``devices`` processes (DDP when more than one, or with ``--trainer.strategy=ddp``
+    in ``extra``); every rank saves its batches and student into ``ranks/`` (tests/ddp_probe.py)."""
+    run_dir = tmp_path / folder
+    run_dir.mkdir()
+    probe = '{"class_path": "ddp_probe.SaveRankState", "init_args": {"dirpath": "ranks"}}'
+    command = [
+        sys.executable,
+        str(ROOT / "cli.py"),
+        "fit",
+        "--config",
+        str(ddp_config(run_dir, discriminator)),
+        f"--trainer.devices={devices}",
+        f"--data.init_args.batch_size={per_device_batch}",
+        f"--trainer.callbacks+={probe}",
+        *extra,
+    ]
+    if devices > 1:
+        command.append("--trainer.strategy=ddp")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT)])}
+    subprocess.run(command, cwd=run_dir, env=env, check=True, capture_output=True)
+    return run_dir

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import lightning.pytorch as pl
 import pytest
 import torch
 import yaml
-from fixtures import write_fashion_mnist, write_weights
+from fixtures import fit_processes
 from torch.utils.data import DataLoader, TensorDataset
 
 import zoo
@@ -21,70 +18,11 @@ from lightning_modules import MealV2
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def ddp_config(tmp_path: Path, discriminator: str) -> Path:
-    data_dir = write_fashion_mnist(tmp_path / "data", train_count=64, test_count=32)
-    teachers = [
-        {
-            "name": "cifar_resnet8",
-            "checkpoint": str(write_weights(tmp_path / "t.pt", "cifar_resnet8", 10, in_chans=1, seed=1)),
-        }
-    ]
-    student = {
-        "name": "test_vit",
-        "model_kwargs": {"img_size": 28, "patch_size": 4},
-    }  # no BatchNorm: per-rank stats cannot differ
-    config = {
-        "seed_everything": 3,
-        "model": {
-            "class_path": "MealV2",
-            "init_args": {"teachers": teachers, "student": student, "lr": 0.05, "discriminator": discriminator},
-        },
-        "data": {"class_path": "FashionMNISTData", "init_args": {"data_dir": str(data_dir), "augment": False}},
-        "trainer": {
-            "accelerator": "cpu",
-            "max_epochs": 2,
-            "limit_train_batches": 3,
-            "limit_val_batches": 2,
-            "enable_progress_bar": False,
-            "enable_model_summary": False,
-            "num_sanity_val_steps": 0,
-            "logger": {
-                "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-                "init_args": {"save_dir": "runs", "name": "x", "version": "v"},
-            },
-        },
-    }
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
-def fit(tmp_path: Path, folder: str, devices: int, per_device_batch: int, discriminator: str) -> Path:
-    run_dir = tmp_path / folder
-    run_dir.mkdir()
-    probe = '{"class_path": "ddp_probe.SaveRankState", "init_args": {"dirpath": "ranks"}}'
-    command = [
-        sys.executable,
-        str(ROOT / "cli.py"),
-        "fit",
-        "--config",
-        str(ddp_config(run_dir, discriminator)),
-        f"--trainer.devices={devices}",
-        f"--data.init_args.batch_size={per_device_batch}",
-        f"--trainer.callbacks+={probe}",
-    ]
-    if devices > 1:
-        command.append("--trainer.strategy=ddp")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT)])}
-    subprocess.run(command, cwd=run_dir, env=env, check=True, capture_output=True)
-    return run_dir
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("discriminator", ["official", "adversarial"])
 def test_ddp_on_two_processes_matches_one_process_with_the_same_global_batch(tmp_path, discriminator):
-    single = fit(tmp_path, "single", devices=1, per_device_batch=16, discriminator=discriminator)
-    ddp = fit(tmp_path, "ddp", devices=2, per_device_batch=8, discriminator=discriminator)
+    single = fit_processes(tmp_path, "single", devices=1, per_device_batch=16, discriminator=discriminator)
+    ddp = fit_processes(tmp_path, "ddp", devices=2, per_device_batch=8, discriminator=discriminator)
 
     rank0, rank1 = (torch.load(ddp / "ranks" / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     alone = torch.load(single / "ranks" / "rank0.pt", weights_only=True)

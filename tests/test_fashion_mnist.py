@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -290,8 +291,8 @@ def test_committed_soft_labels_match_their_manifest_and_the_zoo_teachers(monkeyp
     assert meta["fingerprint"]["teachers"] == teachers
     assert meta["fingerprint"]["crop"] == cli.datamodule.crop_settings()
     store = SoftLabelStore(zoo.ZOO_DIR / "soft_labels", meta, "r")
-    for index in range(meta["images"]):  # every row passes its CRC and holds probabilities
-        store.checked_rows(index)
+    for start in range(0, meta["images"], 4096):  # every row passes its CRC and holds probabilities
+        store.checked_rows(np.arange(start, min(start + 4096, meta["images"])))
 
 
 @pytest.mark.slow

@@ -5,6 +5,7 @@ from __future__ import annotations
 import lightning.pytorch as pl
 import pytest
 import torch
+from fixtures import fit_processes
 from torch.utils.data import DataLoader, TensorDataset
 
 from callbacks import ChannelsLast, FastTeachers
@@ -104,3 +105,19 @@ def test_a_cached_fit_keeps_the_teachers_in_host_memory(tmp_path):
     trainer.fit(module, DataLoader(data, batch_size=8))
     assert trainer.global_step == 2 and module.student.conv1.weight.is_cuda
     assert not any(p.is_cuda for p in module.teachers.parameters())
+
+
+def test_ddp_over_nccl_trains_the_same_student_on_every_gpu(tmp_path):
+    """DDP on the GPUs there are (up to 2; one GPU still runs the NCCL process group): every rank ends with the
+    same student, the teachers stay in eval mode, and the run says it used NCCL."""
+    devices = min(2, torch.cuda.device_count())
+    run = fit_processes(
+        tmp_path, "nccl", devices, 8, "official", "--trainer.accelerator=gpu", "--trainer.strategy=ddp",
+        "--trainer.precision=bf16-mixed",
+    )  # fmt: skip
+    ranks = [torch.load(run / "ranks" / f"rank{r}.pt", weights_only=True) for r in range(devices)]
+    assert all(state["backend"] == "nccl" for state in ranks)
+    for key, value in ranks[0]["student"].items():
+        assert torch.isfinite(value.float()).all()
+        assert all(torch.equal(value, other["student"][key]) for other in ranks[1:]), f"ranks disagree on {key}"
+    assert not any(state["teacher_training"] for state in ranks)

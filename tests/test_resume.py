@@ -280,3 +280,37 @@ def test_ctrl_c_saves_the_current_step_like_sigterm_and_resumes_exactly(tmp_path
     )
     subprocess.run(command + ["--ckpt_path=last"], cwd=tmp_path / "interrupted", check=True, capture_output=True)
     assert_same_training_state(straight, load(checkpoints / "last.ckpt"))
+
+
+def _rank_states() -> list[dict]:
+    """Two processes' random states, as a 2-process checkpoint stores them."""
+    from callbacks.rng_state import own_state
+
+    states = []
+    for seed in (11, 22):
+        torch.manual_seed(seed)
+        states.append(own_state())
+    return states
+
+
+def test_each_rank_restores_its_own_random_state(monkeypatch):
+    import torch.distributed as dist
+
+    from callbacks import RestoreRandomState
+
+    states = _rank_states()
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(dist, "get_rank", lambda: 1)
+    RestoreRandomState().load_state_dict({"ranks": states})
+    assert torch.equal(torch.get_rng_state(), states[1]["torch"])
+
+
+def test_resuming_on_another_number_of_processes_says_in_one_line_it_cannot_be_exact():
+    from callbacks import RestoreRandomState
+
+    states = _rank_states()
+    with pytest.warns(UserWarning, match="Resumed on 1 process.*checkpoint of 2.*cannot repeat") as record:
+        RestoreRandomState().load_state_dict({"ranks": states})
+    assert "\n" not in str(record[0].message)
+    assert torch.equal(torch.get_rng_state(), states[0]["torch"])  # rank 0 continues saved rank 0's stream

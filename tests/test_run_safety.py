@@ -412,12 +412,6 @@ def test_a_run_folder_is_marked_and_overwritten_only_as_such(tmp_path, monkeypat
     assert (run / "checkpoints/last.ckpt").is_file()
 
 
-@pytest.mark.gpu
-def test_gpu_marked_tests_keep_their_accelerator():
-    trainer = pl.Trainer(accelerator="gpu", devices=1, logger=False)
-    assert type(trainer.accelerator).__name__ == "CUDAAccelerator"
-
-
 def _write_lock(run: Path, pid: int) -> Path:
     import json
     import socket

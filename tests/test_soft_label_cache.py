@@ -526,3 +526,48 @@ def test_a_full_disk_while_making_a_cache_is_one_line_and_a_rerun_finishes_it(tm
 
     subprocess.run(predict, cwd=tmp_path, check=True, capture_output=True)  # space freed: the same command
     assert np.load(tmp_path / "cache/done.npy").all()
+
+
+def small_store(tmp_path, images: int = 24, crops: int = 3, classes: int = 4):
+    """A complete cache of random valid rows for ``images`` blank 8x8 images, written but not committed."""
+    from datamodules.soft_labels import SoftLabelCache, SoftLabelStore
+
+    config = SoftLabelCache(dir=str(tmp_path / "cache"), crops=crops, top_k=classes)
+    store = SoftLabelStore.create_or_resume(config, images, classes, "Test", {"data": "x", "teachers": [], "crop": {}})
+    rng = np.random.default_rng(0)
+    probabilities = rng.dirichlet(np.ones(classes), size=(images, crops))
+    store.write(
+        np.arange(images),
+        boxes=np.tile([0.0, 0.0, 1.0, 1.0], (images, crops, 1)),
+        flips=rng.integers(0, 2, (images, crops)),
+        values=probabilities,
+        logits=np.log(probabilities),
+        indices=np.tile(np.arange(classes), (images, crops, 1)),
+    )
+    return store
+
+
+def test_written_rows_count_as_done_only_once_committed(tmp_path):
+    store = small_store(tmp_path)
+    assert len(store.pending()) == 24  # a run killed now makes these images again
+    assert store.commit() == 24
+    assert len(store.pending()) == 0 and np.load(tmp_path / "cache" / "done.npy").all()
+
+
+def test_training_reads_the_cache_once_per_batch(tmp_path, monkeypatch):
+    from torch.utils.data import DataLoader
+
+    from datamodules.fashion_mnist import TensorImages
+
+    store = small_store(tmp_path)
+    store.commit()
+    raw = TensorImages(torch.zeros(24, 1, 8, 8, dtype=torch.uint8), torch.arange(24) % 4, None)
+    replay = CachedCrops(raw, store, lambda image, box, flip: image.float())
+    reads = []
+    original = store.checked_rows
+    monkeypatch.setattr(store, "checked_rows", lambda indices: reads.append(len(indices)) or original(indices))
+    batches = list(DataLoader(replay, batch_size=8, sampler=range(0, 72, 3)))
+    assert reads == [8, 8, 8]
+    one_by_one = [replay[i] for i in range(0, 72, 3)]
+    torch.testing.assert_close(batches[1][2], torch.stack([item[2] for item in one_by_one[8:16]]))
+    torch.testing.assert_close(batches[1][3], torch.stack([item[3] for item in one_by_one[8:16]]))

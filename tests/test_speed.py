@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from callbacks import FastTeachers
 from callbacks.fast_teachers import accelerate_teacher
+from datamodules import fashion_mnist
 from lightning_modules import MealV2
 from lightning_modules.losses import ensemble_soft_targets
 
@@ -74,10 +75,10 @@ def test_throughput_benchmark_reports_every_mode(tmp_path):
     import throughput
 
     out = tmp_path / "throughput.json"
-    throughput.main(
-        ["--steps", "1", "--warmup", "0", "--batch-size", "4", "--teachers", "cifar_resnet8", "--out", str(out)]
-    )
+    tiny = ["--steps", "1", "--warmup", "0", "--batch-size", "4", "--teachers", "cifar_resnet8"]
+    throughput.main([*tiny, "--cache-dir", str(tmp_path / "no-cache"), "--out", str(out)])
     report = json.loads(out.read_text())
+    assert report["loaded_note"].startswith("loaded rows skipped") and "no-cache" in report["loaded_note"]
     floors = {f"floor_{p}{c}" for p in ("fp32", "bf16") for c in ("", "_channels_last")}
     assert set(report["images_per_s"]) == floors | {
         "floor",
@@ -92,6 +93,21 @@ def test_throughput_benchmark_reports_every_mode(tmp_path):
     assert r["online_limit"] == pytest.approx(1 / (1 / r["floor"] + 1 / r["teachers_alone"]))
     assert report["ratios"]["online_fast / online_limit"] == pytest.approx(r["online_fast"] / r["online_limit"])
     assert report["fast_soft_targets"]["top1_agreement"] == 1.0
+
+
+@pytest.mark.skipif(not fashion_mnist.SYSTEM_DIR.is_dir(), reason="needs Debian's dataset-fashion-mnist (make data)")
+def test_throughput_benchmark_times_both_steps_of_the_embedded_default_with_their_loaders(tmp_path):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import throughput
+
+    out = tmp_path / "throughput.json"
+    tiny = ["--steps", "1", "--warmup", "0", "--loaded-steps", "2", "--teachers", "cifar_resnet8"]
+    report = throughput.main([*tiny, "--data-dir", str(fashion_mnist.SYSTEM_DIR), "--out", str(out)])
+    r = report["images_per_s"]
+    assert r["hard_labels_loaded"] > 0 and r["cached_loaded"] > 0
+    ratio = report["ratios"]["cached_loaded / hard_labels_loaded"]
+    assert ratio == pytest.approx(r["cached_loaded"] / r["hard_labels_loaded"])
+    assert json.loads(out.read_text())["loaded_note"].startswith("loaded rows:")
 
 
 @pytest.mark.parametrize(
