@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import signal
 import sys
 import threading
 import warnings
 from pathlib import Path
-from typing import Optional
 
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
@@ -28,35 +26,19 @@ from callbacks import (
     FiniteLossGuard,
     HParamsWithResults,
     LastCheckpoint,
-    NonFiniteLossError,
+    NonFiniteTrainingError,
     RestoreRandomState,
     SigtermOnEveryRank,
     SoftLabelWriter,
 )
-from callbacks.atomic_files import AtomicCheckpointIO, DamagedFileError, WriteError, verify_file
 from datamodules.base import ClassificationDataModule, DataError
-from datamodules.exported import find_trained_network
+from datamodules.exported import predict_from
 from lightning_modules.errors import ConfigError
-from lightning_modules.model_loading import ModelLoadingError
-from run_folder import (
-    RUN_MARKER,
-    RunFolderError,
-    acquire_lock,
-    check_writable,
-    is_marked,
-    mark,
-    release_locks,
-    run_files,
-    run_records,
-)
-
-# Expected in this project and nothing a user can act on, so kept off the console (narrowly, by message):
-# MealV2's frozen teachers are in eval mode at the start of training by design (they ignore .train());
-warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
-# Lightning 2.6's model summary cannot size bf16/fp16 mixed precision (only its MB estimate is off);
-warnings.filterwarnings("ignore", message=r"Precision \S+ is not supported by the model summary")
-# Lightning's own use of a torch pytree API that torch deprecated (Lightning's code, not ours or the user's).
-warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+from models.loading import ModelLoadingError
+from private_apis import CheckpointPathHook
+from storage.atomic_files import AtomicCheckpointIO, DamagedFileError, WriteError
+from storage.checkpoints import CheckpointError, resolve_ckpt_path, tensorboard_args
+from storage.run_folder import RunFolderError, check_writable, first_process, prepare_fit_folder, release_locks
 
 
 class _WithoutAdvert(logging.Filter):
@@ -66,7 +48,19 @@ class _WithoutAdvert(logging.Filter):
         return "litlogger" not in record.getMessage()
 
 
-logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_WithoutAdvert())
+_WITHOUT_ADVERT = _WithoutAdvert()
+
+
+def quiet_expected_warnings() -> None:
+    """Warnings expected in this project and nothing a user can act on, kept off the console narrowly, by message:
+    MealV2's frozen teachers are in eval mode at the start of training by design (they ignore .train()); Lightning
+    2.6's model summary cannot size bf16/fp16 mixed precision (only its MB estimate is off); Lightning's own use of a
+    torch pytree API that torch deprecated; Lightning's tip advertising a cloud logger."""
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
+    warnings.filterwarnings("ignore", message=r"Precision \S+ is not supported by the model summary")
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_WITHOUT_ADVERT)  # once: the same object
+
 
 DEFAULTS = {
     # best student by val/top1
@@ -89,13 +83,8 @@ DEFAULTS = {
         "init_args": {"save_dir": "runs", "name": "default", "default_hp_metric": False},
     },
 }
-NAMED_CHECKPOINTS = {"last", "best", "hpc", "registry"}
 # DataModule facts linked into the model: (data attribute, model argument)
 LINKS = (("num_classes", "num_classes"), ("in_chans", "in_chans"), ("mean", "data_mean"), ("std", "data_std"))
-
-
-class CheckpointError(ValueError):
-    """A --ckpt_path that cannot be used."""
 
 
 # Lightning's MisconfigurationException: one-line refusals such as accelerator 'gpu' without a GPU, max_epochs -2.
@@ -105,7 +94,7 @@ USER_ERRORS = (
     DamagedFileError,
     DataError,
     ModelLoadingError,
-    NonFiniteLossError,
+    NonFiniteTrainingError,
     RunFolderError,
     WriteError,
     MisconfigurationException,
@@ -134,7 +123,7 @@ class SaveConfigOnceTrainingStarts(SaveConfigCallback):
         super().setup(trainer, pl_module, "fit")
 
 
-class MealCLI(LightningCLI):
+class MealCLI(CheckpointPathHook, LightningCLI):
     """LightningCLI whose DataModule facts (classes, channels, normalization) flow into the model."""
 
     def add_arguments_to_parser(self, parser) -> None:
@@ -203,31 +192,11 @@ class MealCLI(LightningCLI):
                     f"linked into the model and wins; set it on the data (data.init_args) or drop model.init_args.{target}."
                 )
 
-    def _parse_ckpt_path(self) -> None:
-        """Check --ckpt_path before anything is built, and keep the given config.
-
-        ``last`` and ``best`` are resolved here to the file of this config's run, so a checkpoint that
-        does not exist is an error instead of Lightning's warning and an untrained model. LightningCLI
-        (2.5.5+) would also overwrite the model's config with the checkpoint's hyperparameters, silently
-        ignoring what the user passed (e.g. a moved teacher file or a new lr): here the config wins.
-        This overrides LightningCLI's private hook of that name (there is no public one before the model
-        is built); tests/test_run_safety.py and tests/test_resume.py pin both behaviours.
-        """
+    def check_ckpt_path(self) -> None:
+        """``--ckpt_path`` resolved and checked before anything is built; the given config wins over the checkpoint's
+        hyperparameters (LightningCLI 2.5.5+ would silently replace it)."""
         subcommand = self.config.get("subcommand")
-        config = self.config.get(subcommand) if subcommand else None
-        if config is None or not config.get("ckpt_path"):
-            return
-        ckpt_path = str(config["ckpt_path"])
-        if ckpt_path in ("last", "best"):
-            ckpt_path = str(find_named_checkpoint(config, ckpt_path, subcommand))
-            config["ckpt_path"] = ckpt_path
-        elif ckpt_path == "hpc":
-            ckpt_path = str(find_hpc_checkpoint(config))
-            config["ckpt_path"] = ckpt_path
-        if ckpt_path not in NAMED_CHECKPOINTS:
-            checkpoint = check_checkpoint_file(ckpt_path)
-            check_checkpoint_fits_model(checkpoint, ckpt_path, str(config.get("model.class_path", "")))
-        continue_logger_version(config, ckpt_path)  # resumed curves, and evaluations, go to the checkpoint's run
+        resolve_ckpt_path(self.config.get(subcommand) if subcommand else None, subcommand)
 
     def before_fit(self) -> None:
         """A run directory that holds a run is resumed or replaced on request, never overwritten silently."""
@@ -239,32 +208,9 @@ class MealCLI(LightningCLI):
         self._select_nothing_on_test_images()
         stop_on_interrupt_like_a_preemption()
         run_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
-        check_writable(run_dir)
-        if config.get("ckpt_path"):
-            if first_process(self.trainer):
-                acquire_lock(run_dir)
-            return
-        found = run_files(run_dir) + run_records(run_dir)
-        if found and not is_marked(run_dir):
-            raise ConfigError(
-                f"'{run_dir}' holds {found[0].relative_to(run_dir)} but is not a run folder this project made (no "
-                f"{RUN_MARKER}), so nothing there is touched: give the run its own folder (a logger, or "
-                "--trainer.default_root_dir NEW_FOLDER)."
-            )
-        if first_process(self.trainer):  # one fit writes into a run folder; a second one started beside it stops here
-            acquire_lock(run_dir)
-        previous = run_files(run_dir)
-        if previous and not config.get("overwrite"):
-            resume = "resume it with --ckpt_path last, " if list(run_dir.glob("checkpoints/last*.ckpt")) else ""
-            raise ConfigError(
-                f"Run directory '{run_dir}' already holds a run ({previous[0].relative_to(run_dir)}): {resume}"
-                "start another with --trainer.logger.init_args.version=NAME (or another name), or replace it with --overwrite true."
-            )
-        if not first_process(self.trainer):  # under torchrun or srun every rank runs this; one deletes
-            return
-        for path in previous + run_records(run_dir):  # a fit that stopped before saving anything leaves records only
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
-        mark(run_dir)
+        prepare_fit_folder(
+            run_dir, bool(config.get("ckpt_path")), bool(config.get("overwrite")), first_process(self.trainer)
+        )
 
     def before_validate(self) -> None:
         self._check_record_folder()
@@ -295,128 +241,8 @@ class MealCLI(LightningCLI):
         )
 
 
-def first_process(trainer) -> bool:
-    """Global rank 0 before ``fit`` starts: Lightning's own launcher starts the other ranks as copies of this command
-    whose trainer does not know its rank yet, but whose environment does (``LOCAL_RANK``, ``NODE_RANK``)."""
-    launched = any(int(os.environ.get(name, "0") or 0) != 0 for name in ("LOCAL_RANK", "NODE_RANK"))
-    return trainer.is_global_zero and not launched
-
-
 def _plain(value):
     return [round(float(v), 6) for v in value] if isinstance(value, (list, tuple)) else value
-
-
-def tensorboard_args(config):
-    """The TensorBoardLogger's init_args in the parsed config, or None for another logger or none."""
-    logger = config.get("trainer.logger")
-    if (
-        logger is None
-        or isinstance(logger, bool)
-        or not str(logger.get("class_path", "")).endswith("TensorBoardLogger")
-    ):
-        return None
-    return logger.get("init_args")
-
-
-def tensorboard_run_root(args) -> Path:
-    """save_dir/name: the folder holding a TensorBoardLogger's version folders."""
-    return Path(args.get("save_dir") or "runs") / (args.get("name") or "lightning_logs")
-
-
-def run_directories(config) -> list[Path]:
-    """Where this config's runs live: the TensorBoard version folders (the fixed one, or all), else default_root_dir."""
-    args = tensorboard_args(config)
-    if args is not None:
-        run_root = tensorboard_run_root(args)
-        version = args.get("version")
-        if version is not None:
-            return [run_root / (version if isinstance(version, str) else f"version_{version}")]
-        return sorted(p for p in run_root.glob("*") if p.is_dir())
-    return [Path(config.get("trainer.default_root_dir") or ".")]
-
-
-def find_named_checkpoint(config, name: str, subcommand: str) -> Path:
-    """The newest ``last*.ckpt`` / ``best*.ckpt`` of this config's runs, or a one-line error saying what to do."""
-    candidates = [p for folder in run_directories(config) for p in folder.glob(f"checkpoints/{name}*.ckpt")]
-    if not candidates:
-        where = ", ".join(str(p) for p in run_directories(config)) or "the logger's folder"
-        fresh = " (drop --ckpt_path to start a new run)" if subcommand == "fit" else ""
-        raise CheckpointError(
-            f"--ckpt_path {name}: no {name}*.ckpt under {where}: check the config's logger name/version{fresh}."
-        )
-    return max(candidates, key=lambda p: p.stat().st_mtime)
-
-
-def find_hpc_checkpoint(config) -> Path:
-    """Lightning's SLURM requeue checkpoint: the highest ``hpc_ckpt_N.ckpt`` in ``trainer.default_root_dir``."""
-    folder = Path(config.get("trainer.default_root_dir") or ".")
-    found = [
-        (int(p.stem.rsplit("_", 1)[1]), p) for p in folder.glob("hpc_ckpt_*.ckpt") if p.stem.rsplit("_", 1)[1].isdigit()
-    ]
-    if not found:
-        raise CheckpointError(
-            f"--ckpt_path hpc: no hpc_ckpt_N.ckpt in '{folder}' (where SLURM requeue saves): give the file, or 'last'."
-        )
-    return max(found)[1]
-
-
-def check_checkpoint_file(path: str) -> dict:
-    """Refuse a missing, corrupt or foreign --ckpt_path in one line, before anything is built; returns it memory-mapped."""
-    file = Path(path)
-    if not file.is_file():
-        raise CheckpointError(
-            f"--ckpt_path '{path}' does not exist: give a .ckpt file written by this project, or 'last'."
-        )
-    verify_file(file)
-    try:
-        checkpoint = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(
-            f"--ckpt_path '{path}' cannot be read ({reason[:200]}): it is corrupt or not a Lightning checkpoint."
-        ) from None
-    if (
-        not isinstance(checkpoint, dict)
-        or "state_dict" not in checkpoint
-        or "pytorch-lightning_version" not in checkpoint
-    ):
-        raise CheckpointError(
-            f"--ckpt_path '{path}' is not a Lightning checkpoint: for plain weights use model.*.checkpoint instead."
-        )
-    return checkpoint
-
-
-def check_checkpoint_fits_model(checkpoint: dict, path: str, model_class: str) -> None:
-    """A Classifier checkpoint does not resume MealV2, nor the reverse: say how to start from its weights instead."""
-    prefixes = {key.split(".", 1)[0] for key in checkpoint["state_dict"]}
-    if model_class.endswith("MealV2") and "student" not in prefixes and "model" in prefixes:
-        raise CheckpointError(
-            f"--ckpt_path '{path}' is a Classifier checkpoint and cannot resume MealV2: to start the student "
-            f"from its weights set model.init_args.student.checkpoint: {path} and drop --ckpt_path."
-        )
-    if model_class.endswith("Classifier") and "model" not in prefixes and "student" in prefixes:
-        raise CheckpointError(
-            f"--ckpt_path '{path}' is a MealV2 checkpoint and cannot resume a Classifier: to start from its "
-            f"student set model.init_args.model.checkpoint: {path} and drop --ckpt_path."
-        )
-
-
-def continue_logger_version(config, ckpt_path: str) -> None:
-    """Log into the run directory the checkpoint came from: resumed curves continue, evaluations sit with their run."""
-    args = tensorboard_args(config)
-    if args is None or args.get("version") is not None:
-        return
-    version = _version_of(Path(ckpt_path), tensorboard_run_root(args))
-    if version is not None:
-        args.version = version
-
-
-def _version_of(ckpt: Path, run_root: Path) -> Optional[str]:
-    try:
-        relative = ckpt.resolve().relative_to(run_root.resolve())
-    except ValueError:
-        return None
-    return relative.parts[0] if len(relative.parts) >= 3 else None
 
 
 _interrupted = {"by": None, "previous": None}
@@ -438,25 +264,9 @@ def stop_on_interrupt_like_a_preemption() -> None:
     _interrupted["previous"] = signal.signal(signal.SIGINT, as_sigterm)
 
 
-def predict_from(args: list[str]) -> list[str]:
-    """``predict --from PATH`` (an export folder, a run folder, or a checkpoint in one) is shorthand for the network
-    alone as a ``Classifier`` and ``FilesToClassify`` with that network's preprocessing and class names: no training
-    data and no teacher. Predictions go to the run's ``predict/`` folder, or ``./predictions`` for a lone export."""
-    at = next((i for i, a in enumerate(args) if a == "--from" or a.startswith("--from=")), None)
-    if not args or args[0] != "predict" or at is None:
-        return args
-    path = args[at].split("=", 1)[1] if "=" in args[at] else (args[at + 1] if at + 1 < len(args) else "")
-    rest = args[:at] + args[at + (1 if "=" in args[at] else 2) :]
-    network = find_trained_network(path)
-    output = network.run / "predict" if network.run is not None else Path("predictions")
-    expanded = ["--model", "Classifier", "--model.model.name", network.architecture]
-    expanded += ["--model.model.checkpoint", str(network.weights), "--data", "FilesToClassify", "--data.network", path]
-    expanded += ["--trainer.logger", "false", "--predictions.output_dir", str(output)]
-    return [rest[0], *expanded, *rest[1:]]
-
-
 def main(args=None, run: bool = True) -> MealCLI:
     """Parse ``args`` (default: sys.argv) and run the subcommand; ``run=False`` only instantiates."""
+    quiet_expected_warnings()
     if args is None:
         sys.argv[1:] = predict_from(sys.argv[1:])  # LightningCLI reads sys.argv itself
     else:

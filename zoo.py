@@ -59,7 +59,7 @@ def weights_path(zoo_dir: Path, name: str) -> Path:
 
 
 def sha256(path: Path) -> str:
-    from lightning_modules.model_loading import file_sha256
+    from models.loading import file_sha256
 
     return file_sha256(path)
 
@@ -255,9 +255,9 @@ def export(model: ZooModel, run: Path, zoo_dir: Path, done: dict, data_dir: Opti
     import torch
     import yaml
     from safetensors.torch import save_file
-    from timm.models._hub import save_config_for_hf
 
-    from lightning_modules.model_loading import ModelSource, create_model, read_state_dict
+    from models.loading import ModelSource, create_model, read_state_dict
+    from private_apis import write_timm_config
 
     config = yaml.safe_load((run / "config.yaml").read_text())
     init, data_args = config["model"]["init_args"], dict(config["data"]["init_args"])
@@ -278,12 +278,7 @@ def export(model: ZooModel, run: Path, zoo_dir: Path, done: dict, data_dir: Opti
         "input_size": (in_chans, 28, 28),
         "crop_pct": 1.0,
     }
-    save_config_for_hf(
-        network,
-        str(folder / "config.json"),
-        model_config={"label_names": fashion_mnist.CLASSES[:num_classes]},
-        data_config=data_config,
-    )
+    write_timm_config(network, str(folder / "config.json"), data_config, fashion_mnist.CLASSES[:num_classes])
 
     scores = {}
     for dtype in (torch.float32, torch.float16):
@@ -338,7 +333,7 @@ def evaluate(source, num_classes: int, in_chans: int, data_args: dict) -> tuple[
     import torch
 
     from datamodules import FashionMNISTData
-    from lightning_modules.model_loading import create_model
+    from models.loading import create_model
 
     data = FashionMNISTData(
         **{k: v for k, v in data_args.items() if k in ("data_dir", "in_chans", "download")}, batch_size=500

@@ -32,8 +32,8 @@ from reporting import device_name, save_and_print, synchronize  # noqa: E402
 
 import lightning_modules  # noqa: E402,F401  (registers the small-image backbones for local-dir loading)
 import zoo  # noqa: E402
-from callbacks.onnx_export import export_folder_onnx  # noqa: E402
 from lightning_modules.hardware import cpu_description  # noqa: E402
+from models.onnx_export import export_folder_onnx  # noqa: E402
 
 
 def images_per_second(run, batch: torch.Tensor, device: torch.device, repeats: int, seconds: float = 0.5) -> float:

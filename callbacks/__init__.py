@@ -5,7 +5,7 @@ from callbacks.ensemble_agreement import EnsembleAgreement
 from callbacks.epoch_line import EpochLine
 from callbacks.export_student import ExportStudent
 from callbacks.fast_teachers import FastTeachers
-from callbacks.finite_loss import FiniteLossGuard, NonFiniteLossError
+from callbacks.finite_loss import FiniteLossGuard, NonFiniteTrainingError
 from callbacks.hparams_results import HParamsWithResults
 from callbacks.last_checkpoint import LastCheckpoint
 from callbacks.prediction_writer import ClassPredictionWriter
@@ -23,7 +23,7 @@ __all__ = [
     "FiniteLossGuard",
     "HParamsWithResults",
     "LastCheckpoint",
-    "NonFiniteLossError",
+    "NonFiniteTrainingError",
     "RestoreRandomState",
     "SigtermOnEveryRank",
     "SoftLabelWriter",

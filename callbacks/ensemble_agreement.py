@@ -10,8 +10,8 @@ import torch
 from lightning_modules.errors import ConfigError
 from lightning_modules.losses import ensemble_soft_targets
 from lightning_modules.metrics import top1_accuracy
-from lightning_modules.model_loading import ModelSource
 from lightning_modules.teachers import TeacherEnsemble, build_teacher
+from models.loading import ModelSource
 
 
 class EnsembleAgreement(pl.Callback):

@@ -9,11 +9,11 @@ from typing import Optional
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
-from timm.models._hub import save_config_for_hf  # timm's own export config writer (not re-exported)
 
-from callbacks.atomic_files import atomic_write, atomic_write_text, save_safetensors
 from callbacks.finite_loss import refuse_non_finite
-from callbacks.onnx_export import export_folder_onnx
+from models.onnx_export import export_folder_onnx
+from private_apis import write_timm_config
+from storage.atomic_files import atomic_write, atomic_write_text, save_safetensors
 
 
 class ExportStudent(pl.Callback):
@@ -85,7 +85,7 @@ class ExportStudent(pl.Callback):
             except Exception as error:  # an op ONNX lacks must not cost the finished training
                 rank_zero_warn(
                     f"ONNX export of '{folder}' failed ({str(error).strip().splitlines()[0][:200]}); its safetensors "
-                    f"export is complete. Retry with: python -m callbacks.onnx_export {folder}"
+                    f"export is complete. Retry with: python -m models.onnx_export {folder}"
                 )
         self._written.clear()
 
@@ -99,10 +99,7 @@ class ExportStudent(pl.Callback):
 def _write(model, tensors: dict, folder: Path, config: dict, class_names: Optional[list[str]]) -> None:
     (folder / "model.onnx").unlink(missing_ok=True)  # never an ONNX of older weights beside new ones
     save_safetensors(tensors, folder / "model.safetensors")
-    labels = {"label_names": list(class_names)} if class_names else None
-    atomic_write(
-        folder / "config.json", lambda name: save_config_for_hf(model, name, model_config=labels, data_config=config)
-    )
+    atomic_write(folder / "config.json", lambda name: write_timm_config(model, name, config, class_names))
 
 
 def data_config(trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict:

@@ -6,6 +6,7 @@ from typing import Optional
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from torch.fx.experimental import optimization as fx_optimization
 
@@ -19,11 +20,15 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     """Fold each BatchNorm that follows a convolution in the traced graph into the conv's weights.
 
     torch.fx's ``fuse`` follows the real data flow, so it is exact up to float rounding for a frozen
-    network; models that cannot be traced are returned unchanged.
+    network; a model that cannot be traced keeps its BatchNorm, with a warning naming it and why.
     """
     try:
         return fx_optimization.fuse(model.eval(), inplace=False)
-    except Exception:  # noqa: BLE001  (untraceable models simply keep their BatchNorm)
+    except Exception as error:  # noqa: BLE001  (torch.fx raises many kinds on untraceable code)
+        reason = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
+        rank_zero_warn(
+            f"FastTeachers: {type(model).__name__} keeps its BatchNorm layers (torch.fx cannot trace it: {reason})."
+        )
         return model
 
 

@@ -8,8 +8,8 @@ import lightning.pytorch as pl
 import torch
 
 
-class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or infinite."""
+class NonFiniteTrainingError(RuntimeError):
+    """The training loss became NaN or infinite, or a checkpoint or export would hold non-finite weights."""
 
 
 class FiniteLossGuard(pl.Callback):
@@ -43,7 +43,7 @@ class FiniteLossGuard(pl.Callback):
             return
         step = int(self._first_bad)
         if step >= 0:
-            raise NonFiniteLossError(
+            raise NonFiniteTrainingError(
                 f"Training loss became non-finite at step {step} (epoch {trainer.current_epoch}); stopped. "
                 f"Last good checkpoint: {last_good_checkpoint(trainer)}. Lower the learning rate or check the data, "
                 "then resume from it."
@@ -77,7 +77,7 @@ def refuse_non_finite(state_dict: dict[str, torch.Tensor], what: str, trainer) -
     """Raise before a checkpoint or an export would hold non-finite weights."""
     bad = non_finite_names(state_dict)
     if bad:
-        raise NonFiniteLossError(
+        raise NonFiniteTrainingError(
             f"The {what} at step {trainer.global_step} would hold non-finite values ({len(bad)} tensors, e.g. '{bad[0]}'); "
             f"nothing was written. Last good checkpoint: {last_good_checkpoint(trainer)}. Lower the learning rate or "
             "check the data, then resume from it."

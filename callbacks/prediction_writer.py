@@ -13,7 +13,7 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info
 
-from callbacks.atomic_files import atomic_write_text
+from storage.atomic_files import atomic_write_text
 
 
 class ClassPredictionWriter(BasePredictionWriter):

@@ -9,8 +9,8 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from callbacks.atomic_files import atomic_write_text
 from lightning_modules.teachers import ensemble_warning, teacher_scores
+from storage.atomic_files import atomic_write_text
 
 
 class SoftLabelWriter(BasePredictionWriter):

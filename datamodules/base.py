@@ -35,6 +35,9 @@ def machine_workers() -> int:
     return min(8, cores)
 
 
+SEED_STRIDE = 1_000_003  # a prime: seed * SEED_STRIDE + i gives each (seed, epoch or image) its own stream
+
+
 def global_seed() -> int:
     """The seed given to ``seed_everything`` (LightningCLI's ``seed_everything``), else 0."""
     return int(os.environ.get("PL_GLOBAL_SEED", 0))
@@ -69,7 +72,7 @@ class EpochShuffle(DistributedSampler):
         self.set_epoch(epoch)
 
     def _epoch_seed(self) -> int:
-        return self.seed * 1_000_003 + self.epoch
+        return self.seed * SEED_STRIDE + self.epoch
 
     def set_epoch(self, epoch: int) -> None:
         super().set_epoch(epoch)
@@ -130,7 +133,7 @@ class SeededPerSample(Dataset):
     def __getitem__(self, index: int):
         worker = get_worker_info()
         if worker is not None:
-            seed = ((worker.seed - worker.id) * 1_000_003 + index) % 2**63
+            seed = ((worker.seed - worker.id) * SEED_STRIDE + index) % 2**63
             torch.default_generator.manual_seed(seed)
         return self.dataset[index]
 

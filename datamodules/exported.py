@@ -12,7 +12,7 @@ from timm.data import create_transform
 from datamodules.base import ClassificationDataModule
 from datamodules.errors import DataError
 
-REEXPORT = "export the run again (python -m callbacks.onnx_export RUN/checkpoints/last.ckpt --image-size N)"
+REEXPORT = "export the run again (python -m models.onnx_export RUN/checkpoints/last.ckpt --image-size N)"
 
 
 def read_export_config(folder: Path) -> dict:
@@ -142,3 +142,20 @@ class FilesToClassify(ClassificationDataModule):
             crop_pct=self.crop_pct,
             crop_mode="center",
         )
+
+
+def predict_from(args: list[str]) -> list[str]:
+    """``predict --from PATH`` (an export folder, a run folder, or a checkpoint in one) is shorthand for the network
+    alone as a ``Classifier`` and ``FilesToClassify`` with that network's preprocessing and class names: no training
+    data and no teacher. Predictions go to the run's ``predict/`` folder, or ``./predictions`` for a lone export."""
+    at = next((i for i, a in enumerate(args) if a == "--from" or a.startswith("--from=")), None)
+    if not args or args[0] != "predict" or at is None:
+        return args
+    path = args[at].split("=", 1)[1] if "=" in args[at] else (args[at + 1] if at + 1 < len(args) else "")
+    rest = args[:at] + args[at + (1 if "=" in args[at] else 2) :]
+    network = find_trained_network(path)
+    output = network.run / "predict" if network.run is not None else Path("predictions")
+    expanded = ["--model", "Classifier", "--model.model.name", network.architecture]
+    expanded += ["--model.model.checkpoint", str(network.weights), "--data", "FilesToClassify", "--data.network", path]
+    expanded += ["--trainer.logger", "false", "--predictions.output_dir", str(output)]
+    return [rest[0], *expanded, *rest[1:]]

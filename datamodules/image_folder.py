@@ -154,7 +154,7 @@ class ImageFolderData(ClassificationDataModule):
             if test_split == val_split
             else self._dataset(test_split, self._eval_transform())
         )
-        crop = RandomCrop(self.scale, self.ratio, self.image_size, self.interpolation_mode, self._finish)
+        crop = RandomResizedCropAndFlip(self.scale, self.ratio, self.image_size, self.interpolation_mode, self._finish)
         train = self._dataset(train_split, v2.Compose([v2.PILToTensor(), crop]))
         if self.train_subset is not None and self.train_subset < len(train.samples):
             order = torch.randperm(len(train.samples), generator=torch.Generator().manual_seed(self.subset_seed))
@@ -238,7 +238,7 @@ class _Decode(Dataset):
         return None
 
 
-class RandomCrop:
+class RandomResizedCropAndFlip:
     """The online training crop: a random box and flip, rendered exactly as the soft-label cache replays them."""
 
     def __init__(self, scale, ratio, size: int, interpolation: InterpolationMode, finish):

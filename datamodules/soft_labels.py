@@ -36,12 +36,13 @@ from torch.utils.data import Dataset
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
-from callbacks.atomic_files import atomic_write_text
 from datamodules.errors import DataError
+from storage.atomic_files import atomic_write_text
 
 ROWS = ("boxes", "flips", "values", "logits", "indices")  # an image's stored crops
 FILES = (*ROWS, "crc", "done")
 FORMAT = 3  # 2: mean teacher logits stored beside the probabilities; 3: a CRC per image
+SEED_STRIDE = 1_000_003  # as datamodules.base: one random stream per (seed, image)
 REMAKE = "delete the folder and make it again with `python cli.py predict`"
 
 
@@ -140,7 +141,7 @@ class SoftLabelStore:
         folder = Path(config.dir)
         if not (folder / "meta.json").is_file():
             raise DataError(
-                f"No soft-label cache in '{folder}': make it first with `python cli.py predict` (see README)."
+                f"No soft-label cache in '{folder}': make it first with `python cli.py predict` (see docs/speed.md)."
             )
         meta = _read_meta(folder)
         expected = {"format": FORMAT, "images": num_images, "classes": num_classes, "fingerprint": fingerprint}
@@ -390,7 +391,7 @@ class CropsToCache(Dataset):
         index = int(self.pending[position])
         image, _ = self.raw[index]
         height, width = image.shape[-2:]
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+        generator = torch.Generator().manual_seed(self.seed * SEED_STRIDE + index)
         boxes, flips, images = [], [], []
         for _ in range(self.crops):
             box = self.sample_box(generator, height, width)

@@ -2,6 +2,6 @@
 
 from lightning_modules.classifier import Classifier
 from lightning_modules.meal_v2 import MealV2
-from lightning_modules.model_loading import ModelSource
+from models.loading import ModelSource
 
 __all__ = ["Classifier", "MealV2", "ModelSource"]

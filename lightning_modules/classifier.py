@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from lightning_modules.base import NetworkModule
 from lightning_modules.errors import require_positive
 from lightning_modules.metrics import check_images
-from lightning_modules.model_loading import ModelSource, create_model, data_facts
 from lightning_modules.optim import OptimizerName, ScheduleName
+from models.loading import ModelSource, create_model, data_facts
 
 
 class Classifier(NetworkModule):

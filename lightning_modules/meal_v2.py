@@ -17,7 +17,6 @@ from lightning_modules.discriminator import Discriminator, discriminator_term
 from lightning_modules.errors import ConfigError, require_positive
 from lightning_modules.losses import ensemble_soft_targets
 from lightning_modules.metrics import check_images, top1_accuracy, topk_accuracy
-from lightning_modules.model_loading import ModelSource, create_model, data_facts
 from lightning_modules.objectives import (
     DistillationBatch,
     DistillationObjective,
@@ -26,6 +25,7 @@ from lightning_modules.objectives import (
 )
 from lightning_modules.optim import ScheduleName
 from lightning_modules.teachers import TeacherEnsemble, build_teacher, ensemble_warning, teacher_scores
+from models.loading import ModelSource, create_model, data_facts
 
 DiscriminatorMode = Literal["official", "adversarial", "none"]
 SoftTargets = Literal["online", "cached"]
@@ -201,7 +201,7 @@ class MealV2(NetworkModule):
                 "train from the cache, or drop data.init_args.soft_labels (or set it to null) to run the teachers."
                 if has_cache
                 else "model.soft_targets is 'cached' but the data has no soft-label cache: set "
-                "data.init_args.soft_labels.dir (made by `python cli.py predict`, see README) or use soft_targets 'online'."
+                "data.init_args.soft_labels.dir (made by `python cli.py predict`, see docs/speed.md) or use soft_targets 'online'."
             )
         cache = getattr(datamodule, "soft_labels", None)
         if (

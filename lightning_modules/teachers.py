@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from lightning_modules.losses import ensemble_soft_targets
-from lightning_modules.model_loading import ModelSource, create_model, expected_normalization
+from models.loading import ModelSource, create_model, expected_normalization
 
 
 class FrozenTeacher(nn.Module):

@@ -83,6 +83,14 @@ def onnx_only_when_marked(request, monkeypatch):
 
 
 @pytest.fixture(autouse=True)
+def expected_warnings_quiet():
+    """The warnings cli.py keeps off the console are kept out of the test report too (by message, nothing else)."""
+    from cli import quiet_expected_warnings
+
+    quiet_expected_warnings()
+
+
+@pytest.fixture(autouse=True)
 def deterministic():
     torch.manual_seed(0)
     yield
@@ -91,7 +99,7 @@ def deterministic():
 @pytest.fixture
 def offline_hub(monkeypatch):
     """``pretrained=True`` checks that the hub entry exists, then builds a tiny random model instead."""
-    import lightning_modules.model_loading as model_loading
+    import models.loading as model_loading
 
     requested = []
     real_create = timm.create_model

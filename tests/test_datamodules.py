@@ -30,7 +30,7 @@ def test_image_folder_uses_the_method_transforms(tmp_path):
     )
     assert [type(t).__name__ for t in data.train_set.transform.transforms] == [
         "PILToTensor",
-        "RandomCrop",
+        "RandomResizedCropAndFlip",
     ]  # no colour jitter
     resize, crop = data.val_set.transform.transforms[:2]
     assert isinstance(resize, transforms.Resize) and resize.size == 256

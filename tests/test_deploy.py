@@ -21,9 +21,9 @@ from safetensors.torch import save_file
 from timm.models._hub import save_config_for_hf
 
 import zoo
-from callbacks.onnx_export import export_folder_onnx
 from cli import main
 from datamodules import FashionMNISTData, fashion_mnist
+from models.onnx_export import export_folder_onnx
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -150,7 +150,7 @@ def test_the_onnx_command_exports_a_checkpoint(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     main(["fit", "--config", str(write_meal_config(tmp_path)), "--trainer.max_epochs=1"])
     checkpoint = tmp_path / "runs/meal/version_0/checkpoints/last.ckpt"
-    command = [sys.executable, "-m", "callbacks.onnx_export", str(checkpoint), "--image-size", "28"]
+    command = [sys.executable, "-m", "models.onnx_export", str(checkpoint), "--image-size", "28"]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     state = torch.load(checkpoint, weights_only=True)

@@ -12,10 +12,10 @@ import torch
 from fixtures import write_fashion_mnist, write_weights
 from test_resume import write_config
 
-from callbacks import FiniteLossGuard, NonFiniteLossError
+from callbacks import FiniteLossGuard, NonFiniteTrainingError
 from cli import main
 from lightning_modules import MealV2
-from lightning_modules.model_loading import ModelLoadingError, ModelSource, create_model
+from models.loading import ModelLoadingError, ModelSource, create_model
 
 
 def test_exported_student_loads_back_through_timm(tmp_path, monkeypatch):
@@ -116,7 +116,9 @@ def test_non_finite_loss_stops_names_the_step_and_keeps_the_last_good_checkpoint
         dirpath=tmp_path / "ckpt", save_last=True, save_top_k=0, every_n_train_steps=2
     )
     trainer = pl.Trainer(max_epochs=2, logger=False, callbacks=[checkpoint, FiniteLossGuard(check_every_n_steps=50)])
-    with pytest.raises(NonFiniteLossError, match=r"non-finite at step 4 .*Last good checkpoint: .*last.ckpt") as info:
+    with pytest.raises(
+        NonFiniteTrainingError, match=r"non-finite at step 4 .*Last good checkpoint: .*last.ckpt"
+    ) as info:
         trainer.fit(module, datamodule=FashionMNISTData(str(data), batch_size=16))
     assert "\n" not in str(info.value)
     saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)
@@ -142,7 +144,7 @@ def test_non_finite_loss_names_the_newest_checkpoint_of_the_clis_two_checkpoint_
     last = LastCheckpoint(dirpath=tmp_path / "ckpt", monitor="step", mode="max", filename="last")
     trainer = pl.Trainer(max_epochs=2, logger=False, callbacks=[best, last, FiniteLossGuard(check_every_n_steps=50)])
     with pytest.raises(
-        NonFiniteLossError, match=r"non-finite at step 6 .*Last good checkpoint: .*ckpt/(last|best)\.ckpt"
+        NonFiniteTrainingError, match=r"non-finite at step 6 .*Last good checkpoint: .*ckpt/(last|best)\.ckpt"
     ):
         trainer.fit(module, datamodule=FashionMNISTData(str(data), batch_size=16))
     assert trainer.checkpoint_callback is best and best.last_model_path == ""  # what the message used to read

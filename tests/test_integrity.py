@@ -9,14 +9,15 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import torch
 from fixtures import write_meal_config
 
-from callbacks.atomic_files import DamagedFileError
-from callbacks.onnx_export import ExportInputError
-from callbacks.onnx_export import main as onnx_main
 from cli import CheckpointError, main
 from datamodules import DataError
-from lightning_modules.model_loading import ModelLoadingError
+from models.loading import ModelLoadingError
+from models.onnx_export import ExportInputError
+from models.onnx_export import main as onnx_main
+from storage.atomic_files import DamagedFileError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -136,7 +137,7 @@ def test_the_onnx_command_refuses_a_broken_export_folder_in_one_line(finished_ru
 def test_the_onnx_command_on_a_bad_checkpoint_exits_with_one_line(tmp_path):
     bad = tmp_path / "last.ckpt"
     bad.write_bytes(b"\x00" * 100)
-    command = [sys.executable, "-m", "callbacks.onnx_export", str(bad), "--image-size", "28"]
+    command = [sys.executable, "-m", "models.onnx_export", str(bad), "--image-size", "28"]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
     line = result.stderr.strip().splitlines()[-1]
@@ -144,9 +145,17 @@ def test_the_onnx_command_on_a_bad_checkpoint_exits_with_one_line(tmp_path):
 
 
 def test_weights_with_a_broken_safetensors_header_are_one_line(tmp_path):
-    from lightning_modules.model_loading import read_state_dict
+    from models.loading import read_state_dict
 
     bad = tmp_path / "model.safetensors"
     bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}")
     with pytest.raises(ModelLoadingError, match="Cannot read weights .* it is corrupt or not a safetensors file"):
         read_state_dict(bad)
+
+
+def test_a_write_that_fails_for_another_reason_than_the_disk_is_not_called_a_disk_problem(tmp_path):
+    from storage.atomic_files import atomic_write
+
+    with pytest.raises(AttributeError, match="pickle"):
+        atomic_write(tmp_path / "x.pt", lambda name: torch.save({"f": lambda: 1}, name))
+    assert list(tmp_path.iterdir()) == []  # nor a partial file left

@@ -12,7 +12,7 @@ from timm.models._hub import save_config_for_hf
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_modules import Classifier, MealV2
-from lightning_modules.model_loading import ModelLoadingError, ModelSource, create_model
+from models.loading import ModelLoadingError, ModelSource, create_model
 
 
 def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:

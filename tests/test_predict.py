@@ -124,8 +124,8 @@ def test_every_export_carries_a_model_card(trained_run):
 def test_the_docs_onnxruntime_script_agrees_with_predict_on_every_image(tmp_path, monkeypatch):
     """docs/own_data.md's plain onnxruntime script (no project import) on real Fashion-MNIST test images written as
     files, against `cli.py predict --from` on the same files, with the zoo's ResNet-20 teacher as the network."""
-    from callbacks.onnx_export import export_folder_onnx
     from datamodules import fashion_mnist
+    from models.onnx_export import export_folder_onnx
 
     if not fashion_mnist.SYSTEM_DIR.is_dir():
         pytest.skip("needs Debian's dataset-fashion-mnist (make data)")

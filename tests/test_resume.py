@@ -17,7 +17,7 @@ from fixtures import write_meal_config as write_config
 from safetensors.torch import load_file
 
 import zoo
-from callbacks import NonFiniteLossError
+from callbacks import NonFiniteTrainingError
 from cli import main
 from lightning_modules.errors import ConfigError
 
@@ -107,7 +107,7 @@ def test_last_checkpoint_is_the_final_state_with_step_checkpoints(tmp_path, monk
 
 def test_diverged_run_writes_no_checkpoint_and_exports_no_student(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(NonFiniteLossError, match="non-finite"):
+    with pytest.raises(NonFiniteTrainingError, match="non-finite"):
         main(["fit", "--config", str(write_config(tmp_path)), "--trainer.max_epochs=1", "--model.init_args.lr=1e30"])
     run = tmp_path / "runs/meal/version_0"
     for file in [*run.glob("checkpoints/*.ckpt")]:

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from cli import USER_ERRORS, CheckpointError, ConfigError, main
 from datamodules import DataError
-from run_folder import RunFolderError
+from storage.run_folder import RunFolderError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,7 +42,7 @@ def test_fit_into_a_finished_run_stops_and_says_how_to_resume_or_start_another(t
     before = last.read_bytes()
 
     with pytest.raises(
-        ConfigError,
+        RunFolderError,
         match=r"already holds a run .*--ckpt_path last.*--trainer.logger.init_args.version=NAME.*--overwrite true",
     ) as info:
         main(["fit", "--config", str(config), "--trainer.max_epochs=1"])
@@ -328,11 +328,11 @@ def test_a_resume_that_fails_leaves_the_runs_config_as_it_was(tmp_path, monkeypa
 
 
 def test_a_fit_that_stopped_before_its_first_checkpoint_does_not_block_the_next(tmp_path, monkeypatch):
-    from callbacks import NonFiniteLossError
+    from callbacks import NonFiniteTrainingError
 
     monkeypatch.chdir(tmp_path)
     config = fixed_version(write_meal_config(tmp_path))
-    with pytest.raises(NonFiniteLossError):
+    with pytest.raises(NonFiniteTrainingError):
         main(["fit", "--config", str(config), "--trainer.max_epochs=1", "--model.init_args.lr=1e30"])
     main(["fit", "--config", str(config), "--trainer.max_epochs=1"])
     run = tmp_path / "runs/meal/main"
@@ -388,7 +388,9 @@ def test_fit_never_deletes_or_writes_into_a_folder_it_did_not_make_a_run_of(tmp_
     args = ["fit", "--config", str(config), "--trainer.logger=false", "--trainer.max_epochs=1"]
     if where == "default_root_dir":
         args.append(f"--trainer.default_root_dir={mine}")
-    with pytest.raises(ConfigError, match="is not a run folder this project made .* nothing there is touched") as info:
+    with pytest.raises(
+        RunFolderError, match="is not a run folder this project made .* nothing there is touched"
+    ) as info:
         main(args)
     one_line(info)
     assert sorted(str(p.relative_to(mine)) for p in mine.rglob("*") if p.is_file()) == [
@@ -407,7 +409,7 @@ def test_a_run_folder_is_marked_and_overwritten_only_as_such(tmp_path, monkeypat
     run = tmp_path / "runs/meal/main"
     assert (run / ".meal_v2_run").is_file()
     (run / ".meal_v2_run").unlink()  # e.g. a folder someone filled by hand
-    with pytest.raises(ConfigError, match="not a run folder this project made"):
+    with pytest.raises(RunFolderError, match="not a run folder this project made"):
         main(["fit", "--config", str(config), "--trainer.max_epochs=1", "--overwrite=true"])
     assert (run / "checkpoints/last.ckpt").is_file()
 

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
-from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch.utils import serialization
 
@@ -44,7 +43,9 @@ def atomic_write(path: os.PathLike | str, write: Callable[[str], Any]) -> None:
         os.replace(temporary, path)
     except Exception as error:
         temporary.unlink(missing_ok=True)
-        reason = _reason(error)
+        reason = _os_reason(error)
+        if reason is None:
+            raise  # not the disk (e.g. an object that cannot be pickled): the error as it is
         previous = " (the previous file is intact)" if path.exists() else ""
         raise WriteError(
             f"Cannot write '{path.name}' into '{path.parent}' ({reason}){previous}: free space there or "
@@ -52,18 +53,32 @@ def atomic_write(path: os.PathLike | str, write: Callable[[str], Any]) -> None:
         ) from None
 
 
-def _reason(error: BaseException) -> str:
-    """The operating system's reason (e.g. 'No space left on device'), which torch wraps in its own error."""
-    cause: Optional[BaseException] = error
-    while cause is not None:
-        if isinstance(cause, OSError) and cause.strerror:
-            return cause.strerror
+def _os_reason(error: BaseException) -> Optional[str]:
+    """The operating system's reason (e.g. 'No space left on device'), also where torch wraps the OSError in its
+    own error; None when the disk did not cause it."""
+    chain, cause = [], error
+    while cause is not None and len(chain) < 20:
+        chain.append(cause)
         cause = cause.__cause__ or cause.__context__
-    return str(error).strip().splitlines()[0][-160:]
+    for cause in chain:
+        if isinstance(cause, OSError):
+            return cause.strerror or str(cause).strip().splitlines()[0][-160:]
+    for cause in chain:  # torch's zip writer can fail with no errno attached
+        if isinstance(cause, RuntimeError) and any(
+            m in str(cause) for m in ("inline_container", "PytorchStreamWriter")
+        ):
+            return "the file write stopped short: a full disk or a file size limit"
+    return None
 
 
 def atomic_write_text(path: os.PathLike | str, text: str) -> None:
     atomic_write(path, lambda name: Path(name).write_text(text))
+
+
+def is_local_path(path) -> bool:
+    """A plain file-system path (no ``s3://``-style protocol): the files this project writes itself."""
+    text = str(path)
+    return "://" not in text or text.startswith("file://")
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -74,7 +89,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """
 
     def save_checkpoint(self, checkpoint: dict, path, storage_options: Optional[Any] = None) -> None:
-        if not _is_local_file_protocol(path):
+        if not is_local_path(path):
             return super().save_checkpoint(checkpoint, path, storage_options)
 
         def write(name: str) -> None:

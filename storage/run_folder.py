@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import shutil
 import socket
 import time
 from pathlib import Path
@@ -133,3 +134,42 @@ def _alive(holder: dict) -> bool:
     except PermissionError:  # another user's live process
         return True
     return True
+
+
+def first_process(trainer) -> bool:
+    """Global rank 0 before ``fit`` starts: Lightning's own launcher starts the other ranks as copies of this command
+    whose trainer does not know its rank yet, but whose environment does (``LOCAL_RANK``, ``NODE_RANK``)."""
+    launched = any(int(os.environ.get(name, "0") or 0) != 0 for name in ("LOCAL_RANK", "NODE_RANK"))
+    return trainer.is_global_zero and not launched
+
+
+def prepare_fit_folder(run_dir: Path, resuming: bool, overwrite: bool, first: bool) -> None:
+    """Before ``fit`` writes anything: the folder must be writable and, for a new run, hold no run unless
+    ``overwrite`` (then the first process deletes the old run) and no files this project did not make. The first
+    process takes the folder's lock for the whole fit (resumes too)."""
+    check_writable(run_dir)
+    if resuming:
+        if first:
+            acquire_lock(run_dir)
+        return
+    found = run_files(run_dir) + run_records(run_dir)
+    if found and not is_marked(run_dir):
+        raise RunFolderError(
+            f"'{run_dir}' holds {found[0].relative_to(run_dir)} but is not a run folder this project made (no "
+            f"{RUN_MARKER}), so nothing there is touched: give the run its own folder (a logger, or "
+            "--trainer.default_root_dir NEW_FOLDER)."
+        )
+    if first:  # one fit writes into a run folder; a second one started beside it stops here
+        acquire_lock(run_dir)
+    previous = run_files(run_dir)
+    if previous and not overwrite:
+        resume = "resume it with --ckpt_path last, " if list(run_dir.glob("checkpoints/last*.ckpt")) else ""
+        raise RunFolderError(
+            f"Run directory '{run_dir}' already holds a run ({previous[0].relative_to(run_dir)}): {resume}"
+            "start another with --trainer.logger.init_args.version=NAME (or another name), or replace it with --overwrite true."
+        )
+    if not first:  # under torchrun or srun every rank runs this; one deletes
+        return
+    for path in previous + run_records(run_dir):  # a fit that stopped before saving anything leaves records only
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    mark(run_dir)

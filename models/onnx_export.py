@@ -2,8 +2,8 @@
 
 Export any weights from the command line (an export folder, or a ``.ckpt`` of this project)::
 
-    python -m callbacks.onnx_export runs/.../student/last              # writes runs/.../student/last/model.onnx
-    python -m callbacks.onnx_export runs/.../checkpoints/last.ckpt --image-size 28 --out student.onnx
+    python -m models.onnx_export runs/.../student/last              # writes runs/.../student/last/model.onnx
+    python -m models.onnx_export runs/.../checkpoints/last.ckpt --image-size 28 --out student.onnx
 """
 
 from __future__ import annotations
@@ -17,7 +17,10 @@ import timm
 import torch
 from torch import nn
 
-from callbacks.atomic_files import atomic_write
+from datamodules.errors import DataError
+from datamodules.exported import find_trained_network, read_export_config
+from models.loading import ModelLoadingError, ModelSource, check_model_name, read_state_dict
+from storage.atomic_files import DamagedFileError, WriteError, atomic_write
 
 
 class ExportInputError(ValueError):
@@ -26,7 +29,6 @@ class ExportInputError(ValueError):
 
 def exportable_model(name: str, model_args: dict, state_dict: dict[str, torch.Tensor], source: Path) -> nn.Module:
     """``name`` built with timm's ``exportable`` layers (static 'same' padding and the like), these weights, eval mode."""
-    from lightning_modules.model_loading import check_model_name
 
     check_model_name(name)
     with timm.layers.set_layer_config(exportable=True):
@@ -87,8 +89,6 @@ def onnx_metadata(class_names: Optional[list[str]], data_config: dict) -> dict:
 
 def export_folder_onnx(folder: Path, out: Optional[Path] = None) -> Path:
     """``model.onnx`` from an export folder's own ``model.safetensors`` and ``config.json`` (that epoch's weights)."""
-    from datamodules.exported import read_export_config
-    from lightning_modules.model_loading import read_state_dict
 
     config = read_export_config(folder)
     cfg = config["pretrained_cfg"]
@@ -102,9 +102,6 @@ def export_folder_onnx(folder: Path, out: Optional[Path] = None) -> Path:
 
 
 def _checkpoint_model(path: Path, image_size: int) -> tuple[nn.Module, tuple[int, int, int], dict]:
-    from datamodules.errors import DataError
-    from datamodules.exported import find_trained_network
-    from lightning_modules.model_loading import ModelSource, read_state_dict
 
     state_dict, hparams = read_state_dict(path)  # the student's (or Classifier's model's) weights, one read
     needed = ("num_classes", "in_chans", "data_mean", "data_std")
@@ -148,10 +145,6 @@ def main(argv: Optional[list[str]] = None) -> Path:
 
 
 if __name__ == "__main__":
-    from callbacks.atomic_files import DamagedFileError, WriteError
-    from datamodules.errors import DataError
-    from lightning_modules.model_loading import ModelLoadingError
-
     try:
         main()
     except (ExportInputError, DamagedFileError, DataError, ModelLoadingError, WriteError) as error:

@@ -16,7 +16,8 @@ import timm
 import torch
 from torch import nn
 
-from lightning_modules import cifar_resnets  # noqa: F401  (registers the small-image backbones)
+from models import cifar_resnets  # noqa: F401  (registers the small-image backbones)
+from storage.atomic_files import verify_file
 
 
 @dataclass
@@ -92,7 +93,6 @@ def read_state_dict(path: Union[str, Path]) -> tuple[dict[str, torch.Tensor], di
     path = Path(path)
     if not path.is_file():
         raise ModelLoadingError(f"Checkpoint file '{path}' does not exist: fix the path or train that model first.")
-    from callbacks.atomic_files import verify_file  # here: callbacks/ imports this module
 
     check_manifest(path)
     if path.suffix == ".safetensors":
