@@ -365,8 +365,19 @@ def test_the_docs_cache_commands_run_as_written(tmp_path):
     lines = ("CACHE=" + block).strip().splitlines()
     assert [line.split()[:3] for line in lines[1:]] == [["python", "cli.py", "predict"], ["python", "cli.py", "fit"]]
     shrink = " --data.init_args.train_subset=256 --trainer.max_epochs=1 --trainer.limit_val_batches=2 --trainer.enable_progress_bar=false"
+    shrink += " --soft_label_writer.check_batches=2"  # the ensemble's check before generation: 2 val batches
     script = "\n".join([lines[0], *(line + shrink for line in lines[1:])])
-    for name in ("cli.py", "configs", "zoo", "callbacks", "datamodules", "lightning_modules"):
+    for name in (
+        "cli.py",
+        "private_apis.py",
+        "configs",
+        "zoo",
+        "callbacks",
+        "datamodules",
+        "lightning_modules",
+        "models",
+        "storage",
+    ):
         (tmp_path / name).symlink_to(ROOT / name)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     result = subprocess.run(["bash", "-e", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
