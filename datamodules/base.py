@@ -19,6 +19,7 @@ from torchvision.transforms import InterpolationMode, v2
 from datamodules.errors import DataError
 from datamodules.files import ImageFiles, list_image_files
 from datamodules.soft_labels import (
+    SEED_STRIDE,
     CachedCrops,
     CropsToCache,
     SoftLabelCache,
@@ -33,9 +34,6 @@ def machine_workers() -> int:
     """Loader workers for ``num_workers: null``: the CPU cores this process may use, up to 8."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return min(8, cores)
-
-
-SEED_STRIDE = 1_000_003  # a prime: seed * SEED_STRIDE + i gives each (seed, epoch or image) its own stream
 
 
 def global_seed() -> int:

@@ -7,10 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from timm.data import create_transform
-
 from datamodules.base import ClassificationDataModule
 from datamodules.errors import DataError
+from datamodules.image_folder import eval_transform
 
 REEXPORT = "export the run again (python -m models.onnx_export RUN/checkpoints/last.ckpt --image-size N)"
 
@@ -132,16 +131,8 @@ class FilesToClassify(ClassificationDataModule):
             )
 
     def file_transform(self) -> Callable:
-        """timm's eval transform from the export: shorter side to size / crop_pct, centre crop, scale, normalize."""
-        return create_transform(
-            input_size=self.image_size,
-            is_training=False,
-            interpolation=self.interpolation,
-            mean=self._mean,
-            std=self._std,
-            crop_pct=self.crop_pct,
-            crop_mode="center",
-        )
+        """The export's own evaluation transform (size, interpolation, crop_pct, normalization)."""
+        return eval_transform(self.image_size, self.interpolation, self._mean, self._std, self.crop_pct)
 
 
 def predict_from(args: list[str]) -> list[str]:

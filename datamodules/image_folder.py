@@ -116,14 +116,7 @@ class ImageFolderData(ClassificationDataModule):
         return self._eval_transform()
 
     def _eval_transform(self):
-        return create_transform(
-            input_size=self.image_size,
-            is_training=False,
-            interpolation=self.interpolation,
-            mean=self._mean,
-            std=self._std,
-            crop_pct=self.crop_pct,
-        )
+        return eval_transform(self.image_size, self.interpolation, self._mean, self._std, self.crop_pct)
 
     def _dataset(self, split: str, transform) -> ImageFolder:
         folder = self.data_dir / split
@@ -247,3 +240,10 @@ class RandomResizedCropAndFlip:
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         box = random_resized_box(None, *image.shape[-2:], self.scale, self.ratio)
         return self.finish(crop_and_flip(image, box, bool(torch.rand(()) < 0.5), self.size, self.interpolation))
+
+
+def eval_transform(size: int, interpolation: str, mean, std, crop_pct: float):
+    """timm's evaluation transform: shorter side to size / crop_pct, centre crop, scale to [0, 1], normalize."""
+    return create_transform(
+        input_size=size, is_training=False, interpolation=interpolation, mean=mean, std=std, crop_pct=crop_pct
+    )

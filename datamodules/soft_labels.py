@@ -42,7 +42,7 @@ from storage.atomic_files import atomic_write_text
 ROWS = ("boxes", "flips", "values", "logits", "indices")  # an image's stored crops
 FILES = (*ROWS, "crc", "done")
 FORMAT = 3  # 2: mean teacher logits stored beside the probabilities; 3: a CRC per image
-SEED_STRIDE = 1_000_003  # as datamodules.base: one random stream per (seed, image)
+SEED_STRIDE = 1_000_003  # a prime: seed * SEED_STRIDE + i gives each (seed, epoch or image) its own stream
 REMAKE = "delete the folder and make it again with `python cli.py predict`"
 
 
@@ -198,10 +198,7 @@ class SoftLabelStore:
     def checked_rows(self, indices: np.ndarray) -> dict[str, np.ndarray]:
         """The stored rows of these images ([B, R, ...] each), refused in one line naming the first image that fails
         its CRC or whose targets are not finite probabilities. One read per array for the whole batch."""
-        order = np.argsort(indices, kind="stable")  # memory maps read fastest in file order
-        rows = {name: np.empty_like(self.arrays[name][: len(indices)]) for name in ROWS}
-        for name in ROWS:
-            rows[name][order] = self.arrays[name][indices[order]]
+        rows = {name: self.arrays[name][indices] for name in ROWS}  # fancy indexing copies out of the memory map
         stored_crcs = self.arrays["crc"][indices]
         for j, index in enumerate(indices.tolist()):
             if self.row_crc(index, {name: rows[name][j] for name in ROWS}) != int(stored_crcs[j]):

@@ -276,7 +276,7 @@ class MealV2(NetworkModule):
         if "paths" in batch:
             return self.classify_files(batch)
         crops = batch["images"]  # [B, R, C, H, W]
-        # B crops per teacher call, as in a training batch: B x R at once thrashes the CPU caches (2.5x slower)
+        # B crops per teacher call, as in a training batch: B x R at once leaves the CPU caches (docs/speed.md)
         teacher_logits = torch.cat([self.teachers(part) for part in crops.flatten(0, 1).split(len(crops))], dim=1)
         return {
             **{k: batch[k] for k in ("index", "boxes", "flips")},
