@@ -6,7 +6,7 @@ TORCH ?= torch==2.14.1 torchvision==0.29.1
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup data demo ablations zoo test test-floors gpu-check clean
+.PHONY: setup data demo ablations zoo test test-floors gpu-check xla-check clean
 
 setup: $(STAMP)
 
@@ -61,6 +61,21 @@ test-floors: data
 # elsewhere the same pipeline as a CPU rehearsal with tiny models (CI runs it); report in results/gpu_check/.
 gpu-check: setup data
 	$(PY) benchmarks/gpu_check.py
+
+# The step on XLA without a TPU (benchmarks/xla_check.py): its own environment with the newest torch / torch_xla
+# pair on PyPI, PJRT on the CPU; compilations, device-to-host transfers, aten fallbacks, loss vs eager, checkpoint.
+# Report in results/xla_check/.
+XLA_VENV := .venv-xla
+XLA_TORCH ?= torch==2.9.0 torchvision==0.24.0 torch_xla==2.9.0
+$(XLA_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(XLA_VENV)
+	$(XLA_VENV)/bin/python -m pip install -q --upgrade pip
+	$(XLA_VENV)/bin/python -m pip install -q $(XLA_TORCH)
+	$(XLA_VENV)/bin/python -m pip install -q -e .
+	touch $@
+
+xla-check: $(XLA_VENV)/.installed
+	PJRT_DEVICE=CPU $(XLA_VENV)/bin/python benchmarks/xla_check.py
 
 clean:
 	rm -rf runs results lightning_logs

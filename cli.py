@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-import logging
-import os
-import signal
 import sys
-import threading
-import warnings
 from pathlib import Path
 
 import torch
@@ -15,7 +10,6 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
-from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 import callbacks  # noqa: F401  (makes the short class names resolvable)
 import datamodules  # noqa: F401
@@ -26,41 +20,24 @@ from callbacks import (
     FiniteLossGuard,
     HParamsWithResults,
     LastCheckpoint,
-    NonFiniteTrainingError,
     RestoreRandomState,
     SigtermOnEveryRank,
     SoftLabelWriter,
 )
-from datamodules.base import ClassificationDataModule, DataError
+from console import (
+    quiet_expected_warnings,
+    restore_interrupt_handler,
+    run_command,
+    stop_on_interrupt_like_a_preemption,
+    user_error,
+)
+from datamodules.base import ClassificationDataModule
 from datamodules.exported import predict_from
 from lightning_modules.errors import ConfigError
-from models.loading import ModelLoadingError
 from private_apis import CheckpointPathHook
-from storage.atomic_files import AtomicCheckpointIO, DamagedFileError, WriteError
-from storage.checkpoints import CheckpointError, resolve_ckpt_path, tensorboard_args
-from storage.run_folder import RunFolderError, check_writable, first_process, prepare_fit_folder, release_locks
-
-
-class _WithoutAdvert(logging.Filter):
-    """Lightning's tip advertising a cloud logger on every run is not about the run."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "litlogger" not in record.getMessage()
-
-
-_WITHOUT_ADVERT = _WithoutAdvert()
-
-
-def quiet_expected_warnings() -> None:
-    """Warnings expected in this project and nothing a user can act on, kept off the console narrowly, by message:
-    MealV2's frozen teachers are in eval mode at the start of training by design (they ignore .train()); Lightning
-    2.6's model summary cannot size bf16/fp16 mixed precision (only its MB estimate is off); Lightning's own use of a
-    torch pytree API that torch deprecated; Lightning's tip advertising a cloud logger."""
-    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
-    warnings.filterwarnings("ignore", message=r"Precision \S+ is not supported by the model summary")
-    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_WITHOUT_ADVERT)  # once: the same object
-
+from storage.atomic_files import AtomicCheckpointIO, WriteError
+from storage.checkpoints import resolve_ckpt_path, tensorboard_args
+from storage.run_folder import check_writable, first_process, prepare_fit_folder, release_locks
 
 DEFAULTS = {
     # best student by val/top1
@@ -87,29 +64,6 @@ DEFAULTS = {
 LINKS = (("num_classes", "num_classes"), ("in_chans", "in_chans"), ("mean", "data_mean"), ("std", "data_std"))
 
 
-# Lightning's MisconfigurationException: one-line refusals such as accelerator 'gpu' without a GPU, max_epochs -2.
-USER_ERRORS = (
-    CheckpointError,
-    ConfigError,
-    DamagedFileError,
-    DataError,
-    ModelLoadingError,
-    NonFiniteTrainingError,
-    RunFolderError,
-    WriteError,
-    MisconfigurationException,
-)
-
-
-def _user_error(error: BaseException):
-    """The project's own one-line error inside jsonargparse's wrapping, if there is one."""
-    while error is not None:
-        if isinstance(error, USER_ERRORS):
-            return error
-        error = error.__cause__ or error.__context__
-    return None
-
-
 class SaveConfigOnceTrainingStarts(SaveConfigCallback):
     """``fit`` writes the run's ``config.yaml`` when training starts, after a resume's checkpoint has loaded:
     a fit that fails before (a wrong checkpoint, bad data) leaves the run's record as it was. ``validate``,
@@ -117,10 +71,18 @@ class SaveConfigOnceTrainingStarts(SaveConfigCallback):
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         if stage != "fit" and trainer.logger is not None:
-            super().setup(trainer, pl_module, stage)
+            self._save(trainer, pl_module, stage)
 
     def on_train_start(self, trainer, pl_module) -> None:
-        super().setup(trainer, pl_module, "fit")
+        self._save(trainer, pl_module, "fit")
+
+    def _save(self, trainer, pl_module, stage: str) -> None:
+        try:
+            super().setup(trainer, pl_module, stage)
+        except OSError as error:
+            raise WriteError(
+                f"The run's config.yaml could not be written in {trainer.log_dir}: {error.strerror or error}."
+            ) from None
 
 
 class MealCLI(CheckpointPathHook, LightningCLI):
@@ -172,7 +134,7 @@ class MealCLI(CheckpointPathHook, LightningCLI):
         try:
             super().instantiate_classes()
         except Exception as error:
-            cause = _user_error(error)
+            cause = user_error(error)
             if cause is None or cause is error:
                 raise
             raise cause from None
@@ -245,25 +207,6 @@ def _plain(value):
     return [round(float(v), 6) for v in value] if isinstance(value, (list, tuple)) else value
 
 
-_interrupted = {"by": None, "previous": None}
-
-
-def stop_on_interrupt_like_a_preemption() -> None:
-    """During ``fit``, Ctrl+C (SIGINT) stops as SIGTERM does: the current step ends, ``last.ckpt`` is saved and the
-    command exits non-zero saying how to resume. A second Ctrl+C stops at once."""
-    if threading.current_thread() is not threading.main_thread():
-        return
-
-    def as_sigterm(signum, frame):
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):  # Lightning's handler is not in place yet
-            raise KeyboardInterrupt
-        _interrupted["by"] = "SIGINT"
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    _interrupted["previous"] = signal.signal(signal.SIGINT, as_sigterm)
-
-
 def main(args=None, run: bool = True) -> MealCLI:
     """Parse ``args`` (default: sys.argv) and run the subcommand; ``run=False`` only instantiates."""
     quiet_expected_warnings()
@@ -275,9 +218,7 @@ def main(args=None, run: bool = True) -> MealCLI:
         return _cli(args, run)
     finally:
         release_locks()
-        if _interrupted["previous"] is not None:
-            signal.signal(signal.SIGINT, _interrupted["previous"])
-            _interrupted["previous"] = None
+        restore_interrupt_handler()
 
 
 def _cli(args, run: bool) -> MealCLI:
@@ -294,28 +235,5 @@ def _cli(args, run: bool) -> MealCLI:
     )
 
 
-def one_line(error: BaseException) -> str:
-    """The error's own message; a DataLoader worker's re-raise adds the worker's traceback, of which the last line is it."""
-    message = str(error).strip()
-    if message.startswith("Caught ") and "Original Traceback" in message:
-        message = message.splitlines()[-1].split(": ", 1)[-1]
-    return message
-
-
-def preempted_line(error: SIGTERMException) -> str:
-    """What a SIGTERM (or Ctrl+C) left behind, and how to go on."""
-    path, step = getattr(error, "checkpoint", ("", 0))
-    why = "SIGINT (Ctrl+C)" if _interrupted["by"] == "SIGINT" else "SIGTERM (pre-empted)"
-    if not path:
-        return f"error: stopped by {why} before the first checkpoint: run the same command again."
-    return f"error: stopped by {why}: {path} holds step {step}; continue with the same command and --ckpt_path last."
-
-
 if __name__ == "__main__":
-    try:
-        main()
-    except USER_ERRORS as error:
-        raise SystemExit(f"error: {one_line(error)}") from None
-    except SIGTERMException as error:  # Lightning's is a SystemExit with status 0: `fit && test` would go on
-        print(preempted_line(error), file=sys.stderr)
-        sys.exit(128 + (signal.SIGINT if _interrupted["by"] == "SIGINT" else signal.SIGTERM))
+    run_command(main)

@@ -28,14 +28,16 @@ class ClassPredictionWriter(BasePredictionWriter):
             raise ValueError(f"top_k must be >= 1, got {top_k}.")
         self.output_dir, self.top_k = output_dir, top_k
         self._rows: list[dict] = []
+        self._active = False  # predict classifies files (not writing the soft-label cache)
 
     def on_predict_start(self, trainer: pl.Trainer, pl_module) -> None:
         self._rows = []
+        self._active = getattr(trainer.datamodule, "predict_mode", None) == "files"
 
     def write_on_batch_end(
         self, trainer: pl.Trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0
     ):
-        if not isinstance(prediction, dict) or "paths" not in prediction:
+        if not self._active:
             return
         names = trainer.datamodule.class_names
         values, indices = prediction["probabilities"].topk(min(self.top_k, len(names)), dim=-1)
@@ -46,6 +48,8 @@ class ClassPredictionWriter(BasePredictionWriter):
             self._rows.append({"file": path, "top": top})
 
     def on_predict_epoch_end(self, trainer: pl.Trainer, pl_module) -> None:
+        if not self._active:
+            return
         rows = self._gathered(trainer)
         if not trainer.is_global_zero or not rows:
             return

@@ -31,10 +31,12 @@ class SoftLabelWriter(BasePredictionWriter):
         self.check_batches = check_batches
         self.commit_every = commit_every
         self._started, self._images, self._since_commit = 0.0, 0, 0
+        self._store = None  # the cache being written; None when predict classifies files
 
     def on_predict_start(self, trainer: pl.Trainer, pl_module) -> None:
-        store = getattr(trainer.datamodule, "soft_label_store", None)
-        if store is None or getattr(pl_module, "teachers", None) is None:
+        writes_cache = getattr(trainer.datamodule, "predict_mode", None) == "soft_labels"
+        self._store = store = trainer.datamodule.soft_label_store if writes_cache else None
+        if store is None:
             return
         scores = None  # once, on global rank 0 (every rank would score the same images), then shared
         if trainer.is_global_zero:
@@ -60,8 +62,8 @@ class SoftLabelWriter(BasePredictionWriter):
     def write_on_batch_end(
         self, trainer: pl.Trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0
     ):
-        store = getattr(trainer.datamodule, "soft_label_store", None)
-        if store is None or not isinstance(prediction, dict) or "probabilities" not in prediction:
+        store = self._store
+        if store is None:
             return
         values, indices = prediction["probabilities"].topk(store.meta["top_k"], dim=-1)
         logits = prediction["logits"].gather(-1, indices)
@@ -80,12 +82,11 @@ class SoftLabelWriter(BasePredictionWriter):
             self._since_commit = 0
 
     def on_exception(self, trainer: pl.Trainer, pl_module, exception: BaseException) -> None:
-        store = getattr(trainer.datamodule, "soft_label_store", None)
-        if store is not None:
-            store.commit()  # rows written whole before the exception: kept
+        if self._store is not None:
+            self._store.commit()  # rows written whole before the exception: kept
 
     def on_predict_end(self, trainer: pl.Trainer, pl_module) -> None:
-        store = getattr(trainer.datamodule, "soft_label_store", None)
+        store = self._store
         if store is None:
             return
         store.commit()

@@ -267,25 +267,39 @@ class ClassificationDataModule(L.LightningDataModule):
                 "instead would report the images the best checkpoint was chosen on: put held-out images in a folder "
                 "such as test/<class>/ and set data.init_args.test_split, or use validate for the val score."
             )
-        if self.soft_labels is None or (stage == "predict" and self.predict_files):
-            return
-        raw, rows = self.cache_images()
-        if stage == "predict":
-            self._open_store_for_predict(raw)
-        elif stage == "fit" and not isinstance(self.train_set, CachedCrops):
-            self.soft_label_store = SoftLabelStore.open(
-                self.soft_labels, len(raw), self.num_classes, self.cache_fingerprint(raw)
+
+    @property
+    def predict_mode(self) -> str:
+        """What ``predict`` makes: ``files`` (class predictions for ``predict_files``) or ``soft_labels`` (the cache)."""
+        if self.predict_files:
+            return "files"
+        if self.soft_labels is None:
+            raise DataError(
+                "predict classifies data.init_args.predict_files (images or folders), or writes MealV2's "
+                "soft-label cache (data.init_args.soft_labels.dir): set one."
             )
+        return "soft_labels"
+
+    def open_soft_labels(self, stage: str, teachers: list[dict]) -> None:
+        """Open the soft-label cache for these teachers (each one's name and weights digest, given by the model that
+        owns them): ``fit`` trains on its crops (refusing a cache made for other images, teachers or crops), ``predict``
+        creates or resumes it and lists the images still to write."""
+        raw, rows = self.cache_images()
+        fingerprint_now = fingerprint(raw, teachers, self.crop_settings())
+        if stage == "predict":
+            self._open_store_for_predict(raw, fingerprint_now)
+        elif stage == "fit" and not isinstance(self.train_set, CachedCrops):
+            self.soft_label_store = SoftLabelStore.open(self.soft_labels, len(raw), self.num_classes, fingerprint_now)
             self.train_set = CachedCrops(
                 raw, self.soft_label_store, self.render, self.soft_labels.crops_per_sample, rows
             )
 
-    def _open_store_for_predict(self, raw: Dataset) -> None:
+    def _open_store_for_predict(self, raw: Dataset, fingerprint_now: dict) -> None:
         """Under DDP rank 0 creates (or checks) the cache folder first, and every rank lists the pending images
         before any rank writes, so all ranks split the same list (Lightning gives each rank its share)."""
         strategy = self.trainer.strategy if self.trainer is not None else None
         first = strategy is None or strategy.is_global_zero
-        args = (self.soft_labels, len(raw), self.num_classes, type(self).__name__, self.cache_fingerprint(raw))
+        args = (self.soft_labels, len(raw), self.num_classes, type(self).__name__, fingerprint_now)
         if first:
             self.soft_label_store = SoftLabelStore.create_or_resume(*args)
         if strategy is not None:
@@ -296,16 +310,11 @@ class ClassificationDataModule(L.LightningDataModule):
         if strategy is not None:
             strategy.barrier("soft_label_cache_listed")
 
-    def cache_fingerprint(self, raw: Dataset) -> dict:
-        """The soft-label cache's fingerprint for this data, crop settings and the trainer's teachers."""
-        module = self.trainer.lightning_module if self.trainer is not None else None
-        teachers = getattr(module, "teachers", None)
-        if teachers is None:
-            raise DataError("The soft-label cache belongs to MealV2's teachers: use it with model MealV2.")
-        names = [t["name"] for t in module.hparams.teachers]
-        return fingerprint(
-            raw, [(name, teacher.model) for name, teacher in zip(names, teachers, strict=True)], self.crop_settings()
-        )
+    def _require_open_cache(self) -> None:
+        if self.soft_labels is not None and self.soft_label_store is None:
+            raise DataError(
+                "The soft-label cache belongs to a teacher ensemble: use data.init_args.soft_labels with model MealV2."
+            )
 
     def file_transform(self) -> Callable:
         """A decoded image file (PIL) -> the model's input, as validation sees its images."""
@@ -314,15 +323,11 @@ class ClassificationDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         """``predict_files`` to classify; else the training images still missing from the soft-label cache."""
-        if self.predict_files:
+        if self.predict_mode == "files":
             files = list_image_files(self.predict_files)
             dataset = ImageFiles(files, "L" if self.in_chans == 1 else "RGB", self.file_transform())
             return DataLoader(dataset, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers)
-        if self.soft_labels is None:
-            raise DataError(
-                "predict classifies data.init_args.predict_files (images or folders), or writes MealV2's "
-                "soft-label cache (data.init_args.soft_labels.dir): set one."
-            )
+        self._require_open_cache()
         cache = self.soft_labels
         render = functools.partial(self.render, size=cache.teacher_image_size)  # the teachers' resolution, if their own
         dataset = CropsToCache(
@@ -331,6 +336,7 @@ class ClassificationDataModule(L.LightningDataModule):
         return DataLoader(dataset, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers)
 
     def train_dataloader(self) -> DataLoader:
+        self._require_open_cache()
         # Lightning creates the first iterator before calling set_epoch, so start at the trainer's epoch.
         epoch = self.trainer.current_epoch if self.trainer is not None else 0
         cached = isinstance(self.train_set, CachedCrops)

@@ -7,10 +7,8 @@ from __future__ import annotations
 
 from typing import Literal, Optional, Sequence
 
-import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
-from timm.data.mixup import cutmix_bbox_and_lam
 
 from lightning_modules.base import NetworkModule
 from lightning_modules.discriminator import Discriminator, discriminator_term
@@ -25,7 +23,21 @@ from lightning_modules.objectives import (
 )
 from lightning_modules.optim import ScheduleName
 from lightning_modules.teachers import TeacherEnsemble, build_teacher, ensemble_warning, teacher_scores
-from models.loading import ModelSource, create_model, data_facts
+from models.loading import ModelSource, create_model, data_facts, weights_digest
+
+
+def cutmix_box_mask(height: int, width: int, lam: float) -> torch.Tensor:
+    """CutMix's box (Yun et al. 2019, as the released code draws it): side ratios sqrt(1 - lam) around a uniform
+    centre, clipped to the image; a [1, 1, H, W] boolean mask that is True inside it."""
+    ratio = (1.0 - lam) ** 0.5
+    cut_h, cut_w = int(height * ratio), int(width * ratio)
+    cy, cx = int(torch.randint(height, ())), int(torch.randint(width, ()))
+    y0, y1 = max(cy - cut_h // 2, 0), min(cy + cut_h // 2, height)
+    x0, x1 = max(cx - cut_w // 2, 0), min(cx + cut_w // 2, width)
+    mask = torch.zeros(1, 1, height, width, dtype=torch.bool)
+    mask[..., y0:y1, x0:x1] = True
+    return mask
+
 
 DiscriminatorMode = Literal["official", "adversarial", "none"]
 SoftTargets = Literal["online", "cached"]
@@ -102,6 +114,10 @@ class MealV2(NetworkModule):
         self.teachers = TeacherEnsemble(
             [build_teacher(source, num_classes, in_chans, data_mean, data_std) for source in teacher_sources]
         )
+        self._teacher_identity = [
+            {"name": source.name, "sha256": weights_digest(teacher.model)}
+            for source, teacher in zip(teacher_sources, self.teachers, strict=True)
+        ]
         self.student, _ = create_model(student_source, num_classes, in_chans)
         self.discriminator = Discriminator(num_classes) if discriminator != "none" else None
 
@@ -109,6 +125,7 @@ class MealV2(NetworkModule):
         self.init_metrics(num_classes)
         self.teacher_metrics = torch.nn.ModuleList(topk_accuracy(num_classes) for _ in range(len(self.teachers) + 1))
         self._teacher_eval_pending = True
+        self._predicts = "files"  # or "soft_labels": the data's predict mode, read in setup
 
     @property
     def network(self) -> torch.nn.Module:
@@ -153,13 +170,8 @@ class MealV2(NetworkModule):
         return {**terms, "loss": sum(terms.values()), "batch": batch}
 
     def training_step(self, batch, batch_idx):
-        images, labels, *cached = batch
-        if (self.hparams.soft_targets == "cached") != bool(cached):
-            raise ValueError(
-                f"model.soft_targets is '{self.hparams.soft_targets}' but the batches {'carry' if cached else 'lack'} cached "
-                "soft labels: set both model.soft_targets and data.soft_labels, or neither."
-            )
-        mixed = self.hparams.cutmix_prob > 0 and np.random.rand() < self.hparams.cutmix_prob
+        images, labels, *cached = batch  # cached: the soft-label cache's (probabilities, mean logits), checked in setup
+        mixed = self.hparams.cutmix_prob > 0 and float(torch.rand(())) < self.hparams.cutmix_prob  # host RNG, no sync
         if mixed:
             images = self._cutmix(images)
         epoch = self.current_epoch + batch_idx / max(self.trainer.num_training_batches, 1)
@@ -179,13 +191,14 @@ class MealV2(NetworkModule):
         return out["loss"]
 
     def _cutmix(self, images: torch.Tensor) -> torch.Tensor:
-        """Paste a random box from a shuffled copy of the batch (timm's box sampling)."""
-        lam = np.random.beta(self.hparams.cutmix_alpha, self.hparams.cutmix_alpha)
-        (y0, y1, x0, x1), _ = cutmix_bbox_and_lam(images.shape, lam, correct_lam=True)
-        permutation = torch.randperm(images.shape[0], device=images.device)
-        mixed = images.clone()
-        mixed[:, :, y0:y1, x0:x1] = images[permutation, :, y0:y1, x0:x1]
-        return mixed
+        """Paste a random box from a shuffled copy of the batch. The box and the shuffle are drawn on the host from
+        torch's generator (saved in checkpoints) and applied as a mask of the images' shape, so the step keeps
+        static shapes (one compiled graph on XLA whatever the box)."""
+        alpha = self.hparams.cutmix_alpha
+        lam = float(torch.distributions.Beta(alpha, alpha).sample())
+        inside = cutmix_box_mask(images.shape[-2], images.shape[-1], lam)
+        permutation = torch.randperm(images.shape[0]).to(images.device)
+        return torch.where(inside.to(images.device), images[permutation], images)
 
     # ----------------------------------------------------------------------------------------------
     # Evaluation: the student on hard labels, and once per run the teachers' own ceiling
@@ -194,29 +207,39 @@ class MealV2(NetworkModule):
         # The teachers' ceiling is measured once per run, except when fitting from the cache, where no teacher runs.
         self._teacher_eval_pending = stage != "fit" or self.hparams.soft_targets == "online"
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        has_cache = getattr(datamodule, "soft_labels", None) is not None
-        if stage == "fit" and datamodule is not None and has_cache != (self.hparams.soft_targets == "cached"):
+        if stage == "fit":
+            self._check_soft_targets(getattr(datamodule, "soft_labels", None))
+        if stage == "predict":
+            self._predicts = datamodule.predict_mode if datamodule is not None else "files"
+        if (stage == "fit" and self.hparams.soft_targets == "cached") or (
+            stage == "predict" and self._predicts == "soft_labels"
+        ):
+            datamodule.open_soft_labels(stage, self.teacher_identity())
+        if self.hparams.sync_batchnorm_student and self.trainer is not None and self.trainer.world_size > 1:
+            self.student = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.student)
+
+    def _check_soft_targets(self, cache) -> None:
+        """Once, before training: the model's soft targets and the data's cache agree (and the cache holds what the
+        objective reads)."""
+        if (cache is not None) != (self.hparams.soft_targets == "cached"):
             raise ConfigError(
                 "data.soft_labels is set but model.soft_targets is 'online': set model.init_args.soft_targets cached to "
                 "train from the cache, or drop data.init_args.soft_labels (or set it to null) to run the teachers."
-                if has_cache
+                if cache is not None
                 else "model.soft_targets is 'cached' but the data has no soft-label cache: set "
                 "data.init_args.soft_labels.dir (made by `python cli.py predict`, see docs/speed.md) or use soft_targets 'online'."
             )
-        cache = getattr(datamodule, "soft_labels", None)
-        if (
-            stage == "fit"
-            and cache is not None
-            and self.objective.needs_every_class
-            and cache.top_k < self.hparams.num_classes
-        ):
+        if cache is not None and self.objective.needs_every_class and cache.top_k < self.hparams.num_classes:
             raise ConfigError(
                 f"The objective {type(self.objective).__name__} needs every class's teacher logit, but the soft-label cache "
                 f"stores the top {cache.top_k} of {self.hparams.num_classes}: make a cache with "
                 f"data.init_args.soft_labels.top_k {self.hparams.num_classes}, or run the teachers online."
             )
-        if self.hparams.sync_batchnorm_student and self.trainer is not None and self.trainer.world_size > 1:
-            self.student = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.student)
+
+    def teacher_identity(self) -> list[dict]:
+        """Each teacher's timm name and the sha256 of its weights as loaded from its source (before any callback makes
+        it faster): what the soft-label cache records and checks."""
+        return [dict(entry) for entry in self._teacher_identity]
 
     def on_train_start(self) -> None:
         """A fresh online run first checks its teachers on a few val batches (the cache's ``predict`` does too)."""
@@ -271,10 +294,14 @@ class MealV2(NetworkModule):
         self._log_teacher_ceiling("test")
 
     def predict_step(self, batch, batch_idx):
-        """The student's class probabilities of image files (``data.predict_files``); else the ensemble's
-        probabilities and mean logits on R stored crops per image, for the soft-label cache."""
-        if "paths" in batch:
+        """The data's predict mode, chosen once in ``setup``: the student's class probabilities of image files
+        (``data.predict_files``), or the ensemble's soft labels on stored crops (the cache)."""
+        if self._predicts == "files":
             return self.classify_files(batch)
+        return self.soft_labels_on_crops(batch)
+
+    def soft_labels_on_crops(self, batch: dict) -> dict:
+        """The ensemble's probabilities and mean logits on R stored crops per image, for the soft-label cache."""
         crops = batch["images"]  # [B, R, C, H, W]
         # B crops per teacher call, as in a training batch: B x R at once leaves the CPU caches (docs/speed.md)
         teacher_logits = torch.cat([self.teachers(part) for part in crops.flatten(0, 1).split(len(crops))], dim=1)

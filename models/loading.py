@@ -141,6 +141,16 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def weights_digest(model: nn.Module) -> str:
+    """sha256 of a model's state_dict (names, dtypes and bytes, in order): which weights, whatever file held them."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(str(tensor.dtype).encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def check_manifest(path: Path) -> None:
     """A weights file with a ``manifest.json`` beside it (the model zoo's) must match the sha256 recorded there."""
     manifest_path = path.parent / "manifest.json"

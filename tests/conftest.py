@@ -85,7 +85,7 @@ def onnx_only_when_marked(request, monkeypatch):
 @pytest.fixture(autouse=True)
 def expected_warnings_quiet():
     """The warnings cli.py keeps off the console are kept out of the test report too (by message, nothing else)."""
-    from cli import quiet_expected_warnings
+    from console import quiet_expected_warnings
 
     quiet_expected_warnings()
 

@@ -109,6 +109,18 @@ def test_predict_without_files_or_cache_says_what_to_set(tmp_path, monkeypatch):
         main(["predict", "--config", str(classifier_config(tmp_path)), "--data.init_args.predict_files=[missing.png]"])
 
 
+def test_a_soft_label_cache_with_a_model_without_teachers_is_refused(tmp_path, monkeypatch):
+    """Only MealV2 gives the cache its teachers: a Classifier neither trains on a cache's plain images nor writes one."""
+    from datamodules import DataError
+
+    monkeypatch.chdir(tmp_path)
+    cache = [f"--data.init_args.soft_labels.dir={tmp_path / 'cache'}"]
+    for subcommand in ("fit", "predict"):
+        with pytest.raises(DataError, match="soft-label cache belongs to a teacher ensemble: .* with model MealV2"):
+            main([subcommand, "--config", str(classifier_config(tmp_path)), *cache, "--trainer.max_epochs=1"])
+    assert not (tmp_path / "cache").exists()
+
+
 @pytest.mark.skipif(not fashion_mnist.SYSTEM_DIR.is_dir(), reason="needs Debian's dataset-fashion-mnist (make data)")
 def test_onnx_of_the_zoo_student_agrees_with_pytorch_on_every_real_test_image(tmp_path):
     folder = tmp_path / "student_init_resnet8"

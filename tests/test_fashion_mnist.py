@@ -20,7 +20,8 @@ import demo
 import zoo
 from cli import main
 from datamodules import DataError, FashionMNISTData
-from datamodules.soft_labels import FILES, FORMAT, SoftLabelStore, weights_digest
+from datamodules.soft_labels import FILES, FORMAT, SoftLabelStore
+from models.loading import weights_digest
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -12,12 +12,13 @@ import pytest
 import torch
 from fixtures import write_meal_config
 
-from cli import CheckpointError, main
+from cli import main
 from datamodules import DataError
 from models.loading import ModelLoadingError
 from models.onnx_export import ExportInputError
 from models.onnx_export import main as onnx_main
 from storage.atomic_files import DamagedFileError
+from storage.checkpoints import CheckpointError
 
 ROOT = Path(__file__).resolve().parents[1]
 

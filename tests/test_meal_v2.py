@@ -190,11 +190,27 @@ def test_checkpoints_leave_the_teachers_out_and_loading_stays_strict():
 def test_cutmix_pastes_a_box_from_other_images_of_the_batch():
     module = tiny_meal(cutmix_prob=1.0)
     images = torch.arange(4, dtype=torch.float32).view(4, 1, 1, 1).expand(4, 3, 32, 32).contiguous()
+    torch.manual_seed(0)
     mixed = module._cutmix(images)
     assert mixed.shape == images.shape
     changed = (mixed != images).any(dim=1)
     assert changed.any(), "no box was pasted"
     assert torch.equal(images, torch.arange(4, dtype=torch.float32).view(4, 1, 1, 1).expand(4, 3, 32, 32))
+
+
+def test_cutmix_repeats_under_torchs_seed_and_its_box_covers_one_minus_lambda():
+    """The box and shuffle come from torch's generator (restored on resume), not NumPy's global one."""
+    from lightning_modules.meal_v2 import cutmix_box_mask
+
+    module = tiny_meal(cutmix_prob=1.0)
+    images = torch.randn(6, 3, 32, 32)
+    torch.manual_seed(3)
+    first = module._cutmix(images)
+    torch.manual_seed(3)
+    assert torch.equal(module._cutmix(images), first)
+    torch.manual_seed(0)
+    areas = [cutmix_box_mask(400, 400, 0.75).sum() / 400**2 for _ in range(200)]
+    assert 0.12 < float(torch.stack(areas).mean()) <= 0.25  # 1 - lam = 0.25 when the box is not clipped
 
 
 @pytest.mark.parametrize("schedule", ["step", "cosine"])

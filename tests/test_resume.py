@@ -160,7 +160,7 @@ def test_resuming_with_the_discriminator_switched_on_or_off_says_what_to_do(tmp_
     [(b"garbage", "cannot be read"), (None, "not a Lightning checkpoint"), ("missing", "does not exist")],
 )
 def test_bad_ckpt_path_is_refused_before_anything_is_built(tmp_path, monkeypatch, content, message):
-    from cli import CheckpointError
+    from storage.checkpoints import CheckpointError
 
     monkeypatch.chdir(tmp_path)
     path = tmp_path / "bad.ckpt"

@@ -14,7 +14,8 @@ import yaml
 from fixtures import write_image_folder, write_meal_config, write_meal_config_for_data
 from safetensors.torch import load_file
 
-from cli import USER_ERRORS, CheckpointError, ConfigError, main
+from cli import main
+from console import USER_ERRORS, CheckpointError, ConfigError
 from datamodules import DataError
 from storage.run_folder import RunFolderError
 

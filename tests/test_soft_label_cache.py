@@ -512,7 +512,10 @@ def test_a_full_disk_while_making_a_cache_is_one_line_and_a_rerun_finishes_it(tm
     root = Path(__file__).resolve().parents[1]
     config = write_config(tmp_path, cutmix_prob=0.0)
     predict = [sys.executable, str(root / "cli.py"), "predict", "--config", str(config), *cache_args(tmp_path)]
-    predict += ["--trainer.enable_progress_bar=false"]
+    predict += [
+        "--trainer.enable_progress_bar=false",
+        "--trainer.logger=false",
+    ]  # no config.yaml: the cache fills the disk
 
     def small_files():
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a too-large file fails with EFBIG, as a full disk would
