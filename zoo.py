@@ -254,10 +254,9 @@ def export(model: ZooModel, run: Path, zoo_dir: Path, done: dict, data_dir: Opti
     """
     import torch
     import yaml
-    from safetensors.torch import save_file
 
     from models.loading import ModelSource, create_model, read_state_dict
-    from private_apis import write_timm_config
+    from models.timm_folder import write_timm_folder
 
     config = yaml.safe_load((run / "config.yaml").read_text())
     init, data_args = config["model"]["init_args"], dict(config["data"]["init_args"])
@@ -278,19 +277,21 @@ def export(model: ZooModel, run: Path, zoo_dir: Path, done: dict, data_dir: Opti
         "input_size": (in_chans, 28, 28),
         "crop_pct": 1.0,
     }
-    write_timm_config(network, str(folder / "config.json"), data_config, fashion_mnist.CLASSES[:num_classes])
+    classes = fashion_mnist.CLASSES[:num_classes]
+
+    def write(dtype: torch.dtype) -> None:
+        tensors = {k: v.to(dtype if v.is_floating_point() else v.dtype).contiguous() for k, v in weights.items()}
+        write_timm_folder(network, tensors, folder, data_config, classes)
 
     scores = {}
     for dtype in (torch.float32, torch.float16):
-        save_file(
-            {k: v.to(dtype if v.is_floating_point() else v.dtype).contiguous() for k, v in weights.items()}, str(target)
-        )
+        write(dtype)
         scores[str(dtype).removeprefix("torch.")], images = evaluate(
             ModelSource(arch, checkpoint=str(target)), num_classes, in_chans, data_args
         )
     kept = "float16" if scores["float16"] >= scores["float32"] - FP16_TOLERANCE else "float32"
     if kept == "float32":
-        save_file({k: v.contiguous() for k, v in weights.items()}, str(target))
+        write(torch.float32)
     curve = [round(100 * v, 2) for v in read_scalars(run, "val/top1")]
     manifest = {
         "name": model.name,
@@ -329,25 +330,19 @@ def export(model: ZooModel, run: Path, zoo_dir: Path, done: dict, data_dir: Opti
 
 
 def evaluate(source, num_classes: int, in_chans: int, data_args: dict) -> tuple[float, int]:
-    """Val top-1 (%) of the weights behind ``source``, loaded exactly as a MEAL V2 config loads them, and the image count."""
-    import torch
-
+    """Val top-1 (%) of the weights behind ``source``, loaded and scored as MEAL V2 loads and scores a teacher, and
+    the image count."""
     from datamodules import FashionMNISTData
-    from models.loading import create_model
+    from lightning_modules.teachers import TeacherEnsemble, build_teacher, teacher_scores
 
     data = FashionMNISTData(
         **{k: v for k, v in data_args.items() if k in ("data_dir", "in_chans", "download")}, batch_size=500
     )
     data.prepare_data()
     data.setup("validate")
-    network, _ = create_model(source, num_classes, in_chans)
-    network.eval()
-    correct = total = 0
-    with torch.no_grad():
-        for images, labels in data.val_dataloader():
-            correct += int((network(images).argmax(dim=-1) == labels).sum())
-            total += len(labels)
-    return round(100 * correct / total, 2), total
+    network = TeacherEnsemble([build_teacher(source, num_classes, in_chans, data.mean, data.std)])
+    scores = teacher_scores(network, data.val_dataloader(), "cpu")
+    return round(scores["teacher0"], 2), scores["images"]
 
 
 def read_scalars(run_dir: Path, tag: str) -> list[float]:

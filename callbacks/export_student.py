@@ -12,8 +12,8 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from callbacks.finite_loss import refuse_non_finite
 from models.onnx_export import export_folder_onnx
-from private_apis import write_timm_config
-from storage.atomic_files import atomic_write, atomic_write_text, save_safetensors
+from models.timm_folder import write_timm_folder
+from storage.atomic_files import atomic_write_text
 
 
 class ExportStudent(pl.Callback):
@@ -72,7 +72,7 @@ class ExportStudent(pl.Callback):
         refuse_non_finite(tensors, f"exported network '{folder}'", trainer)
         if trainer.is_global_zero:
             names = getattr(trainer.datamodule, "class_names", None)
-            _write(model, tensors, folder, config, names)
+            write_timm_folder(model, tensors, folder, config, names)
             atomic_write_text(folder / "README.md", model_card(trainer, pl_module, folder, config, names, run))
             self._written.add(folder)
 
@@ -94,12 +94,6 @@ class ExportStudent(pl.Callback):
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.best = state_dict.get("best")
-
-
-def _write(model, tensors: dict, folder: Path, config: dict, class_names: Optional[list[str]]) -> None:
-    (folder / "model.onnx").unlink(missing_ok=True)  # never an ONNX of older weights beside new ones
-    save_safetensors(tensors, folder / "model.safetensors")
-    atomic_write(folder / "config.json", lambda name: write_timm_config(model, name, config, class_names))
 
 
 def data_config(trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict:

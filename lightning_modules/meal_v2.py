@@ -22,7 +22,13 @@ from lightning_modules.objectives import (
     hard_label_cross_entropy,
 )
 from lightning_modules.optim import ScheduleName
-from lightning_modules.teachers import TeacherEnsemble, build_teacher, ensemble_warning, teacher_scores
+from lightning_modules.teachers import (
+    TeacherEnsemble,
+    build_teacher,
+    ensemble_warning,
+    member_and_ensemble_probabilities,
+    teacher_scores,
+)
 from models.loading import ModelSource, create_model, data_facts, weights_digest
 
 
@@ -269,10 +275,9 @@ class MealV2(NetworkModule):
     def evaluate(self, batch, stage: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         images, labels, logits = super().evaluate(batch, stage)
         if self._teacher_eval_pending and not self.trainer.sanity_checking:
-            teacher_logits = self.teachers(images)
-            for metric, logits_k in zip(self.teacher_metrics[:-1], teacher_logits, strict=True):  # [-1]: the ensemble
-                metric.update(logits_k, labels)
-            self.teacher_metrics[-1].update(ensemble_soft_targets(teacher_logits), labels)
+            scored = member_and_ensemble_probabilities(self.teachers(images))
+            for metric, probabilities in zip(self.teacher_metrics, scored, strict=True):  # [-1]: the ensemble
+                metric.update(probabilities, labels)
         return images, labels, logits
 
     def _log_teacher_ceiling(self, stage: str) -> None:

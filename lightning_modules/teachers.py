@@ -79,6 +79,12 @@ class TeacherEnsemble(nn.Module):
         return torch.stack([teacher(images) for teacher in self.members])
 
 
+def member_and_ensemble_probabilities(teacher_logits: torch.Tensor) -> torch.Tensor:
+    """[K + 1, B, C]: each teacher's probabilities, then the ensemble's (mean of probabilities): what every teacher
+    accuracy of the project scores (the checks before training and generation, validation's ceiling, the zoo)."""
+    return torch.cat([teacher_logits.float().softmax(-1), ensemble_soft_targets(teacher_logits)[None]])
+
+
 @torch.no_grad()
 def teacher_scores(
     teachers: TeacherEnsemble, batches, device, max_batches: Optional[int] = None, progress: Optional[str] = None
@@ -96,8 +102,7 @@ def teacher_scores(
         if max_batches is not None and index >= max_batches:
             break
         images, labels = images.to(device), labels.to(device)
-        logits = teachers(images)  # [T, B, K]
-        probabilities = torch.cat([logits.float().softmax(-1), ensemble_soft_targets(logits)[None]])
+        probabilities = member_and_ensemble_probabilities(teachers(images))
         correct += (probabilities.argmax(-1) == labels).sum(-1).cpu()
         total += len(labels)
     names = [f"teacher{k}" for k in range(len(teachers))] + ["ensemble"]
