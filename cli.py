@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
 
@@ -21,6 +21,7 @@ from callbacks import (
     HParamsWithResults,
     LastCheckpoint,
     RestoreRandomState,
+    SaveConfigOnceTrainingStarts,
     SigtermOnEveryRank,
     SoftLabelWriter,
 )
@@ -35,7 +36,7 @@ from datamodules.base import ClassificationDataModule
 from datamodules.exported import predict_from
 from lightning_modules.errors import ConfigError
 from private_apis import CheckpointPathHook
-from storage.atomic_files import AtomicCheckpointIO, WriteError
+from storage.atomic_files import AtomicCheckpointIO
 from storage.checkpoints import resolve_ckpt_path, tensorboard_args
 from storage.run_folder import check_writable, first_process, prepare_fit_folder, release_locks
 
@@ -62,27 +63,6 @@ DEFAULTS = {
 }
 # DataModule facts linked into the model: (data attribute, model argument)
 LINKS = (("num_classes", "num_classes"), ("in_chans", "in_chans"), ("mean", "data_mean"), ("std", "data_std"))
-
-
-class SaveConfigOnceTrainingStarts(SaveConfigCallback):
-    """``fit`` writes the run's ``config.yaml`` when training starts, after a resume's checkpoint has loaded:
-    a fit that fails before (a wrong checkpoint, bad data) leaves the run's record as it was. ``validate``,
-    ``test`` and ``predict`` record theirs in the logger's sub-folder; without a logger, nowhere (not the current folder)."""
-
-    def setup(self, trainer, pl_module, stage: str) -> None:
-        if stage != "fit" and trainer.logger is not None:
-            self._save(trainer, pl_module, stage)
-
-    def on_train_start(self, trainer, pl_module) -> None:
-        self._save(trainer, pl_module, "fit")
-
-    def _save(self, trainer, pl_module, stage: str) -> None:
-        try:
-            super().setup(trainer, pl_module, stage)
-        except OSError as error:
-            raise WriteError(
-                f"The run's config.yaml could not be written in {trainer.log_dir}: {error.strerror or error}."
-            ) from None
 
 
 class MealCLI(CheckpointPathHook, LightningCLI):

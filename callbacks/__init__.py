@@ -1,4 +1,4 @@
-"""Trainer callbacks: progress lines, agreement with the ensemble, memory format, exported students, loss guard, reproducible resume, SIGTERM on every rank, soft-label cache, predictions, results in HParams."""
+"""Trainer callbacks: progress lines, agreement with the ensemble, memory format, exported students, loss guard, reproducible resume, SIGTERM on every rank, soft-label cache, predictions, results in HParams, the run's config.yaml."""
 
 from callbacks.channels_last import ChannelsLast
 from callbacks.ensemble_agreement import EnsembleAgreement
@@ -10,6 +10,7 @@ from callbacks.hparams_results import HParamsWithResults
 from callbacks.last_checkpoint import LastCheckpoint
 from callbacks.prediction_writer import ClassPredictionWriter
 from callbacks.rng_state import RestoreRandomState
+from callbacks.save_config import SaveConfigOnceTrainingStarts
 from callbacks.sigterm_every_rank import SigtermOnEveryRank
 from callbacks.soft_label_writer import SoftLabelWriter
 
@@ -25,6 +26,7 @@ __all__ = [
     "LastCheckpoint",
     "NonFiniteTrainingError",
     "RestoreRandomState",
+    "SaveConfigOnceTrainingStarts",
     "SigtermOnEveryRank",
     "SoftLabelWriter",
 ]

@@ -258,6 +258,21 @@ def test_a_full_disk_keeps_the_previous_checkpoint_whole_and_stops_in_one_line(t
     assert not [path for path in run.rglob("*partial*")], "a partial file was left behind"
 
 
+def test_a_config_yaml_that_cannot_be_written_is_one_line_before_any_training(tmp_path, monkeypatch):
+    from lightning.pytorch.cli import SaveConfigCallback
+
+    from storage.atomic_files import WriteError
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(SaveConfigCallback, "setup", full_disk)
+    with pytest.raises(WriteError, match=r"config.yaml could not be written in .*: No space left on device\.$"):
+        main(["fit", "--config", str(write_meal_config(tmp_path)), "--trainer.max_epochs=1"])
+    assert not list(tmp_path.glob("runs/**/last.ckpt"))
+
+
 def test_nothing_is_selected_on_the_test_images_when_val_is_the_test_set(tmp_path, monkeypatch):
     """Fashion-MNIST's val is its test split unless val_size holds training images out: then only the last epoch is kept."""
     monkeypatch.chdir(tmp_path)
