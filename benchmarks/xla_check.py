@@ -30,10 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("PJRT_DEVICE", "CPU")
-
-import torch  # noqa: E402
-import yaml  # noqa: E402
+import torch
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -246,6 +244,7 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--out", type=Path, default=ROOT / "results/xla_check")
     args = parser.parse_args()
+    os.environ.setdefault("PJRT_DEVICE", "CPU")  # XLA devices on the CPU, unless told otherwise
     try:
         import torch_xla  # noqa: F401
     except ImportError:
