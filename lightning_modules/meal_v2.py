@@ -207,7 +207,7 @@ class MealV2(NetworkModule):
         return torch.where(inside.to(images.device), images[permutation], images)
 
     # ----------------------------------------------------------------------------------------------
-    # Evaluation: the student on hard labels, and once per run the teachers' own ceiling
+    # Set-up: the soft targets checked against the data, the cache opened for these teachers
     # ----------------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
         # The teachers' ceiling is measured once per run, except when fitting from the cache, where no teacher runs.
@@ -247,6 +247,9 @@ class MealV2(NetworkModule):
         it faster): what the soft-label cache records and checks."""
         return [dict(entry) for entry in self._teacher_identity]
 
+    # ----------------------------------------------------------------------------------------------
+    # Evaluation: the student on hard labels, and once per run the teachers' own ceiling
+    # ----------------------------------------------------------------------------------------------
     def on_train_start(self) -> None:
         """A fresh online run first checks its teachers on a few val batches (the cache's ``predict`` does too)."""
         super().on_train_start()  # the epoch's learning rates (EpochSchedule)
