@@ -203,8 +203,9 @@ class MealV2(NetworkModule):
         alpha = self.hparams.cutmix_alpha
         lam = float(torch.distributions.Beta(alpha, alpha).sample())
         inside = cutmix_box_mask(images.shape[-2], images.shape[-1], lam)
-        permutation = torch.randperm(images.shape[0]).to(images.device)
-        return torch.where(inside.to(images.device), images[permutation], images)
+        # non_blocking: a synchronous copy to a GPU would wait for the device every step
+        permutation = torch.randperm(images.shape[0]).to(images.device, non_blocking=True)
+        return torch.where(inside.to(images.device, non_blocking=True), images[permutation], images)
 
     # ----------------------------------------------------------------------------------------------
     # Set-up: the soft targets checked against the data, the cache opened for these teachers
