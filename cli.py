@@ -34,7 +34,7 @@ from console import (
 )
 from datamodules.base import ClassificationDataModule
 from datamodules.exported import predict_from
-from lightning_modules.errors import ConfigError
+from errors import ConfigError
 from private_apis import CheckpointPathHook
 from storage.atomic_files import AtomicCheckpointIO
 from storage.checkpoints import resolve_ckpt_path, tensorboard_args

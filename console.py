@@ -13,13 +13,16 @@ from collections.abc import Callable
 
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
-from callbacks import NonFiniteTrainingError
-from datamodules.errors import DataError
-from lightning_modules.errors import ConfigError
-from models.loading import ModelLoadingError
-from storage.atomic_files import DamagedFileError, WriteError
-from storage.checkpoints import CheckpointError
-from storage.run_folder import RunFolderError
+from errors import (
+    CheckpointError,
+    ConfigError,
+    DamagedFileError,
+    DataError,
+    ModelLoadingError,
+    NonFiniteTrainingError,
+    RunFolderError,
+    WriteError,
+)
 
 
 class _WithoutAdvert(logging.Filter):

@@ -5,7 +5,7 @@ soft labels on stored crops of all 60,000 training images, made by this project)
 evaluated, then the same init is trained for the same epochs twice, side by side (one process per run,
 the cores shared out): with MEAL V2 from the shipped soft labels, and on hard labels (the baseline).
 Finished steps are skipped and an interrupted one resumes from its last checkpoint. Ends with a table
-(Markdown + JSON) and a plot of val top-1 per epoch under ``results/demo/seed<seed>/``.
+(Markdown + JSON) and a plot of val top-1 per epoch under ``results/demo/<precision>/seed<seed>/``.
 
     python demo.py                 # one seed (SEED=1 python demo.py, or --seed 1, for another)
     python demo.py --summary       # mean and std over the seeds run so far, paired by seed
@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Optional
 
 import zoo
+from errors import DemoError
 from lightning_modules.hardware import cpu_description, fast_trainer_precision
 
 ROOT = Path(__file__).resolve().parent
@@ -89,9 +90,9 @@ class Pipeline:
             args += SMOKE_ARGS
         if self.data_dir:
             args.append(f"--data.init_args.data_dir={self.data_dir}")
-        if step.subcommand == "fit":  # runs share the console: a line per epoch instead of progress bars
-            args += ["--trainer.callbacks+=EpochLine", "--trainer.enable_progress_bar=false"]
-            args.append("--trainer.enable_model_summary=false")
+        args.append("--trainer.enable_progress_bar=false")  # runs share the console: no progress bars
+        if step.subcommand == "fit":  # a line per epoch instead
+            args += ["--trainer.callbacks+=EpochLine", "--trainer.enable_model_summary=false"]
         last = self.run_dir(step) / "checkpoints" / "last.ckpt"
         if step.subcommand == "fit" and last.is_file():
             args.append(f"--ckpt_path={last}")  # an interrupted run continues
@@ -112,32 +113,39 @@ class Pipeline:
         for step in self.steps():
             if step not in steps:
                 print(f"{step.name}: done earlier, skipped", flush=True)
+        # All at once, one thread each: the short evaluation shares the cores with the fits instead of delaying them.
+        run_side_by_side([(self, s) for s in steps], slots=len(steps))
         if STEPS[0] in steps:
-            run_side_by_side([(self, STEPS[0])])
             print(zoo_line(self), flush=True)
-        run_side_by_side([(self, s) for s in steps if s.subcommand == "fit"])
         result = report(self, manifests, round(time.perf_counter() - started, 1))
         print(f"demo finished in {result['seconds']:.0f} s; results in {self.out}", flush=True)
         print(f"curves and the HParams table: tensorboard --logdir {self.out / RUNS}", flush=True)
         return result
 
     def prepare(self) -> list[dict]:
-        """Verify the zoo, settle the precision and link the zoo into the results folder; the zoo's manifests."""
+        """Verify the zoo, settle the precision and link the zoo into the results folder; the zoo's manifests.
+        A results folder holds one precision's runs: runs made in another are never reused or relabelled."""
         manifests = zoo.verify(self.zoo_dir)
         self.precision = self.precision or fast_trainer_precision()
+        marker = self.out / "precision.txt"
+        if marker.is_file() and (made := marker.read_text().strip()) != self.precision:
+            raise DemoError(
+                f"{self.out} holds runs made in {made}, not {self.precision}: give another --out, or --precision {made}."
+            )
         self.out.mkdir(parents=True, exist_ok=True)
+        marker.write_text(self.precision)
         zoo.link(self.zoo_dir, self.out)
         return manifests
 
 
-def run_side_by_side(jobs: list[tuple[Pipeline, Step]]) -> None:
-    """Run the steps side by side, as many as there are cores, sharing the cores' threads out among them.
+def run_side_by_side(jobs: list[tuple[Pipeline, Step]], slots: Optional[int] = None) -> None:
+    """Run the steps side by side, as many as there are cores (or ``slots``), sharing the cores' threads out among them.
 
     A step already recorded as done (``done.json``) is skipped. A run's per-epoch lines go to the console, its log
     (warnings included) to ``<out>/logs/<step>.log``."""
     jobs = [(p, s) for p, s in jobs if not (p.run_dir(s) / "done.json").is_file()]
     cores = os.cpu_count() or 1
-    slots = max(1, min(len(jobs), cores))
+    slots = max(1, min(len(jobs), slots or cores))
     threads = str(max(1, cores // slots))
     environment = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
     pending, running = deque(jobs), {}
@@ -171,10 +179,6 @@ def run_side_by_side(jobs: list[tuple[Pipeline, Step]]) -> None:
         for process, (_, _, log, _) in running.items():
             process.wait()
             log.close()
-
-
-class DemoError(RuntimeError):
-    """A step of the demo failed: its log's last lines say why."""
 
 
 def tail(log: Path, lines: int = 15) -> str:
@@ -450,6 +454,11 @@ def plot(curves: dict[str, list[float]], evaluation: dict[str, Optional[float]],
     plt.close(figure)
 
 
+def default_results(precision: str) -> Path:
+    """Each precision's runs in a folder of their own: ``results/demo/<precision>/seed<seed>``."""
+    return ROOT / "results" / "demo" / precision
+
+
 def main(argv: Optional[list[str]] = None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seed", type=int, default=int(os.environ.get("SEED", "0")))
@@ -457,7 +466,7 @@ def main(argv: Optional[list[str]] = None):
         "--out",
         type=Path,
         default=None,
-        help="results folder (default results/demo/seed<seed>; with --summary the folder holding seed*/)",
+        help="results folder (default results/demo/<precision>/seed<seed>; with --summary the folder holding seed*/)",
     )
     parser.add_argument(
         "--zoo", type=Path, default=zoo.ZOO_DIR, help="the model zoo folder (default zoo/fashion_mnist)"
@@ -479,24 +488,18 @@ def main(argv: Optional[list[str]] = None):
     parser.add_argument("--no-progress-bar", action="store_true", help="--rebuild-zoo: no progress bars")
     args = parser.parse_args(argv)
     data_dir = str(Path(args.data_dir).resolve()) if args.data_dir else None
+    precision = args.precision or fast_trainer_precision()
     if args.summary:
-        return summarize((args.out or ROOT / "results" / "demo").resolve())
+        return summarize((args.out or default_results(precision)).resolve())
     if args.rebuild_zoo:
         work = (args.out or ROOT).resolve()
         extra = (SMOKE_ARGS if args.smoke else ()) + (
             ("--trainer.enable_progress_bar=false",) if args.no_progress_bar else ()
         )
         return zoo.rebuild(args.zoo.resolve(), work, extra, data_dir)
-    out = (args.out or ROOT / "results" / "demo" / f"seed{args.seed}").resolve()
+    out = (args.out or default_results(precision) / f"seed{args.seed}").resolve()
     try:
-        return Pipeline(
-            out,
-            args.seed,
-            args.zoo.resolve(),
-            data_dir,
-            args.precision,
-            args.smoke,
-        ).run()
+        return Pipeline(out, args.seed, args.zoo.resolve(), data_dir, precision, args.smoke).run()
     except (zoo.ZooError, DemoError) as error:
         raise SystemExit(f"error: {error}") from None
 

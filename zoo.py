@@ -27,15 +27,12 @@ from pathlib import Path
 from typing import Optional
 
 from datamodules import fashion_mnist
+from errors import ZooError
 
 ROOT = Path(__file__).resolve().parent
 ZOO_CONFIGS = ROOT / "configs" / "fashion_mnist" / "zoo"
 ZOO_DIR = ROOT / "zoo" / "fashion_mnist"
 FP16_TOLERANCE = 0.05  # val top-1 points fp16 weights may lose against fp32 before the zoo keeps fp32
-
-
-class ZooError(RuntimeError):
-    """The zoo is missing, incomplete, or does not match its manifests."""
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,8 @@
 
 Measures images/s of one optimizer step (forward, backward, SGD) on the same student, teachers,
 batch and image size for:
-  floor_*        the student alone on hard labels, at each setting (fp32 / bf16-mixed, +channels-last)
+  floor_*        the student alone on hard labels, at each setting (fp32 / bf16-mixed, +channels-last; --compile:
+                 +compiled), on --threads threads (default 1, what each of the demo's two runs gets on 2 cores)
   floor          the floor at the chosen student setting (--student-precision, --channels-last)
   online_fp32    MEAL V2 with the teachers run plainly (fp32) every step
   online_fast    MEAL V2 with callbacks.FastTeachers (precision from the hardware, channels-last, folded
@@ -40,8 +41,8 @@ from reporting import device_name, save_and_print, synchronize  # noqa: E402
 
 from callbacks.fast_teachers import accelerate_teacher  # noqa: E402
 from datamodules import FashionMNISTData  # noqa: E402
-from datamodules.errors import DataError  # noqa: E402
 from datamodules.soft_labels import CachedCrops, SoftLabelStore  # noqa: E402
+from errors import DataError  # noqa: E402
 from lightning_modules import MealV2  # noqa: E402
 from lightning_modules.hardware import fast_precision  # noqa: E402
 from lightning_modules.losses import ensemble_soft_targets  # noqa: E402
@@ -127,6 +128,13 @@ def run(args) -> dict:
         for bf16 in (False, True):
             name = f"floor_{'bf16' if bf16 else 'fp32'}{'_channels_last' if channels_last else ''}"
             measure(name, lambda bf16=bf16: floor_step(bf16), timing, results, memory)
+    if args.compile:  # the student compiled (inductor), channels-last; the first calls pay the compile
+        student = module.student
+        module.student = torch.compile(student)
+        for bf16 in (False, True):
+            name = f"floor_{'bf16' if bf16 else 'fp32'}_channels_last_compiled"
+            measure(name, lambda bf16=bf16: floor_step(bf16), timing, results, memory)
+        module.student = student
     module.student.to(memory_format=torch.channels_last if args.channels_last else torch.contiguous_format)
     results["floor"] = results[
         f"floor_{'bf16' if student_bf16 else 'fp32'}{'_channels_last' if args.channels_last else ''}"
@@ -279,12 +287,18 @@ def main(argv=None) -> dict:
         "--student-precision", choices=["32", "bf16-mixed"], default=None, help="default: from the hardware"
     )
     parser.add_argument("--no-channels-last", dest="channels_last", action="store_false")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the fast teachers")
+    parser.add_argument(
+        "--compile", action="store_true", help="torch.compile the fast teachers and the student's floor"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=1, help="CPU threads (default 1: each demo run's share of 2 cores)"
+    )
     parser.add_argument("--data-dir", default="data/fashion-mnist", help="Fashion-MNIST for the loaded rows")
     parser.add_argument("--cache-dir", type=Path, default=ROOT / "zoo" / "fashion_mnist" / "soft_labels")
     parser.add_argument("--loaded-steps", type=int, default=50, help="batches per timed round of the loaded rows")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "throughput.json")
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     args.teacher_precision = args.teacher_precision or fast_precision(device)
     args.student_precision = args.student_precision or ("bf16-mixed" if fast_precision(device) == "bf16" else "32")

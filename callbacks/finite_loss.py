@@ -7,9 +7,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 
-
-class NonFiniteTrainingError(RuntimeError):
-    """The training loss became NaN or infinite, or a checkpoint or export would hold non-finite weights."""
+from errors import NonFiniteTrainingError
 
 
 class FiniteLossGuard(pl.Callback):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from lightning.pytorch.cli import SaveConfigCallback
 
-from storage.atomic_files import WriteError
+from errors import WriteError
 
 
 class SaveConfigOnceTrainingStarts(SaveConfigCallback):

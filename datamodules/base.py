@@ -16,7 +16,6 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, get_worker_info
 from torchvision.transforms import InterpolationMode, v2
 
-from datamodules.errors import DataError
 from datamodules.files import ImageFiles, list_image_files
 from datamodules.soft_labels import (
     SEED_STRIDE,
@@ -28,6 +27,7 @@ from datamodules.soft_labels import (
     crop_and_flip,
     fingerprint,
 )
+from errors import DataError
 
 
 def machine_workers() -> int:
@@ -127,6 +127,13 @@ class SeededPerSample(Dataset):
 
     def __len__(self) -> int:
         return len(self.dataset)
+
+    def __getitems__(self, indices: list[int]) -> list:
+        """In the main process, the dataset's own batch fetch (the same draws from the global RNG, in order)."""
+        fetch = getattr(self.dataset, "__getitems__", None)
+        if get_worker_info() is None and fetch is not None:
+            return fetch(indices)
+        return [self[index] for index in indices]
 
     def __getitem__(self, index: int):
         worker = get_worker_info()
@@ -290,8 +297,9 @@ class ClassificationDataModule(L.LightningDataModule):
             self._open_store_for_predict(raw, fingerprint_now)
         elif stage == "fit" and not isinstance(self.train_set, CachedCrops):
             self.soft_label_store = SoftLabelStore.open(self.soft_labels, len(raw), self.num_classes, fingerprint_now)
+            crop = functools.partial(crop_and_flip, size=self.image_size, interpolation=self.interpolation_mode)
             self.train_set = CachedCrops(
-                raw, self.soft_label_store, self.render, self.soft_labels.crops_per_sample, rows
+                raw, self.soft_label_store, crop, self.soft_labels.crops_per_sample, rows, finish=self.finish
             )
 
     def _open_store_for_predict(self, raw: Dataset, fingerprint_now: dict) -> None:

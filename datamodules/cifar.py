@@ -15,8 +15,8 @@ from torchvision import datasets
 from torchvision.transforms import v2
 
 from datamodules.base import ClassificationDataModule, DataError
-from datamodules.errors import downloading
 from datamodules.soft_labels import SoftLabelCache
+from errors import downloading
 
 _STATS = {
     "cifar10": (10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), datasets.CIFAR10),

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from datamodules.base import ClassificationDataModule
-from datamodules.errors import DataError
 from datamodules.image_folder import eval_transform
+from errors import DataError
 
 REEXPORT = "export the run again (python -m models.onnx_export RUN/checkpoints/last.ckpt --image-size N)"
 

@@ -13,8 +13,8 @@ from torchvision import datasets
 from torchvision.transforms import v2
 
 from datamodules.base import ClassificationDataModule, DataError
-from datamodules.errors import downloading
 from datamodules.soft_labels import SoftLabelCache
+from errors import downloading
 
 SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian's package dataset-fashion-mnist
 MEAN, STD = (0.2860,), (0.3530,)
@@ -59,17 +59,23 @@ def find_idx(folder: Path, stem: str) -> Optional[Path]:
 
 
 class TensorImages(Dataset):
-    """uint8 images [N, 1, H, W] held in memory, transformed per sample."""
+    """uint8 images [N, 1, H, W] held in memory: ``transform`` per sample (the random crop), then ``finish`` (dtype,
+    normalization) once for the whole batch the DataLoader fetches (per image, it costs more than the crop)."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform):
-        self.images, self.labels, self.transform = images, labels, transform
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform, finish=None):
+        self.images, self.labels, self.transform, self.finish = images, labels, transform, finish
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, index: int):
-        image = self.images[index]
-        return (self.transform(image) if self.transform else image), int(self.labels[index])
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices: list[int]) -> list:
+        images = [self.transform(self.images[i]) if self.transform else self.images[i] for i in indices]
+        if self.finish is not None:
+            images = list(self.finish(torch.stack(images)))
+        return [(image, int(self.labels[i])) for image, i in zip(images, indices, strict=True)]
 
 
 class FashionMNISTData(ClassificationDataModule):
@@ -155,8 +161,8 @@ class FashionMNISTData(ClassificationDataModule):
     def build_datasets(self):
         ops = [v2.Grayscale(num_output_channels=3)] if self._in_chans == 3 else []
         self._finish = v2.Compose(ops + [v2.ToDtype(torch.float32, scale=True), v2.Normalize(self.mean, self.std)])
-        augment = v2.Compose([v2.RandomCrop(28, padding=self.crop_padding), v2.RandomHorizontalFlip(), self._finish])
-        augment = augment if self.augment else self._finish
+        augment = v2.Compose([v2.RandomCrop(28, padding=self.crop_padding), v2.RandomHorizontalFlip()])
+        augment = augment if self.augment else None
         folder = self.locate()
         train_images, train_labels = self._split(folder, "train")
         if self.train_subset is not None and self.train_subset < len(train_labels):
@@ -164,11 +170,12 @@ class FashionMNISTData(ClassificationDataModule):
                 : self.train_subset
             ]
             train_images, train_labels = train_images[keep], train_labels[keep]
-        train, raw = TensorImages(train_images, train_labels, augment), TensorImages(train_images, train_labels, None)
-        test = TensorImages(*self._split(folder, "test"), self._finish)
+        train = TensorImages(train_images, train_labels, augment, self._finish)
+        raw = TensorImages(train_images, train_labels, None)
+        test = TensorImages(*self._split(folder, "test"), None, self._finish)
         val = test
         if self.val_size:
-            plain = TensorImages(train_images, train_labels, self._finish)
+            plain = TensorImages(train_images, train_labels, None, self._finish)
             train, val, raw = self.split_off_val(train, plain, raw)
         self._raw_train = raw
         return train, val, test

@@ -10,7 +10,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS as TORCHVISION_EXTENSIONS
 
-from datamodules.errors import DataError
+from errors import DataError
 
 IMAGE_EXTENSIONS = (*TORCHVISION_EXTENSIONS, ".gif")  # a GIF is read as its first frame
 

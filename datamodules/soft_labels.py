@@ -36,7 +36,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
-from datamodules.errors import DataError
+from errors import DataError
 from storage.atomic_files import atomic_write_text
 
 ROWS = ("boxes", "flips", "values", "logits", "indices")  # an image's stored crops
@@ -399,9 +399,17 @@ class CachedCrops(Dataset):
     """
 
     def __init__(
-        self, raw: Dataset, store: SoftLabelStore, render, per_sample: int = 1, rows: Optional[torch.Tensor] = None
+        self,
+        raw: Dataset,
+        store: SoftLabelStore,
+        render,
+        per_sample: int = 1,
+        rows: Optional[torch.Tensor] = None,
+        finish=None,
     ):
-        self.raw, self.store, self.render, self.per_sample = raw, store, render, per_sample
+        """``render(image, box, flip)``: a crop as the model sees it; or, with ``finish`` given, the uint8 crop, and
+        ``finish`` converts the whole batch at once (per crop, the conversion costs more than the crop)."""
+        self.raw, self.store, self.render, self.per_sample, self.finish = raw, store, render, per_sample, finish
         self.rows = rows.tolist() if rows is not None else None  # the images trained on (a held-out split: fewer)
         self.crops, self.classes = store.meta["crops"], store.meta["classes"]
         if not 1 <= per_sample <= self.crops:
@@ -426,18 +434,23 @@ class CachedCrops(Dataset):
         stored = {name: torch.from_numpy(chosen[name]) for name in ("values", "logits", "indices")}
         soft = decode_soft_labels(stored["values"], stored["indices"], self.classes)
         logits = decode_teacher_logits(stored["logits"], stored["indices"], self.classes)
-        items = []
+        views, labels = [], []
         for j, index in enumerate(indices.tolist()):
             image, label = self.raw[index]
-            boxes, flips = chosen["boxes"][j], chosen["flips"][j]
-            views = [
+            labels.append(label)
+            views += [
                 self.render(image, pixel_box(box, *image.shape[-2:]), bool(flip))
-                for box, flip in zip(boxes, flips, strict=True)
+                for box, flip in zip(chosen["boxes"][j], chosen["flips"][j], strict=True)
             ]
+        if self.finish is not None:
+            views = list(self.finish(torch.stack(views)))
+        items = []
+        for j, label in enumerate(labels):
+            mine = views[j * self.per_sample : (j + 1) * self.per_sample]
             if self.per_sample == 1:
-                items.append((views[0], label, soft[j, 0], logits[j, 0]))
+                items.append((mine[0], label, soft[j, 0], logits[j, 0]))
             else:
-                items.append((torch.stack(views), torch.full((self.per_sample,), label), soft[j], logits[j]))
+                items.append((torch.stack(mine), torch.full((self.per_sample,), label), soft[j], logits[j]))
         return items
 
 

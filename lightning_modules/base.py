@@ -7,7 +7,7 @@ import lightning as L
 import torch
 from torch import nn
 
-from lightning_modules.errors import ConfigError
+from errors import ConfigError
 from lightning_modules.metrics import calibration_error, check_images, log_evaluation, top1_accuracy, topk_accuracy
 from lightning_modules.optim import EpochSchedule, build_optimizer, check_schedule
 

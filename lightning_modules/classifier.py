@@ -6,8 +6,8 @@ from typing import Optional, Sequence
 
 import torch.nn.functional as F
 
+from errors import require_positive
 from lightning_modules.base import NetworkModule
-from lightning_modules.errors import require_positive
 from lightning_modules.metrics import check_images
 from lightning_modules.optim import OptimizerName, ScheduleName
 from models.loading import ModelSource, create_model, data_facts

@@ -10,9 +10,9 @@ from typing import Literal, Optional, Sequence
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
+from errors import ConfigError, require_positive
 from lightning_modules.base import NetworkModule
 from lightning_modules.discriminator import Discriminator, discriminator_term
-from lightning_modules.errors import ConfigError, require_positive
 from lightning_modules.losses import ensemble_soft_targets
 from lightning_modules.metrics import check_images, top1_accuracy, topk_accuracy
 from lightning_modules.objectives import (

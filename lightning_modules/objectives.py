@@ -16,7 +16,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from lightning_modules.errors import ConfigError, require_positive
+from errors import ConfigError, require_positive
 from lightning_modules.losses import soft_cross_entropy
 
 

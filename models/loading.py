@@ -16,6 +16,7 @@ import timm
 import torch
 from torch import nn
 
+from errors import ModelLoadingError
 from models import cifar_resnets  # noqa: F401  (registers the small-image backbones)
 from storage.atomic_files import verify_file
 
@@ -61,10 +62,6 @@ class ModelSource:
             if data[key] is not None:
                 data[key] = [float(v) for v in data[key]]
         return data
-
-
-class ModelLoadingError(ValueError):
-    """A model or its weights could not be built from the given source."""
 
 
 def data_facts(num_classes, in_chans, data_mean, data_std) -> tuple[int, int, list[float], list[float]]:

@@ -17,14 +17,10 @@ import timm
 import torch
 from torch import nn
 
-from datamodules.errors import DataError
 from datamodules.exported import find_trained_network, read_export_config
-from models.loading import ModelLoadingError, ModelSource, check_model_name, read_state_dict
-from storage.atomic_files import DamagedFileError, WriteError, atomic_write
-
-
-class ExportInputError(ValueError):
-    """Weights or an export folder that cannot be converted."""
+from errors import DamagedFileError, DataError, ExportInputError, ModelLoadingError, WriteError
+from models.loading import ModelSource, check_model_name, read_state_dict
+from storage.atomic_files import atomic_write
 
 
 def exportable_model(name: str, model_args: dict, state_dict: dict[str, torch.Tensor], source: Path) -> nn.Module:

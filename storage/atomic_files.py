@@ -17,13 +17,7 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch.utils import serialization
 
-
-class WriteError(OSError):
-    """A file could not be written (full disk, read-only or unwritable folder, file size limit)."""
-
-
-class DamagedFileError(ValueError):
-    """A checkpoint or exported weights file whose bytes differ from those written."""
+from errors import DamagedFileError, WriteError
 
 
 def atomic_write(path: os.PathLike | str, write: Callable[[str], Any]) -> None:

@@ -8,13 +8,10 @@ from typing import Optional
 
 import torch
 
+from errors import CheckpointError
 from storage.atomic_files import verify_file
 
 NAMED_CHECKPOINTS = {"last", "best", "hpc", "registry"}
-
-
-class CheckpointError(ValueError):
-    """A --ckpt_path that cannot be used."""
 
 
 def tensorboard_args(config):

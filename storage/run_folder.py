@@ -10,12 +10,10 @@ import socket
 import time
 from pathlib import Path
 
+from errors import RunFolderError
+
 RUN_MARKER = ".meal_v2_run"  # written into every folder fit makes a run of; only such folders are ever cleared
 LOCK = ".meal_v2_lock"  # held by the one fit writing into a run folder; removed when it exits
-
-
-class RunFolderError(ValueError):
-    """A run folder that cannot be used: someone else's, or in use by another fit."""
 
 
 def run_files(run_dir: Path) -> list[Path]:

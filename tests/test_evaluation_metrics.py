@@ -8,7 +8,7 @@ import yaml
 from fixtures import write_meal_config
 
 from cli import main
-from lightning_modules.errors import ConfigError
+from errors import ConfigError
 from lightning_modules.losses import ensemble_soft_targets
 
 

@@ -312,6 +312,7 @@ def test_demo_trains_from_the_shipped_zoo_and_soft_labels_on_the_real_data(tmp_p
     assert rows["MEAL V2 student"]["epochs"] == 1 and rows["baseline: init + hard labels"]["epochs"] == 1
 
 
+@pytest.mark.slow
 def test_method_table_chooses_on_held_out_images_then_trains_its_rows_end_to_end(tiny_zoo, tmp_path):
     """`make ablations` shrunk: the zoo evaluated, Hinton KD's T chosen on held-out images, two rows, the table."""
     zoo_dir, data_dir = tiny_zoo

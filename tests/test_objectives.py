@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from lightning_modules.errors import ConfigError
+from errors import ConfigError
 from lightning_modules.losses import soft_cross_entropy
 from lightning_modules.objectives import (
     DIST,

@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 import zoo
 from callbacks import NonFiniteTrainingError
 from cli import main
-from lightning_modules.errors import ConfigError
+from errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -12,9 +12,8 @@ from fixtures import write_meal_config as write_config
 from PIL import Image
 
 from cli import main
-from datamodules.errors import DataError
 from datamodules.soft_labels import FILES, CachedCrops, decode_soft_labels, decode_teacher_logits, pixel_box
-from lightning_modules.errors import ConfigError
+from errors import ConfigError, DataError
 
 
 def test_decoded_labels_keep_top_k_and_spread_the_rest_evenly():

@@ -1,0 +1,67 @@
+"""Every error the project reports in one line: the class names what failed, the message says what to do."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+
+class ConfigError(ValueError):
+    """A run that cannot start as configured (a non-positive lr, a cache missing for cached soft targets, ...)."""
+
+
+class DataError(ValueError):
+    """The data on disk cannot be used as configured."""
+
+
+class ModelLoadingError(ValueError):
+    """A model or its weights could not be built from the given source."""
+
+
+class ExportInputError(ValueError):
+    """Weights or an export folder that cannot be converted."""
+
+
+class CheckpointError(ValueError):
+    """A --ckpt_path that cannot be used."""
+
+
+class RunFolderError(ValueError):
+    """A run folder that cannot be used: someone else's, or in use by another fit."""
+
+
+class DamagedFileError(ValueError):
+    """A checkpoint or exported weights file whose bytes differ from those written."""
+
+
+class WriteError(OSError):
+    """A file could not be written (full disk, read-only or unwritable folder, file size limit)."""
+
+
+class NonFiniteTrainingError(RuntimeError):
+    """The training loss became NaN or infinite, or a checkpoint or export would hold non-finite weights."""
+
+
+class ZooError(RuntimeError):
+    """The zoo is missing, incomplete, or does not match its manifests."""
+
+
+class DemoError(RuntimeError):
+    """A step of the demo failed: its log's last lines say why."""
+
+
+def require_positive(**values: float) -> None:
+    """One line naming the first knob that is not > 0."""
+    for name, value in values.items():
+        if value is not None and not value > 0:
+            raise ConfigError(f"{name} is {value}: it must be positive.")
+
+
+@contextmanager
+def downloading(what: str, folder: str, instead: str) -> Iterator[None]:
+    """torchvision's downloads raise URLError / RuntimeError / OSError with long messages: one line, and what to do."""
+    try:
+        yield
+    except Exception as err:  # noqa: BLE001  (every download failure means the same to the user)
+        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise DataError(f"Cannot download {what} into '{folder}' ({reason}): no network? {instead}.") from None
