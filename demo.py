@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import signal
 import subprocess
@@ -29,7 +30,7 @@ from typing import Optional
 
 import zoo
 from errors import DemoError
-from lightning_modules.hardware import cpu_description, fast_trainer_precision
+from lightning_modules.hardware import cpu_description, fast_trainer_precision, machine
 
 ROOT = Path(__file__).resolve().parent
 CONFIGS = ROOT / "configs" / "fashion_mnist"
@@ -245,7 +246,7 @@ def report(pipeline: Pipeline, verified: list[dict], seconds: Optional[float] = 
     result = {
         "seed": pipeline.seed,
         "precision": pipeline.precision,
-        "machine": zoo.machine(),
+        "machine": machine(),
         "seconds": seconds,
         "rows": rows,
         **gaps({r["run"]: r["val_top1"] for r in rows}),
@@ -379,7 +380,7 @@ def markdown_table(result: dict) -> str:
 
 
 def summarize(results_dir: Path) -> dict:
-    """Mean, sample std and per-seed values of every row and of the paired gaps over ``seed*/results.json``."""
+    """Mean, 95 % t-interval and per-seed values of every row and of the paired gaps over ``seed*/results.json``."""
     results = sorted(
         (json.loads(p.read_text()) for p in results_dir.glob("seed*/results.json")), key=lambda r: r["seed"]
     )
@@ -394,7 +395,7 @@ def summarize(results_dir: Path) -> dict:
             if row["run"] == name and row["val_top1"] is not None
         }
         if values:
-            rows.append({"run": name, **spread(list(values.values())), "by_seed": values})
+            rows.append({"run": name, **interval(list(values.values())), "by_seed": values})
     paired = {}
     for key, label, scale in (
         ("meal_minus_baseline", "MEAL V2 - baseline (points)", 1),
@@ -403,31 +404,42 @@ def summarize(results_dir: Path) -> dict:
     ):
         values = {r["seed"]: scale * r[key] for r in results if r.get(key) is not None}
         if values:
-            paired[key] = {"run": label, **spread(list(values.values())), "by_seed": values}
+            paired[key] = {"run": label, **interval(list(values.values())), "by_seed": values}
     summary = {"seeds": [r["seed"] for r in results], "rows": rows, **paired}
     lines = [
-        f"Fashion-MNIST demo, seeds {summary['seeds']}: val top-1 (%) at the last epoch, mean and sample standard "
-        "deviation over the seeds; differences paired by seed (same init, same batches).",
+        f"Fashion-MNIST demo, seeds {summary['seeds']}: val top-1 (%) at the last epoch, mean ± 95 % t-interval over "
+        "the seeds; differences paired by seed (same init, same batches).",
         "",
-        "| run | seeds | mean | std | per seed |",
+        "| run | seeds | mean | ± 95 % | per seed |",
         "|---|---:|---:|---:|---|",
     ]
     for row in rows + list(paired.values()):
         form = "{:+.2f}" if "(points)" in row["run"] else "{:.2f}"
         per_seed = ", ".join(f"s{seed} " + form.format(v) for seed, v in row["by_seed"].items())
-        std = f"{row['std']:.2f}" if row["std"] is not None else ""
-        lines.append(f"| {row['run']} | {row['n']} | {form.format(row['mean'])} | {std} | {per_seed} |")
+        half = f"{row['half_width']:.2f}" if row["half_width"] is not None else ""
+        lines.append(f"| {row['run']} | {row['n']} | {form.format(row['mean'])} | {half} | {per_seed} |")
     (results_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     (results_dir / "summary.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines), flush=True)
     return summary
 
 
-def spread(values: list[float]) -> dict:
+# 97.5 % quantiles of Student's t for 1..30 degrees of freedom (two-sided 95 % intervals).
+T_975 = (
+    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
+    2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
+    2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
+)  # fmt: skip
+
+
+def interval(values: list[float]) -> dict:
+    """Mean and its 95 % t-interval (half-width None with fewer than 2 values)."""
     n = len(values)
-    mean = sum(values) / n if n else None
-    std = (sum((v - mean) ** 2 for v in values) / (n - 1)) ** 0.5 if n > 1 else None
-    return {"n": n, "mean": mean, "std": std}
+    mean = sum(values) / n
+    if n < 2:
+        return {"n": n, "mean": mean, "half_width": None}
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    return {"n": n, "mean": mean, "half_width": T_975[min(n - 1, len(T_975)) - 1] * sd / math.sqrt(n)}
 
 
 def plot(curves: dict[str, list[float]], evaluation: dict[str, Optional[float]], path: Path) -> None:

@@ -15,7 +15,6 @@ the MEAL V2 recipe trains from it through the ordinary ``data.soft_labels`` opti
 from __future__ import annotations
 
 import json
-import os
 import platform
 import shlex
 import shutil
@@ -28,6 +27,7 @@ from typing import Optional
 
 from datamodules import fashion_mnist
 from errors import ZooError
+from lightning_modules.hardware import machine
 
 ROOT = Path(__file__).resolve().parent
 ZOO_CONFIGS = ROOT / "configs" / "fashion_mnist" / "zoo"
@@ -365,13 +365,6 @@ def read_scalar_tags(run_dir: Path, tags: list[str]) -> dict[str, list[float]]:
             by_step[step] = value
         result[tag] = [by_step[s] for s in sorted(by_step)]
     return result
-
-
-def machine() -> str:
-    from lightning_modules.hardware import cpu_description, cpu_info
-
-    model = cpu_info().get("model name") or platform.processor() or platform.machine()
-    return f"{model}, {os.cpu_count()} cores, {cpu_description()}"
 
 
 def versions() -> dict:

@@ -2,13 +2,13 @@
 
 For each network (the zoo's ResNet-20 and WRN-16-2 teachers, their ensemble = both run and their
 probabilities averaged, the ResNet-8 student): val top-1 on the 10,000 Fashion-MNIST test images (teachers
-and ensemble from the zoo's manifests, the MEAL V2 student's mean +- std over the demo's seeds from its
+and ensemble from the zoo's manifests, the MEAL V2 student's mean ± 95 % interval over the demo's seeds from its
 summary), parameters, and inference images/s at batch 1 and batch 64 in PyTorch (fp32, eval, no grad) and
 in ONNX Runtime (CPU provider, the exports' model.onnx, idle threads not spinning), with ``--threads``
 intra-op threads for both.
 Median of ``--repeats`` timed rounds; writes JSON and prints a Markdown table.
 
-    python benchmarks/deployment.py                              # after `make demo` (fp32 seeds: --demo results/demo_fp32)
+    python benchmarks/deployment.py                              # after `make demo` (and `python demo.py --summary`)
     python benchmarks/deployment.py --device cuda                # PyTorch rows on a GPU (ONNX Runtime stays on the CPU)
 """
 
@@ -30,9 +30,10 @@ sys.path.insert(0, str(ROOT))
 
 from reporting import device_name, save_and_print, synchronize  # noqa: E402
 
+import demo  # noqa: E402
 import lightning_modules  # noqa: E402,F401  (registers the small-image backbones for local-dir loading)
 import zoo  # noqa: E402
-from lightning_modules.hardware import cpu_description  # noqa: E402
+from lightning_modules.hardware import cpu_description, fast_trainer_precision  # noqa: E402
 from models.onnx_export import export_folder_onnx  # noqa: E402
 
 
@@ -81,7 +82,12 @@ def torch_runner(models: list[torch.nn.Module]):
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--zoo", type=Path, default=zoo.ZOO_DIR)
-    parser.add_argument("--demo", type=Path, default=ROOT / "results/demo", help="demo results (summary.json, seed*/)")
+    parser.add_argument(
+        "--demo",
+        type=Path,
+        default=None,
+        help="demo results (summary.json, seed*/; default: the demo's for this machine)",
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--repeats", type=int, default=7)
@@ -93,11 +99,11 @@ def main(argv=None) -> dict:
     import timm
 
     manifests = {m["name"]: m for m in zoo.verify(args.zoo)}
-    summary = args.demo / "summary.json"
+    summary = (args.demo or demo.default_results(fast_trainer_precision())) / "summary.json"
     student_score = None
     if summary.is_file():
         row = next((r for r in json.loads(summary.read_text())["rows"] if r["run"] == "MEAL V2 student"), None)
-        student_score = (row["mean"], row["std"], row["n"]) if row else None
+        student_score = (row["mean"], row["half_width"], row["n"]) if row else None
     networks = {
         "teacher: ResNet-20": ["teacher_resnet20"],
         "teacher: WRN-16-2": ["teacher_wrn_16_2"],
@@ -162,11 +168,11 @@ def markdown(report: dict) -> str:
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for row in report["rows"]:
-        top1, std, n = row["val_top1"] or (None, None, None)
+        top1, half, n = row["val_top1"] or (None, None, None)
         score = (
             "n/a (run the demo)"
             if top1 is None
-            else f"{top1:.2f}" + (f" +- {std:.2f} ({n} seeds)" if std is not None else "")
+            else f"{top1:.2f}" + (f" ± {half:.2f} ({n} seeds)" if half is not None else "")
         )
         speeds = " | ".join(f"{row[k]:,.0f}" for k in ("torch_b1", "torch_b64", "onnx_b1", "onnx_b64"))
         lines.append(f"| {row['network']} | {score} | {row['parameters'] / 1e3:.0f}K | {speeds} |")

@@ -94,9 +94,9 @@ def fit_overlay(out: Path, settings: dict, folder: Path) -> Path:
 def device_facts(rehearsal: bool) -> dict:
     facts = {"torch": torch.__version__, "cuda": torch.version.cuda, "rehearsal": rehearsal}
     if rehearsal:
-        from lightning_modules.hardware import cpu_description
+        from lightning_modules.hardware import machine
 
-        facts["device"] = f"CPU ({cpu_description()}): a rehearsal with tiny models, no GPU figures"
+        facts["device"] = f"CPU ({machine()}): a rehearsal with tiny models, no GPU figures"
         return facts
     facts["device"] = torch.cuda.get_device_name(0)
     try:

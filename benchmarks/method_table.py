@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from dataclasses import dataclass
@@ -29,7 +28,8 @@ sys.path.insert(0, str(ROOT))
 
 import demo  # noqa: E402
 import zoo  # noqa: E402
-from demo import CONFIGS, MEAL_CONFIG, Pipeline, Step  # noqa: E402
+from demo import CONFIGS, MEAL_CONFIG, Pipeline, Step, interval  # noqa: E402
+from lightning_modules.hardware import machine  # noqa: E402
 
 BASELINE_CONFIG = CONFIGS / "baseline_resnet8_hard_labels.yaml"
 METHODS, ABLATIONS = CONFIGS / "methods", CONFIGS / "ablations"
@@ -55,6 +55,7 @@ ROWS = [
     Row("hinton_kd", "Hinton KD", (MEAL_CONFIG, METHODS / "hinton_kd.yaml"), 5, chosen_temperature=True),
     Row("dkd", "DKD", (MEAL_CONFIG, METHODS / "dkd.yaml"), 5),
     Row("dist", "DIST", (MEAL_CONFIG, METHODS / "dist.yaml"), 5),
+    Row("ls_kd", "Logit Standardization KD", (MEAL_CONFIG, METHODS / "ls_kd.yaml"), 5),
     *(
         Row(f"ablation_{name}", label, (MEAL_CONFIG, ABLATIONS / f"{name}.yaml"), 3)
         for name, label in (
@@ -181,7 +182,7 @@ class Table:
             if (found := self.last_values(self.pipeline("selection"), step)) is not None:
                 selection[f"{t:g}"] = found["top1"]
         result = {
-            "machine": zoo.machine(),
+            "machine": machine(),
             "precision": self.precision or self.precision_used(),
             "held_out_images": self.held_out,
             "temperature_selection": selection,
@@ -263,24 +264,6 @@ class Table:
         figure.savefig(path, dpi=120)
         plt.close(figure)
         return path
-
-
-# 97.5 % quantiles of Student's t for 1..30 degrees of freedom (two-sided 95 % intervals).
-T_975 = (
-    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
-    2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
-    2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
-)  # fmt: skip
-
-
-def interval(values: list[float]) -> dict:
-    """Mean and its 95 % t-interval (half-width None with fewer than 2 values)."""
-    n = len(values)
-    mean = sum(values) / n
-    if n < 2:
-        return {"n": n, "mean": mean, "half_width": None}
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    return {"n": n, "mean": mean, "half_width": T_975[min(n - 1, len(T_975)) - 1] * sd / math.sqrt(n)}
 
 
 def table_row(row: Row, by_seed: dict[int, dict], reference: dict[int, dict]) -> dict:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import platform
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+
+from lightning_modules.hardware import machine
 
 
 def synchronize(device: torch.device) -> None:
@@ -20,8 +20,7 @@ def synchronize(device: torch.device) -> None:
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    processor = platform.processor() or platform.machine()
-    return f"CPU ({processor}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+    return f"CPU ({machine()}; {torch.get_num_threads()} threads)"
 
 
 def save_and_print(report: dict, out: Path, markdown: Callable[[dict], str]) -> dict:

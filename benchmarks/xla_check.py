@@ -24,7 +24,6 @@ import argparse
 import copy
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -209,13 +208,13 @@ def cases() -> list[tuple[str, str, str, bool]]:
 def report(results: list[dict], args, seconds: float) -> str:
     import torch_xla
 
-    from lightning_modules.hardware import cpu_description
+    from lightning_modules.hardware import machine
 
     lines = [
         "# MEAL V2 step on XLA (PJRT on the CPU)",
         "",
         f"`python benchmarks/xla_check.py --steps {args.steps} --warmup {args.warmup} --batch-size {args.batch_size}`"
-        f" on {cpu_description()} ({platform.machine()}, {os.cpu_count()} cores); torch {torch.__version__}, "
+        f" on {machine()}; torch {torch.__version__}, "
         f"torch_xla {torch_xla.__version__}, PJRT_DEVICE={os.environ.get('PJRT_DEVICE')}; {seconds:.0f} s in all.",
         "",
         f"Models: {' + '.join(recipe_models()[0])} -> {recipe_models()[1]} at small widths ({SMALL}), "

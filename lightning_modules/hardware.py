@@ -3,6 +3,8 @@ CPUs with AVX-512-BF16."""
 
 from __future__ import annotations
 
+import os
+import platform
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -39,6 +41,12 @@ def cpu_has_fast_bf16() -> bool:
     is emulated and slower."""
     flags = cpu_flags()
     return "amx_bf16" in flags or ("avx512_bf16" in flags and cpu_vendor() == "AuthenticAMD")
+
+
+def machine() -> str:
+    """The machine a figure was measured on, e.g. 'AMD EPYC 7B13, 2 cores, AuthenticAMD, AVX-512-BF16, no AMX'."""
+    model = cpu_info().get("model name") or platform.processor() or platform.machine()
+    return f"{model}, {os.cpu_count()} cores, {cpu_description()}"
 
 
 def cpu_description() -> str:

@@ -10,7 +10,7 @@ A new method is one class here, one overlay in configs/ and one test against a h
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import torch
@@ -90,6 +90,24 @@ class HintonKD(DistillationObjective):
         targets = F.softmax(batch.mean_logits.float() / t, dim=-1)
         log_student = F.log_softmax(batch.student_logits.float() / t, dim=-1)
         return F.kl_div(log_student, targets, reduction="batchmean") * t * t
+
+
+class LogitStandardizedKD(HintonKD):
+    """Logit Standardization KD (Sun et al., CVPR 2024): Hinton KD with every row of teacher and student logits
+    z-scored first, (z - mean) / (std + 1e-7) with the sample std as the reference code takes it, so the student
+    matches the teacher's logit relations, not their scale. Published with base temperature 2."""
+
+    def __init__(self, temperature: float = 2.0):
+        super().__init__(temperature)
+
+    def __call__(self, batch):
+        def standardize(logits: torch.Tensor) -> torch.Tensor:
+            logits = logits.float()
+            return (logits - logits.mean(-1, keepdim=True)) / (logits.std(-1, keepdim=True) + 1e-7)
+
+        return super().__call__(
+            replace(batch, student_logits=standardize(batch.student_logits), mean_logits=standardize(batch.mean_logits))
+        )
 
 
 class DKD(DistillationObjective):

@@ -63,7 +63,7 @@ class TeacherEnsemble(nn.Module):
         if not teachers:
             raise ValueError("MEAL V2 needs at least one teacher: add an entry under model.teachers.")
         self.members = nn.ModuleList(teachers)
-        self._last: Optional[tuple] = None  # (weak reference to the last batch, its version, the teachers' logits)
+        self._last: Optional[tuple] = None  # (weak reference to the last evaluated batch, the teachers' logits)
         super().train(False)
 
     def train(self, mode: bool = True) -> "TeacherEnsemble":
@@ -77,14 +77,13 @@ class TeacherEnsemble(nn.Module):
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Logits of every teacher, stacked: [K, B, C]. The same unchanged batch asked again (validation's teacher
-        ceiling, then ``EnsembleAgreement``) gets the same answer without running the teachers twice."""
-        version = None if images.is_inference() else images._version  # inference tensors cannot change outside it
-        if self._last is not None and self._last[0]() is images and self._last[1] == version:
-            return self._last[2]
-        logits = torch.stack([teacher(images) for teacher in self.members])
-        self._last = (weakref.ref(images), version, logits)
-        return logits
+        """Logits of every teacher, stacked: [K, B, C]. In evaluation (inference mode) the same batch asked again
+        (validation's teacher ceiling, then ``EnsembleAgreement``) gets its answer without running them twice."""
+        if not torch.is_inference_mode_enabled():
+            return torch.stack([teacher(images) for teacher in self.members])
+        if self._last is None or self._last[0]() is not images:
+            self._last = (weakref.ref(images), torch.stack([teacher(images) for teacher in self.members]))
+        return self._last[1]
 
 
 def member_and_ensemble_probabilities(teacher_logits: torch.Tensor) -> torch.Tensor:

@@ -242,3 +242,11 @@ def fit_processes(
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT)])}
     subprocess.run(command, cwd=run_dir, env=env, check=True, capture_output=True)
     return run_dir
+
+
+def every_objective() -> list[type]:
+    """Every DistillationObjective class, so a new method joins the tests every objective must pass."""
+    from lightning_modules.objectives import DistillationObjective
+    from reference import every_subclass
+
+    return every_subclass(DistillationObjective)

@@ -76,3 +76,17 @@ def test_agreement_without_an_ensemble_is_refused_in_one_line(tmp_path, monkeypa
     with pytest.raises(ConfigError, match="EnsembleAgreement has no ensemble to compare Classifier with") as info:
         main(["fit", "--config", config, "--trainer.max_epochs=1"])
     assert "\n" not in str(info.value)
+
+
+def test_an_evaluation_runs_the_teachers_once_per_batch_for_their_ceiling_and_the_agreement(tmp_path, monkeypatch):
+    from lightning_modules.teachers import FrozenTeacher
+
+    monkeypatch.chdir(tmp_path)
+    config = write_meal_config(tmp_path, cutmix_prob=0.0)
+    calls = []
+    forward = FrozenTeacher.forward
+    monkeypatch.setattr(FrozenTeacher, "forward", lambda self, images: calls.append(1) or forward(self, images))
+    cli = main(["validate", "--config", str(config), "--trainer.callbacks+=EnsembleAgreement"])
+    logged = cli.trainer.callback_metrics
+    assert {"val/agreement", "val/ensemble_top1", "val/teacher0_top1"} <= set(logged)
+    assert len(calls) == 2 * len(cli.model.teachers)  # the tests' 2 val batches, each teacher once per batch

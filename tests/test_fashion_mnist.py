@@ -236,7 +236,7 @@ def test_demo_distils_the_zoo_end_to_end_and_skips_finished_steps(tiny_zoo, tmp_
     assert rerun.stdout.count("done earlier, skipped") == 3
 
 
-def test_demo_summary_gives_mean_std_and_paired_gaps_over_seeds(tmp_path):
+def test_demo_summary_gives_mean_interval_and_paired_gaps_over_seeds(tmp_path):
     for seed, (init, baseline, meal, ensemble) in enumerate([(90.0, 90.2, 90.8, 92.0), (89.0, 89.3, 90.1, 93.0)]):
         rows = [
             {"run": "student init (hard labels)", "val_top1": init},
@@ -252,12 +252,13 @@ def test_demo_summary_gives_mean_std_and_paired_gaps_over_seeds(tmp_path):
     summary = demo.main(["--summary", "--out", str(tmp_path)])
 
     meal = next(row for row in summary["rows"] if row["run"] == "MEAL V2 student")
-    assert (meal["n"], meal["mean"], meal["std"]) == (2, pytest.approx(90.45), pytest.approx(0.4950, abs=1e-4))
+    assert (meal["n"], meal["mean"]) == (2, pytest.approx(90.45))
+    assert meal["half_width"] == pytest.approx(12.706 * 0.4950 / 2**0.5, abs=1e-3)  # t(0.975, 1 df) x sd / sqrt(n)
     assert summary["meal_minus_baseline"]["mean"] == pytest.approx(0.7)
     assert summary["gap_closed"]["by_seed"] == {0: pytest.approx(40.0), 1: pytest.approx(27.5)}
     text = (tmp_path / "summary.md").read_text()
-    assert "| MEAL V2 - baseline (points) | 2 | +0.70 | 0.14 | s0 +0.60, s1 +0.80 |" in text
-    assert "| share of init -> ensemble gap closed (%) | 2 | 33.75 | 8.84 | s0 40.00, s1 27.50 |" in text
+    assert "| MEAL V2 - baseline (points) | 2 | +0.70 | 1.27 | s0 +0.60, s1 +0.80 |" in text
+    assert "| share of init -> ensemble gap closed (%) | 2 | 33.75 | 79.41 | s0 40.00, s1 27.50 |" in text
 
 
 def test_committed_zoo_matches_its_manifests_and_loads_through_the_recipe(tmp_path, monkeypatch):
@@ -345,3 +346,15 @@ def test_method_table_chooses_on_held_out_images_then_trains_its_rows_end_to_end
     assert kd["model"]["init_args"]["objective"]["init_args"]["temperature"] == table["chosen_temperature"]
     for row in table["rows"]:
         assert all(row[metric] is not None for metric in ("top1", "agreement", "nll", "ece"))
+
+
+def test_a_results_folder_holds_one_precisions_runs(tmp_path):
+    demo.Pipeline(tmp_path / "out", precision="bf16-mixed").prepare()
+    with pytest.raises(demo.DemoError, match="holds runs made in bf16-mixed, not 32-true: give another --out"):
+        demo.Pipeline(tmp_path / "out", precision="32-true").prepare()
+    assert demo.default_results("32-true") != demo.default_results("bf16-mixed")  # each precision its own folder
+
+
+def test_make_demo_passes_its_precision_to_the_demo():
+    dry = subprocess.run(["make", "-n", "demo", "PRECISION=32-true"], cwd=ROOT, capture_output=True, text=True)
+    assert dry.returncode == 0 and "demo.py --precision 32-true" in dry.stdout

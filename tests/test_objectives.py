@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import pytest
 import torch
+from fixtures import every_objective
 
 from errors import ConfigError
 from lightning_modules.losses import soft_cross_entropy
@@ -14,6 +16,7 @@ from lightning_modules.objectives import (
     DKD,
     DistillationBatch,
     HintonKD,
+    LogitStandardizedKD,
     SoftCrossEntropy,
     as_objective,
     hard_label_cross_entropy,
@@ -44,6 +47,23 @@ def test_hinton_kd_is_t_squared_kl_from_the_softened_mean_logits():
     t = 4.0
     by_hand = sum(kl(softmax(z, t), softmax(s, t)) for s, z in zip(STUDENT, TEACHER, strict=True)) / 3 * t * t
     assert float(HintonKD(t)(view())) == pytest.approx(by_hand, rel=1e-5)
+
+
+def test_logit_standardized_kd_is_hinton_kd_on_z_scored_logits_and_ignores_each_rows_scale():
+    def z_score(row: list[float]) -> list[float]:
+        mean = sum(row) / len(row)
+        std = math.sqrt(sum((v - mean) ** 2 for v in row) / (len(row) - 1))  # the sample std, as the reference code
+        return [(v - mean) / (std + 1e-7) for v in row]
+
+    t = 2.0
+    pairs = zip(STUDENT, TEACHER, strict=True)
+    by_hand = sum(kl(softmax(z_score(z), t), softmax(z_score(s), t)) for s, z in pairs) / 3 * t * t
+    assert float(LogitStandardizedKD(t)(view())) == pytest.approx(by_hand, rel=1e-5)
+    batch = view()
+    rescaled = DistillationBatch(
+        batch.student_logits, batch.labels, batch.mean_probabilities, 3 * batch.mean_logits + 1
+    )
+    assert float(LogitStandardizedKD(t)(rescaled)) == pytest.approx(by_hand, rel=1e-4)  # relations, not scale
 
 
 def test_soft_cross_entropy_reads_the_mean_of_probabilities():
@@ -115,13 +135,19 @@ def test_hard_label_term_is_cross_entropy_on_the_labels_and_says_when_they_are_m
 
 
 def test_objectives_round_trip_through_the_checkpoints_hyperparameters():
-    for objective in (HintonKD(2.5), DKD(1.0, 8.0, 4.0, 1.0), DIST(2.0, 2.0, 4.0)):
+    for objective in (HintonKD(2.5), DKD(1.0, 8.0, 4.0, 1.0), DIST(2.0, 2.0, 4.0), *(c() for c in every_objective())):
         restored = as_objective(objective.describe())
         assert type(restored) is type(objective) and vars(restored) == vars(objective)
     assert isinstance(as_objective(None), SoftCrossEntropy)
+
+
+TEMPERATURES = {c: p for c in every_objective() for p in ("temperature", "tau") if p in inspect.signature(c).parameters}
 
 
 @pytest.mark.parametrize("make", [lambda: HintonKD(0), lambda: DKD(temperature=-1), lambda: DIST(tau=0)])
 def test_objectives_refuse_a_non_positive_temperature(make):
     with pytest.raises(ConfigError, match="must be positive"):
         make()
+    for cls, name in TEMPERATURES.items():  # and every objective with a temperature
+        with pytest.raises(ConfigError, match="must be positive"):
+            cls(**{name: 0.0})

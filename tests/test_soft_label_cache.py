@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from fixtures import write_image_folder, write_meal_config_for_data, write_weights
+from fixtures import every_objective, write_image_folder, write_meal_config_for_data, write_weights
 from fixtures import write_meal_config as write_config
 from PIL import Image
 
@@ -29,7 +29,7 @@ def test_decoded_teacher_logits_are_exact_with_every_class_and_fill_the_tail_wit
     torch.testing.assert_close(top2, torch.tensor([[1.0, 3.0, 1.0, 1.0]]))
 
 
-@pytest.mark.parametrize("objective", ["SoftCrossEntropy", "HintonKD", "DKD", "DIST"])
+@pytest.mark.parametrize("objective", [cls.__name__ for cls in every_objective()])
 def test_cached_step_equals_the_online_step_on_the_same_crops_with_every_class_stored(tmp_path, monkeypatch, objective):
     """Every term from the cache (all 10 classes stored) matches the teachers run on the same crops, for MEAL V2's
     objective and for each that reads the mean logits and the labels (Hinton KD, DKD, DIST)."""
