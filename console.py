@@ -13,16 +13,7 @@ from collections.abc import Callable
 
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
-from errors import (
-    CheckpointError,
-    ConfigError,
-    DamagedFileError,
-    DataError,
-    ModelLoadingError,
-    NonFiniteTrainingError,
-    RunFolderError,
-    WriteError,
-)
+from errors import ProjectError
 
 
 class _WithoutAdvert(logging.Filter):
@@ -47,17 +38,7 @@ def quiet_expected_warnings() -> None:
 
 
 # Lightning's MisconfigurationException: one-line refusals such as accelerator 'gpu' without a GPU, max_epochs -2.
-USER_ERRORS = (
-    CheckpointError,
-    ConfigError,
-    DamagedFileError,
-    DataError,
-    ModelLoadingError,
-    NonFiniteTrainingError,
-    RunFolderError,
-    WriteError,
-    MisconfigurationException,
-)
+USER_ERRORS = (ProjectError, MisconfigurationException)
 
 
 def user_error(error: BaseException):

@@ -6,47 +6,51 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 
-class ConfigError(ValueError):
+class ProjectError(Exception):
+    """What every error below shares: a run stops with its one line (cli.py), never a traceback."""
+
+
+class ConfigError(ValueError, ProjectError):
     """A run that cannot start as configured (a non-positive lr, a cache missing for cached soft targets, ...)."""
 
 
-class DataError(ValueError):
+class DataError(ValueError, ProjectError):
     """The data on disk cannot be used as configured."""
 
 
-class ModelLoadingError(ValueError):
+class ModelLoadingError(ValueError, ProjectError):
     """A model or its weights could not be built from the given source."""
 
 
-class ExportInputError(ValueError):
+class ExportInputError(ValueError, ProjectError):
     """Weights or an export folder that cannot be converted."""
 
 
-class CheckpointError(ValueError):
+class CheckpointError(ValueError, ProjectError):
     """A --ckpt_path that cannot be used."""
 
 
-class RunFolderError(ValueError):
+class RunFolderError(ValueError, ProjectError):
     """A run folder that cannot be used: someone else's, or in use by another fit."""
 
 
-class DamagedFileError(ValueError):
+class DamagedFileError(ValueError, ProjectError):
     """A checkpoint or exported weights file whose bytes differ from those written."""
 
 
-class WriteError(OSError):
+class WriteError(OSError, ProjectError):
     """A file could not be written (full disk, read-only or unwritable folder, file size limit)."""
 
 
-class NonFiniteTrainingError(RuntimeError):
+class NonFiniteTrainingError(RuntimeError, ProjectError):
     """The training loss became NaN or infinite, or a checkpoint or export would hold non-finite weights."""
 
 
-class ZooError(RuntimeError):
+class ZooError(RuntimeError, ProjectError):
     """The zoo is missing, incomplete, or does not match its manifests."""
 
 
-class DemoError(RuntimeError):
+class DemoError(RuntimeError, ProjectError):
     """A step of the demo failed: its log's last lines say why."""
 
 

@@ -39,7 +39,7 @@ HELP = [  # the arguments that print one class's help, as a user types them afte
         for name in ("ChannelsLast", "EnsembleAgreement", "EpochLine", "FastTeachers")
     ),
 ]
-ERRORS = [name for name, value in vars(errors).items() if isinstance(value, type) and issubclass(value, Exception)]
+ERRORS = [cls.__name__ for cls in every_subclass(errors.ProjectError)]
 
 
 def help_text(args: list[str]) -> str:

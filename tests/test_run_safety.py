@@ -15,8 +15,9 @@ from fixtures import write_image_folder, write_meal_config, write_meal_config_fo
 from safetensors.torch import load_file
 
 from cli import main
-from console import USER_ERRORS, CheckpointError, ConfigError
+from console import USER_ERRORS
 from datamodules import DataError
+from errors import CheckpointError, ConfigError
 from storage.run_folder import RunFolderError
 
 ROOT = Path(__file__).resolve().parents[1]
