@@ -12,6 +12,7 @@ import io
 import os
 import sys
 from pathlib import Path
+from unittest import mock
 
 import errors
 from lightning_modules.objectives import DistillationObjective
@@ -46,14 +47,14 @@ def help_text(args: list[str]) -> str:
     """What ``python cli.py fit ARGS`` prints, at a fixed width."""
     from cli import main
 
-    out, previous, argv = io.StringIO(), os.environ.get("COLUMNS"), sys.argv
-    os.environ["COLUMNS"], sys.argv = "120", ["cli.py"]
-    try:
-        with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):
-            main(["fit", *args], run=False)
-    finally:
-        os.environ.pop("COLUMNS") if previous is None else os.environ.__setitem__("COLUMNS", previous)
-        sys.argv = argv
+    out = io.StringIO()
+    with (
+        mock.patch.dict(os.environ, {"COLUMNS": "120"}),
+        mock.patch.object(sys, "argv", ["cli.py"]),
+        contextlib.redirect_stdout(out),
+        contextlib.suppress(SystemExit),
+    ):
+        main(["fit", *args], run=False)
     return out.getvalue()
 
 
