@@ -86,7 +86,11 @@ def message(node: ast.expr) -> str:
 def raised() -> dict[str, list[tuple[str, str]]]:
     """Each error class's messages and where they are raised (file: function), in file order."""
     found: dict[str, list[tuple[str, str]]] = {name: [] for name in ERRORS}
-    files = sorted(p for p in ROOT.rglob("*.py") if not {"tests", ".venv", "build"} & set(p.relative_to(ROOT).parts))
+    files = sorted(  # the project's own code: not tests, outputs or hidden folders (.venv, .venv-floors)
+        p
+        for p in ROOT.rglob("*.py")
+        if not any(part.startswith(".") or part in {"tests", "build", "results"} for part in p.relative_to(ROOT).parts)
+    )
     for path in files:
         tree = ast.parse(path.read_text())
         for function in [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]:
