@@ -36,7 +36,7 @@ demo: setup data
 # (3 seeds) at the demo's budget, then a 30-epoch baseline / MEAL V2 pair; results/method_table/table.md. Finished
 # runs are skipped and an interrupted one resumes, so it can be stopped and started again.
 ablations: setup data
-	$(PY) benchmarks/method_table.py
+	$(PY) experiments/method_table.py
 
 # Rebuild the zoo from its configs (configs/fashion_mnist/zoo/), then export it into zoo/fashion_mnist/.
 zoo: setup data
@@ -63,12 +63,12 @@ test-floors: data
 	$(FLOORS)/bin/python -m pip install -q -e '.[dev]' -c .ci/floors.txt
 	$(FLOORS)/bin/python -m pytest -m "not slow"
 
-# The prepared device check (benchmarks/gpu_check.py): on a CUDA machine the GPU figures in about 8 minutes,
+# The prepared device check (checks/gpu_check.py): on a CUDA machine the GPU figures in about 8 minutes,
 # elsewhere the same pipeline as a CPU rehearsal with tiny models (CI runs it); report in results/gpu_check/.
 gpu-check: setup data
-	$(PY) benchmarks/gpu_check.py
+	$(PY) checks/gpu_check.py
 
-# The step on XLA without a TPU (benchmarks/xla_check.py): its own environment with the newest torch / torch_xla
+# The step on XLA without a TPU (checks/xla_check.py): its own environment with the newest torch / torch_xla
 # pair on PyPI, PJRT on the CPU; compilations, device-to-host transfers, aten fallbacks, loss vs eager, checkpoint.
 # Report in results/xla_check/.
 XLA_VENV := .venv-xla
@@ -81,7 +81,7 @@ $(XLA_VENV)/.installed: pyproject.toml
 	touch $@
 
 xla-check: $(XLA_VENV)/.installed
-	PJRT_DEVICE=CPU $(XLA_VENV)/bin/python benchmarks/xla_check.py
+	PJRT_DEVICE=CPU $(XLA_VENV)/bin/python checks/xla_check.py
 
 clean:
 	rm -rf runs results lightning_logs

@@ -37,8 +37,8 @@ from datamodules.exported import predict_from
 from errors import ConfigError
 from private_apis import CheckpointPathHook
 from storage.atomic_files import AtomicCheckpointIO
-from storage.checkpoints import resolve_ckpt_path, tensorboard_args
-from storage.run_folder import check_writable, first_process, prepare_fit_folder, release_locks
+from storage.checkpoints import resolve_ckpt_path, resume_in_its_run, tensorboard_args
+from storage.run_folder import check_writable, first_process, mark, prepare_fit_folder, release_locks
 
 DEFAULTS = {
     # best student by val/top1
@@ -103,6 +103,8 @@ class MealCLI(CheckpointPathHook, LightningCLI):
         args = tensorboard_args(config)
         if self.subcommand in ("validate", "test", "predict") and args is not None and not args.get("sub_dir"):
             args.sub_dir = self.subcommand  # its record sits beside the run's, never in its curves or config
+        if self.subcommand == "fit":
+            resume_in_its_run(config)
         accelerator = str(config.get("trainer.accelerator") or "auto")
         if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
             raise ConfigError(
@@ -164,9 +166,13 @@ class MealCLI(CheckpointPathHook, LightningCLI):
         self._check_record_folder()
 
     def _check_record_folder(self) -> None:
-        """validate, test and predict record into the run's sub-folder: say so now if it cannot be written."""
+        """validate, test and predict record into the run's sub-folder: say so now if it cannot be written. A run
+        folder they make is the project's (marked), so a later ``fit`` of that run may write there."""
         if self.trainer.logger is not None and self.trainer.log_dir:
-            check_writable(Path(self.trainer.log_dir))
+            record = Path(self.trainer.log_dir)
+            check_writable(record)
+            if record.name == self.subcommand and not (record.parent.is_dir() and any(record.parent.iterdir())):
+                mark(record.parent)
 
     def _select_nothing_on_test_images(self) -> None:
         """Where validation scores the test images, no checkpoint or export is chosen on them: only the last is kept."""

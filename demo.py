@@ -9,7 +9,7 @@ Finished steps are skipped and an interrupted one resumes from its last checkpoi
 
     python demo.py                 # one seed (SEED=1 python demo.py, or --seed 1, for another)
     python demo.py --summary       # mean and std over the seeds run so far, paired by seed
-    python benchmarks/method_table.py   # (make ablations) MEAL V2 beside KD, DKD, DIST and the paper's ablations
+    python experiments/method_table.py   # (make ablations) MEAL V2 beside KD, DKD, DIST and the paper's ablations
     python demo.py --rebuild-zoo   # retrain the zoo from configs/fashion_mnist/zoo/ (see README for the time)
 """
 

@@ -61,11 +61,19 @@ def require_positive(**values: float) -> None:
             raise ConfigError(f"{name} is {value}: it must be positive.")
 
 
+def reason(error: BaseException, limit: int = 200) -> str:
+    """What went wrong in one line: the error's first line (for torch's weights-only refusal, the line naming the
+    forbidden global), at most ``limit`` characters, or the error's type when it has no message."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if lines and lines[0].startswith("Weights only load failed"):
+        lines = [line for line in lines if "GLOBAL" in line][:1] or lines
+    return lines[0][:limit] if lines else type(error).__name__
+
+
 @contextmanager
 def downloading(what: str, folder: str, instead: str) -> Iterator[None]:
     """torchvision's downloads raise URLError / RuntimeError / OSError with long messages: one line, and what to do."""
     try:
         yield
     except Exception as err:  # noqa: BLE001  (every download failure means the same to the user)
-        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-        raise DataError(f"Cannot download {what} into '{folder}' ({reason}): no network? {instead}.") from None
+        raise DataError(f"Cannot download {what} into '{folder}' ({reason(err)}): no network? {instead}.") from None

@@ -11,6 +11,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
 from callbacks.finite_loss import refuse_non_finite
+from errors import reason
 from models.onnx_export import export_folder_onnx
 from models.timm_folder import write_timm_folder
 from storage.atomic_files import atomic_write_text
@@ -84,7 +85,7 @@ class ExportStudent(pl.Callback):
                 export_folder_onnx(folder)
             except Exception as error:  # an op ONNX lacks must not cost the finished training
                 rank_zero_warn(
-                    f"ONNX export of '{folder}' failed ({str(error).strip().splitlines()[0][:200]}); its safetensors "
+                    f"ONNX export of '{folder}' failed ({reason(error)}); its safetensors "
                     f"export is complete. Retry with: python -m models.onnx_export {folder}"
                 )
         self._written.clear()

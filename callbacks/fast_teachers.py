@@ -10,6 +10,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from torch.fx.experimental import optimization as fx_optimization
 
+from errors import reason
 from lightning_modules.hardware import FastPrecision, fast_precision
 
 TeacherPrecision = FastPrecision
@@ -25,9 +26,8 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     try:
         return fx_optimization.fuse(model.eval(), inplace=False)
     except Exception as error:  # noqa: BLE001  (torch.fx raises many kinds on untraceable code)
-        reason = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
         rank_zero_warn(
-            f"FastTeachers: {type(model).__name__} keeps its BatchNorm layers (torch.fx cannot trace it: {reason})."
+            f"FastTeachers: {type(model).__name__} keeps its BatchNorm layers (torch.fx cannot trace it: {reason(error)})."
         )
         return model
 

@@ -77,14 +77,16 @@ def run_columns(trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str,
 
 
 def method_name(hp) -> str:
-    """What trains the network: hard labels, MEAL V2's soft cross-entropy, or the objective given instead."""
+    """What trains the network: hard labels, or the objective's label with its settings and weights."""
     if not hp.get("teachers"):
         return "hard labels"
-    objective = hp.get("objective") or {}
-    kind = str(objective.get("class_path", "SoftCrossEntropy")).rsplit(".", 1)[-1]
-    name = {"SoftCrossEntropy": "MEAL V2", "HintonKD": "Hinton KD"}.get(kind, kind)
-    if kind == "HintonKD":
-        name += f" T={objective.get('init_args', {}).get('temperature')}"
+    from lightning_modules.objectives import as_objective
+
+    objective = as_objective(hp.get("objective"))
+    settings = ", ".join(f"{k}={v}" for k, v in objective.describe()["init_args"].items())
+    name = f"{objective.label} ({settings})" if settings else objective.label
+    if hp.get("objective_weight", 1.0) != 1.0:
+        name = f"{hp['objective_weight']} x {name}"
     if hp.get("hard_label_weight"):
         name += f" + {hp['hard_label_weight']} x hard labels"
     return name

@@ -109,6 +109,13 @@ class SoftLabelStore:
             _allocate(folder)  # a resume after a full disk was freed
             return cls(folder, meta, "r+")
         folder.mkdir(parents=True, exist_ok=True)
+        theirs = sorted(p.name for p in folder.iterdir() if p.name != CACHE_MARKER)
+        if theirs and not (folder / CACHE_MARKER).is_file():  # never a file this project did not write
+            raise DataError(
+                f"'{folder}' holds {theirs[0]} and is not a soft-label cache this project started (no {CACHE_MARKER}), "
+                "so nothing there is touched: give soft_labels.dir an empty or new folder."
+            )
+        (folder / CACHE_MARKER).touch()
         n, r, k = num_images, config.crops, config.top_k
         index_dtype = np.uint8 if num_classes <= 2**8 else np.int16 if num_classes <= 2**15 else np.int32
         layout = (
@@ -225,6 +232,7 @@ class SoftLabelStore:
         return sum(self.arrays[name][0].nbytes for name in FILES)
 
 
+CACHE_MARKER = ".meal_v2_cache"  # written into a folder before a new cache's files: only such folders receive them
 SEALED = ("format", "images", "crops", "top_k", "classes", "source", "teacher_image_size", "fingerprint")
 
 

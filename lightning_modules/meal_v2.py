@@ -65,6 +65,7 @@ class MealV2(NetworkModule):
         cutmix_prob, cutmix_alpha: CutMix on the images only; targets stay the teachers' predictions.
         objective: the student's loss against the teachers (lightning_modules/objectives.py): None is MEAL V2's
             soft cross-entropy on the mean of probabilities; ``HintonKD``, ``DKD`` or ``DIST`` for comparison.
+        objective_weight: the objective's weight in the loss (LS-KD's authors use 9).
         hard_label_weight: adds this weight times the hard-label cross-entropy (an ablation for MEAL V2; the usual
             companion of Hinton KD, DKD and DIST).
         soft_targets: ``online`` runs the teachers every step; ``cached`` takes the ensemble's
@@ -94,6 +95,7 @@ class MealV2(NetworkModule):
         cutmix_prob: float = 0.0,
         cutmix_alpha: float = 1.0,
         objective: Optional[DistillationObjective] = None,
+        objective_weight: float = 1.0,
         hard_label_weight: float = 0.0,
         soft_targets: SoftTargets = "online",
         sync_batchnorm_student: bool = False,
@@ -112,7 +114,7 @@ class MealV2(NetworkModule):
         teachers = [t.to_dict() for t in teacher_sources]
         student = student_source.to_dict()
         num_classes, in_chans, data_mean, data_std = data_facts(num_classes, in_chans, data_mean, data_std)
-        require_positive(lr=lr, d_lr=d_lr)
+        require_positive(lr=lr, d_lr=d_lr, objective_weight=objective_weight)
         self.objective = as_objective(objective)
         objective = self.objective.describe()  # plain data in the hyperparameters, like the model sources
         self.save_hyperparameters(logger=False)  # HParamsWithResults records them, flattened, with the results
@@ -166,7 +168,7 @@ class MealV2(NetworkModule):
             mean_probabilities, mean_logits = cached
         batch = DistillationBatch(self.student(images), labels, mean_probabilities, mean_logits, epoch)
 
-        terms = {"kd": self.objective(batch)}
+        terms = {"kd": self.hparams.objective_weight * self.objective(batch)}
         if self.discriminator is not None:
             terms["discriminator"] = discriminator_term(
                 self.discriminator, batch, adversarial=self.hparams.discriminator == "adversarial"

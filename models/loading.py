@@ -14,9 +14,10 @@ from urllib.parse import urlparse
 
 import timm
 import torch
+from timm.models import clean_state_dict
 from torch import nn
 
-from errors import ModelLoadingError
+from errors import ModelLoadingError, reason
 from models import cifar_resnets  # noqa: F401  (registers the small-image backbones)
 from storage.atomic_files import verify_file
 
@@ -86,8 +87,13 @@ def check_model_name(name: str) -> None:
 
 
 def read_state_dict(path: Union[str, Path]) -> tuple[dict[str, torch.Tensor], dict]:
-    """Return (state_dict, hyper_parameters) from a weights file of any supported kind."""
-    path = Path(path)
+    """Return (state_dict, hyper_parameters) from a weights file of any supported kind, without the prefixes of a
+    DDP-wrapped or ``torch.compile``'d model (``module.``, ``_orig_mod.``; timm's cleaning)."""
+    state_dict, hparams = _read_state_dict(Path(path))
+    return clean_state_dict(state_dict), hparams
+
+
+def _read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     if not path.is_file():
         raise ModelLoadingError(f"Checkpoint file '{path}' does not exist: fix the path or train that model first.")
 
@@ -100,9 +106,8 @@ def read_state_dict(path: Union[str, Path]) -> tuple[dict[str, torch.Tensor], di
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch/safetensors raise many different types on corrupt files
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ModelLoadingError(
-            f"Cannot read checkpoint '{path}' ({first_line}): it is corrupt or not a weights file; re-create or re-download it."
+            f"Cannot read checkpoint '{path}' ({reason(err)}): it is corrupt or not a weights file; re-create or re-download it."
         ) from None
     if not isinstance(blob, dict):
         raise ModelLoadingError(
@@ -114,7 +119,7 @@ def read_state_dict(path: Union[str, Path]) -> tuple[dict[str, torch.Tensor], di
         if key in blob and isinstance(blob[key], dict):
             blob = blob[key]
             break
-    return {k.removeprefix("module."): v for k, v in blob.items() if isinstance(v, torch.Tensor)}, {}
+    return {k: v for k, v in blob.items() if isinstance(v, torch.Tensor)}, {}
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -123,9 +128,8 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path))
     except Exception as err:  # safetensors raises its own error types on a broken header
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ModelLoadingError(
-            f"Cannot read weights '{path}' ({first_line[:200]}): it is corrupt or not a safetensors file; re-create or re-download it."
+            f"Cannot read weights '{path}' ({reason(err)}): it is corrupt or not a safetensors file; re-create or re-download it."
         ) from None
 
 

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from datamodules.exported import find_trained_network, read_export_config
-from errors import DamagedFileError, DataError, ExportInputError, ModelLoadingError, WriteError
+from errors import DamagedFileError, DataError, ExportInputError, ModelLoadingError, WriteError, reason
 from models.loading import ModelSource, check_model_name, read_state_dict
 from storage.atomic_files import atomic_write
 
@@ -32,9 +32,8 @@ def exportable_model(name: str, model_args: dict, state_dict: dict[str, torch.Te
     try:
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()})
     except RuntimeError as error:
-        first = str(error).strip().splitlines()[0][:160]
         raise ExportInputError(
-            f"The weights in '{source}' do not fit a {name} with {model_args} ({first}): the config names another "
+            f"The weights in '{source}' do not fit a {name} with {model_args} ({reason(error)}): the config names another "
             "network than the weights hold; export again from the run's checkpoint."
         ) from None
     return model.eval()

@@ -17,7 +17,7 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch.utils import serialization
 
-from errors import DamagedFileError, WriteError
+from errors import DamagedFileError, WriteError, reason
 
 
 def atomic_write(path: os.PathLike | str, write: Callable[[str], Any]) -> None:
@@ -35,14 +35,19 @@ def atomic_write(path: os.PathLike | str, write: Callable[[str], Any]) -> None:
         with open(temporary, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(temporary, path)
+        folder = os.open(path.parent, os.O_RDONLY)  # the new name itself survives a crash right after
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
     except Exception as error:
         temporary.unlink(missing_ok=True)
-        reason = _os_reason(error)
-        if reason is None:
+        why = _os_reason(error)
+        if why is None:
             raise  # not the disk (e.g. an object that cannot be pickled): the error as it is
         previous = " (the previous file is intact)" if path.exists() else ""
         raise WriteError(
-            f"Cannot write '{path.name}' into '{path.parent}' ({reason}){previous}: free space there or "
+            f"Cannot write '{path.name}' into '{path.parent}' ({why}){previous}: free space there or "
             "choose another folder (trainer.logger.init_args.save_dir), then resume with --ckpt_path last."
         ) from None
 
@@ -56,7 +61,7 @@ def _os_reason(error: BaseException) -> Optional[str]:
         cause = cause.__cause__ or cause.__context__
     for cause in chain:
         if isinstance(cause, OSError):
-            return cause.strerror or str(cause).strip().splitlines()[0][-160:]
+            return cause.strerror or reason(cause)
     for cause in chain:  # torch's zip writer can fail with no errno attached
         if isinstance(cause, RuntimeError) and any(
             m in str(cause) for m in ("inline_container", "PytorchStreamWriter")
@@ -170,7 +175,7 @@ def _safetensors_problem(path: Path, tensors: Optional[dict[str, torch.Tensor]])
             if tensors is None:
                 tensors = {key: handle.get_tensor(key) for key in handle.keys()}
     except Exception as error:  # safetensors raises its own error types on a broken header
-        return f"unreadable: {str(error).strip().splitlines()[0][:120] or type(error).__name__}"
+        return f"unreadable: {reason(error)}"
     return None if tensors_sha256(tensors) == recorded else "its tensors differ from the sha256 in its header"
 
 

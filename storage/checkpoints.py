@@ -7,9 +7,11 @@ from pathlib import Path
 from typing import Optional
 
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 
-from errors import CheckpointError
+from errors import CheckpointError, reason
 from storage.atomic_files import verify_file
+from storage.run_folder import RUN_MARKER
 
 NAMED_CHECKPOINTS = {"last", "best", "hpc", "registry"}
 
@@ -41,6 +43,25 @@ def run_directories(config) -> list[Path]:
             return [run_root / (version if isinstance(version, str) else f"version_{version}")]
         return sorted(p for p in run_root.glob("*") if p.is_dir())
     return [Path(config.get("trainer.default_root_dir") or ".")]
+
+
+def resume_in_its_run(config) -> None:
+    """``fit --ckpt_path`` of a checkpoint in another run's folder continues that run, in its folder, and says so:
+    a resume never writes into (and so never replaces) the run the config names."""
+    args, ckpt = tensorboard_args(config), config.get("ckpt_path")
+    if args is None or not ckpt or ckpt in ("last", "best", "hpc"):
+        return
+    file = Path(ckpt).resolve()
+    run = file.parent.parent
+    configured = run_directories(config)
+    if (
+        file.parent.name != "checkpoints"
+        or not (run / RUN_MARKER).is_file()
+        or [p.resolve() for p in configured] == [run]
+    ):
+        return
+    args.save_dir, args.name, args.version = str(run.parent.parent), run.parent.name, run.name
+    rank_zero_info(f"--ckpt_path belongs to the run '{run}': this fit continues that run, in its folder.")
 
 
 def find_named_checkpoint(config, name: str, subcommand: str) -> Path:
@@ -79,9 +100,8 @@ def check_checkpoint_file(path: str) -> dict:
     try:
         checkpoint = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(
-            f"--ckpt_path '{path}' cannot be read ({reason[:200]}): it is corrupt or not a Lightning checkpoint."
+            f"--ckpt_path '{path}' cannot be read ({reason(err)}): it is corrupt or not a Lightning checkpoint."
         ) from None
     if (
         not isinstance(checkpoint, dict)

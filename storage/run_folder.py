@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import fcntl
 import json
 import os
 import shutil
@@ -13,7 +14,7 @@ from pathlib import Path
 from errors import RunFolderError
 
 RUN_MARKER = ".meal_v2_run"  # written into every folder fit makes a run of; only such folders are ever cleared
-LOCK = ".meal_v2_lock"  # held by the one fit writing into a run folder; removed when it exits
+LOCK = ".meal_v2_lock"  # locked by the one fit writing into a run folder (POSIX; see docs/reliability.md)
 
 
 def run_files(run_dir: Path) -> list[Path]:
@@ -57,81 +58,53 @@ def check_writable(folder: Path) -> None:
             ) from None
 
 
-_held: set[Path] = set()
+_held: dict[Path, int] = {}  # lock file -> the open descriptor that holds its kernel lock
 
 
 def acquire_lock(run_dir: Path) -> None:
     """Take the run folder's lock for this process, or stop in one line naming the fit that holds it.
 
-    The lock is a file created exclusively (one winner when two start together) holding the owner's pid and
-    host; a lock whose process has died on this host is stale and taken over.
+    The lock is the kernel's (``flock`` on the open lock file): one winner however many start together, held
+    while this process lives and released by the kernel when it ends, however it ends, so no stale lock is left
+    to take over. The file records the owner for the message; it is never deleted (a deleted lock file would let
+    two processes lock two files of one name).
     """
     run_dir.mkdir(parents=True, exist_ok=True)
     lock = (run_dir / LOCK).resolve()
     if lock in _held:
         return
+    handle = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # held by a live process (EWOULDBLOCK)
+        holder = _read_lock(handle)
+        os.close(handle)
+        raise RunFolderError(
+            f"Run folder '{run_dir}' is in use by another fit (pid {holder.get('pid', '?')} on "
+            f"{holder.get('host', '?')}, started {holder.get('started', 'just now')}): wait for it to end, or give "
+            "this run its own name with --trainer.logger.init_args.version=NAME."
+        ) from None
     owner = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-    for _ in range(2):
-        try:
-            handle = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            holder = _read_lock(lock)
-            if holder is None and _age(lock) < 10:  # just created, its owner still writing it
-                holder = {"pid": "?", "host": "?"}
-            if holder is not None and _alive(holder):
-                elsewhere = "" if holder["host"] == socket.gethostname() else f" (if no fit runs there, delete {lock})"
-                raise RunFolderError(
-                    f"Run folder '{run_dir}' is in use by another fit (pid {holder['pid']} on {holder['host']}, started "
-                    f"{holder.get('started', 'just now')}){elsewhere}: wait for it to end, or give this run its own "
-                    "name with --trainer.logger.init_args.version=NAME."
-                ) from None
-            lock.unlink(missing_ok=True)  # stale: its process is gone (or the file is unreadable)
-            continue
-        with os.fdopen(handle, "w") as file:
-            json.dump(owner, file)
-        _held.add(lock)
-        return
-    raise RunFolderError(f"Cannot take the lock '{lock}': another fit keeps taking it; give this run its own name.")
+    os.ftruncate(handle, 0)
+    os.pwrite(handle, json.dumps(owner).encode(), 0)
+    _held[lock] = handle
 
 
 def release_locks() -> None:
-    """Remove the locks this process holds (at the end of a command, and at exit)."""
+    """Release the locks this process holds (at the end of a command; the kernel does it at exit anyway)."""
     for lock in list(_held):
-        holder = _read_lock(lock)
-        if holder is not None and holder.get("pid") == os.getpid():
-            lock.unlink(missing_ok=True)
-        _held.discard(lock)
+        os.close(_held.pop(lock))
 
 
 atexit.register(release_locks)
 
 
-def _read_lock(lock: Path):
+def _read_lock(handle: int) -> dict:
     try:
-        holder = json.loads(lock.read_text())
-        return holder if isinstance(holder, dict) and isinstance(holder.get("pid"), int) else None
-    except (OSError, ValueError):
-        return None
-
-
-def _age(lock: Path) -> float:
-    try:
-        return time.time() - lock.stat().st_mtime
-    except OSError:
-        return float("inf")
-
-
-def _alive(holder: dict) -> bool:
-    """Whether the lock's process still runs; on another host that cannot be told, so it counts as alive."""
-    if holder.get("host") != socket.gethostname() or not isinstance(holder.get("pid"), int):
-        return True
-    try:
-        os.kill(holder["pid"], 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's live process
-        return True
-    return True
+        holder = json.loads(os.pread(handle, 4096, 0))
+        return holder if isinstance(holder, dict) else {}
+    except (OSError, ValueError):  # being written just now
+        return {}
 
 
 def first_process(trainer) -> bool:

@@ -8,7 +8,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 PATH = re.compile(
-    r"(?<![\w/.-])((?:configs|docs|benchmarks|callbacks|datamodules|lightning_modules|tests|zoo)/[\w./+-]*\w)"
+    r"(?<![\w/.-])((?:configs|docs|benchmarks|checks|experiments|callbacks|datamodules|lightning_modules|models|storage|tests|zoo)/[\w./+-]*\w)"
 )
 
 

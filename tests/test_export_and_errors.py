@@ -14,8 +14,10 @@ from test_resume import write_config
 
 from callbacks import FiniteLossGuard, NonFiniteTrainingError
 from cli import main
+from errors import WriteError, reason
 from lightning_modules import MealV2
 from models.loading import ModelLoadingError, ModelSource, create_model
+from storage.atomic_files import atomic_write
 
 
 def test_exported_student_loads_back_through_timm(tmp_path, monkeypatch):
@@ -153,3 +155,15 @@ def test_non_finite_loss_names_the_newest_checkpoint_of_the_clis_two_checkpoint_
 def test_missing_student_init_file_is_a_clear_error(tmp_path):
     with pytest.raises(ModelLoadingError, match="does not exist: fix the path or train that model first"):
         create_model(ModelSource("cifar_resnet8", checkpoint=str(tmp_path / "init.ckpt")), num_classes=10)
+
+
+@pytest.mark.parametrize("error", [OSError(), RuntimeError(""), ValueError("  \n "), KeyError()])
+def test_error_handlers_give_one_line_for_an_error_without_a_message(tmp_path, error):
+    assert reason(error) == type(error).__name__
+
+    def write(_name):
+        raise OSError() from error  # the disk failed and said nothing
+
+    with pytest.raises(WriteError, match=r"Cannot write 'f.json' into .* \(OSError\)"):
+        atomic_write(tmp_path / "f.json", write)
+    assert list(tmp_path.iterdir()) == []  # no partial file left

@@ -320,7 +320,7 @@ def test_method_table_chooses_on_held_out_images_then_trains_its_rows_end_to_end
     out = tmp_path / "table"
     command = [
         sys.executable,
-        str(ROOT / "benchmarks" / "method_table.py"),
+        str(ROOT / "experiments" / "method_table.py"),
         *("--smoke", "--zoo", str(zoo_dir), "--out", str(out), "--data-dir", str(data_dir)),
         *(
             "--precision",
@@ -340,10 +340,10 @@ def test_method_table_chooses_on_held_out_images_then_trains_its_rows_end_to_end
     assert "chosen on 16 held-out training images" in run.stdout
     table = json.loads((out / "table.json").read_text())
     assert [row["key"] for row in table["rows"]] == ["meal_v2", "hinton_kd"]
-    assert set(table["temperature_selection"]) == {"1", "2", "4", "8"}
+    assert set(table["selection"]["hinton_kd"]) == {"1", "2", "4", "8"}
     kd = yaml.safe_load((out / "seed0/runs/fashion_mnist/hinton_kd/main/config.yaml").read_text())
     assert kd["data"]["init_args"]["val_size"] == 0  # reported on the test images, chosen elsewhere
-    assert kd["model"]["init_args"]["objective"]["init_args"]["temperature"] == table["chosen_temperature"]
+    assert kd["model"]["init_args"]["objective"]["init_args"]["temperature"] == table["chosen"]["hinton_kd"]
     for row in table["rows"]:
         assert all(row[metric] is not None for metric in ("top1", "agreement", "nll", "ece"))
 

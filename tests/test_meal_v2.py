@@ -69,12 +69,13 @@ def test_gradients_are_identical_when_labels_are_permuted():
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
-def test_hard_label_ablation_adds_cross_entropy():
+def test_the_objective_and_hard_label_weights_scale_their_terms():
     images, labels = batches(8)
     plain = tiny_meal().distillation_losses(images, labels)
-    with_labels = tiny_meal(hard_label_weight=0.5).distillation_losses(images, labels)
+    weighed = tiny_meal(objective_weight=9.0, hard_label_weight=0.5).distillation_losses(images, labels)
     ce = torch.nn.functional.cross_entropy(plain["batch"].student_logits, labels)
-    torch.testing.assert_close(with_labels["loss"], plain["loss"] + 0.5 * ce)
+    torch.testing.assert_close(weighed["kd"], 9.0 * plain["kd"])
+    torch.testing.assert_close(weighed["loss"], plain["loss"] + 8.0 * plain["kd"] + 0.5 * ce)
 
 
 def test_discriminator_receives_gradients():

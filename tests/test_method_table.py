@@ -1,4 +1,4 @@
-"""The method table (benchmarks/method_table.py): choices on held-out images only, intervals, pairing by seed."""
+"""The method table (experiments/method_table.py): choices on held-out images only, intervals, pairing by seed."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from torch.utils.tensorboard import SummaryWriter
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
 
 import method_table  # noqa: E402
-from method_table import ROWS, TEMPERATURES, Table, interval  # noqa: E402
+from method_table import ROWS, Table, interval  # noqa: E402
 
 
 def write_run(folder: Path, top1: list[float], done: bool = True, **last) -> None:
@@ -35,19 +35,20 @@ def test_interval_is_the_mean_with_a_95_percent_t_interval():
     assert interval([2.0])["half_width"] is None
 
 
-def test_temperature_is_chosen_on_held_out_training_images_never_on_the_test_images(tmp_path):
+def test_a_declared_choice_is_made_on_held_out_training_images_never_on_the_test_images(tmp_path):
     table = Table(tmp_path)
+    kd = next(row for row in ROWS if row.key == "hinton_kd")
+    assert kd.choice == ("temperature", (1.0, 2.0, 4.0, 8.0))  # from its overlay's header
     selection = table.pipeline("selection")
-    for step in table.selection_steps():
+    for step in table.selection_steps(kd):
         assert "--data.init_args.val_size=10000" in selection.command(step)  # validated on held-out images
-    held_out = dict(zip(TEMPERATURES, (0.90, 0.93, 0.92, 0.91), strict=True))
-    for step, t in zip(table.selection_steps(), TEMPERATURES, strict=True):
+    held_out = dict(zip(kd.choice[1], (0.90, 0.93, 0.92, 0.93), strict=True))  # a tie: the first listed wins
+    for step, t in zip(table.selection_steps(kd), kd.choice[1], strict=True):
         write_run(selection.run_dir(step), [0.5, held_out[t]])
     # A run on the test images that would win if it were read: the choice must not see it.
-    kd = next(row for row in ROWS if row.chosen_temperature)
-    write_run(table.pipeline("seed0", 0).run_dir(table.row_step(kd, 8.0)), [0.99])
-    assert table.chosen_temperature() == 2.0
-    for pipeline, step in table.jobs(2.0):
+    write_run(table.pipeline("seed0", 0).run_dir(table.row_step(kd, {kd.key: 8.0})), [0.99])
+    assert table.chosen(kd) == 2.0
+    for pipeline, step in table.jobs({kd.key: 2.0}):
         command = pipeline.command(step)
         assert not any("val_size" in arg for arg in command)  # the table's rows report on the test images
         assert ("--model.init_args.objective.init_args.temperature=2.0" in command) == (step.name == kd.key)
@@ -89,7 +90,10 @@ def test_an_unfinished_run_is_left_out_of_the_table(tmp_path):
     assert row["seeds"] == [0] and row["top1"]["mean"] == pytest.approx(93.0)
 
 
-def test_every_row_names_configs_that_exist():
+def test_every_config_with_a_method_table_header_is_a_row_naming_configs_that_exist():
+    assert [r.key for r in ROWS][:2] == ["baseline", "meal_v2"] and {"hinton_kd", "ls_kd", "ablation_random_init"} < {
+        r.key for r in ROWS
+    }
     for row in ROWS:
         assert all(path.is_file() for path in row.configs), row.key
     assert all(path.is_file() for step in Table(Path("unused")).patient_steps() for path in step.configs)

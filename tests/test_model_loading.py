@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import lightning.pytorch as pl
 import pytest
 import timm
@@ -20,12 +22,14 @@ def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-def test_plain_state_dict_and_safetensors_load_bit_exactly(tmp_path):
+def test_plain_state_dict_and_safetensors_load_bit_exactly_also_from_a_compiled_or_ddp_model(tmp_path):
     path = write_weights(tmp_path / "w.pth", "cifar_resnet20", 7)
     reference = timm.create_model("cifar_resnet20", num_classes=7)
     reference.load_state_dict(torch.load(path))
     save_file(reference.state_dict(), str(tmp_path / "w.safetensors"))
-    for file in (path, tmp_path / "w.safetensors"):
+    for prefix in ("_orig_mod.", "module._orig_mod."):  # torch.compile'd; compiled inside DDP
+        torch.save({prefix + k: v for k, v in reference.state_dict().items()}, tmp_path / f"{prefix}pth")
+    for file in (path, tmp_path / "w.safetensors", tmp_path / "_orig_mod.pth", tmp_path / "module._orig_mod.pth"):
         model, _ = create_model(ModelSource("cifar_resnet20", checkpoint=str(file)), num_classes=7)
         assert _same_weights(model, reference)
 
@@ -117,6 +121,19 @@ def test_corrupt_checkpoint_is_refused_in_one_line(tmp_path, content):
     with pytest.raises(ModelLoadingError, match="corrupt or not a weights file") as info:
         create_model(ModelSource("cifar_resnet20", checkpoint=str(path)), num_classes=10)
     assert "\n" not in str(info.value)
+
+
+class RunsCode:
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+def test_a_weights_file_whose_pickle_would_run_code_is_refused_naming_the_global(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    torch.save({"fc.weight": torch.zeros(1), "hook": RunsCode()}, tmp_path / "evil.pt")
+    with pytest.raises(ModelLoadingError, match=r"GLOBAL (posix|os)\.system.*corrupt or not a weights file") as info:
+        create_model(ModelSource("cifar_resnet20", checkpoint=str(tmp_path / "evil.pt")), num_classes=10)
+    assert "\n" not in str(info.value) and not (tmp_path / "pwned").exists()
 
 
 def test_foreign_lightning_checkpoint_is_refused(tmp_path):

@@ -9,6 +9,7 @@ import pytest
 import torch
 from fixtures import every_objective
 
+from callbacks.hparams_results import method_name
 from errors import ConfigError
 from lightning_modules.losses import soft_cross_entropy
 from lightning_modules.objectives import (
@@ -134,11 +135,16 @@ def test_hard_label_term_is_cross_entropy_on_the_labels_and_says_when_they_are_m
         DKD()(view(labels=None))
 
 
-def test_objectives_round_trip_through_the_checkpoints_hyperparameters():
+def test_objectives_round_trip_through_the_checkpoints_hyperparameters_and_name_themselves_in_the_hparams_tab():
     for objective in (HintonKD(2.5), DKD(1.0, 8.0, 4.0, 1.0), DIST(2.0, 2.0, 4.0), *(c() for c in every_objective())):
         restored = as_objective(objective.describe())
         assert type(restored) is type(objective) and vars(restored) == vars(objective)
+        hp = {"teachers": [{}], "objective": objective.describe(), "objective_weight": 9.0, "hard_label_weight": 0.1}
+        assert objective.label != "?" and method_name(hp).startswith(f"9.0 x {objective.label}")
+        assert method_name(hp).endswith(" + 0.1 x hard labels")
     assert isinstance(as_objective(None), SoftCrossEntropy)
+    assert method_name({"teachers": [{}]}) == "MEAL V2" and method_name({"teachers": []}) == "hard labels"
+    assert method_name({"teachers": [{}], "objective": HintonKD(2.0).describe()}) == "Hinton KD (temperature=2.0)"
 
 
 TEMPERATURES = {c: p for c in every_objective() for p in ("temperature", "tau") if p in inspect.signature(c).parameters}

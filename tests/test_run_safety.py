@@ -344,6 +344,30 @@ def test_a_resume_that_fails_leaves_the_runs_config_as_it_was(tmp_path, monkeypa
     assert (tmp_path / "runs/meal/version_0/config.yaml").read_bytes() == saved
 
 
+def test_a_resume_from_another_runs_checkpoint_continues_that_run_and_leaves_the_configs_run_alone(
+    tmp_path, monkeypatch, caplog
+):
+    monkeypatch.chdir(tmp_path)
+    config = fixed_version(write_meal_config(tmp_path))
+    main(["fit", "--config", str(config), "--trainer.max_epochs=1"])
+    main(["fit", "--config", str(config), "--trainer.max_epochs=1", "--trainer.logger.init_args.version=v2"])
+    finished = (tmp_path / "runs/meal/main/checkpoints/last.ckpt").read_bytes()
+    other = tmp_path / "runs/meal/v2/checkpoints/last.ckpt"
+    with caplog.at_level("INFO"):
+        main(["fit", "--config", str(config), "--trainer.max_epochs=2", f"--ckpt_path={other}"])
+    assert f"belongs to the run '{other.parent.parent}': this fit continues that run" in caplog.text
+    assert (tmp_path / "runs/meal/main/checkpoints/last.ckpt").read_bytes() == finished
+    assert torch.load(other, weights_only=True)["epoch"] == 1  # the resumed run went on to its second epoch
+
+
+def test_a_validate_before_the_first_fit_does_not_block_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = fixed_version(write_meal_config(tmp_path))
+    main(["validate", "--config", str(config)])
+    main(["fit", "--config", str(config), "--trainer.max_epochs=1"])
+    assert (tmp_path / "runs/meal/main/checkpoints/last.ckpt").is_file()
+
+
 def test_a_fit_that_stopped_before_its_first_checkpoint_does_not_block_the_next(tmp_path, monkeypatch):
     from callbacks import NonFiniteTrainingError
 
@@ -442,34 +466,60 @@ def test_a_run_folder_is_marked_and_overwritten_only_as_such(tmp_path, monkeypat
     assert (run / "checkpoints/last.ckpt").is_file()
 
 
-def _write_lock(run: Path, pid: int) -> Path:
-    import json
-    import socket
+TAKE_LOCK = """
+import sys
+from pathlib import Path
+from errors import RunFolderError
+from storage.run_folder import acquire_lock
+try:
+    acquire_lock(Path(sys.argv[1]))
+    print("won" if "torch" not in sys.modules else "imported torch", flush=True)
+except RunFolderError as error:
+    print("lost: " + str(error), flush=True)
+sys.stdin.read()  # hold it until told
+"""
 
-    run.mkdir(parents=True, exist_ok=True)
-    lock = run / ".meal_v2_lock"
-    lock.write_text(json.dumps({"pid": pid, "host": socket.gethostname(), "started": "2026-01-01 00:00:00"}))
-    return lock
+
+def take_lock(run: Path) -> subprocess.Popen:
+    """A process (no torch) that tries to take ``run``'s lock, prints won / lost, and holds on until its stdin closes."""
+    return subprocess.Popen(
+        [sys.executable, "-c", TAKE_LOCK, str(run)], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
 
 
-def test_a_fit_into_a_run_folder_in_use_stops_in_one_line_and_a_dead_ones_lock_is_taken_over(tmp_path, monkeypatch):
+def test_a_fit_into_a_run_folder_in_use_stops_in_one_line_and_a_dead_ones_lock_is_free(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     config = fixed_version(write_meal_config(tmp_path))
-    holder = subprocess.Popen(["sleep", "60"])
+    run = tmp_path / "runs/meal/main"
+    holder = take_lock(run)
     try:
-        lock = _write_lock(tmp_path / "runs/meal/main", holder.pid)
+        assert holder.stdout.readline() == "won\n"
         with pytest.raises(
             RunFolderError, match=rf"runs/meal/main' is in use by another fit \(pid {holder.pid} "
         ) as info:
             main(["fit", "--config", str(config), "--trainer.max_epochs=1"])
         assert "--trainer.logger.init_args.version=NAME" in one_line(info)
-        assert lock.is_file() and not list(lock.parent.glob("checkpoints/*"))
+        assert not list(run.glob("checkpoints/*"))
     finally:
-        holder.kill()
+        holder.kill()  # dies without releasing anything: the kernel does
         holder.wait()
-    main(["fit", "--config", str(config), "--trainer.max_epochs=1"])  # its process is gone: a stale lock
-    assert (lock.parent / "checkpoints/last.ckpt").is_file()
-    assert not lock.exists(), "the lock outlived the fit"
+    main(["fit", "--config", str(config), "--trainer.max_epochs=1"])
+    assert (run / "checkpoints/last.ckpt").is_file()
+    after = take_lock(run)
+    assert after.communicate("")[0] == "won\n", "the lock outlived the fit"
+
+
+def test_of_eight_processes_racing_for_a_run_folder_exactly_one_wins_every_round(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / ".meal_v2_lock").write_text('{"pid": 999999999, "host": "here"}')  # a lock file of the old format: stale
+    for _ in range(20):
+        racers = [take_lock(run) for _ in range(8)]
+        answers = [racer.stdout.readline().strip() for racer in racers]  # all have tried; the winner still holds
+        assert sorted(a.split(":")[0] for a in answers) == ["lost"] * 7 + ["won"], answers
+        for racer, answer in zip(racers, answers, strict=True):
+            racer.kill() if answer == "won" else racer.communicate("")  # the winner crashes
+            racer.wait()
 
 
 @pytest.mark.slow
@@ -482,7 +532,7 @@ def test_two_fits_started_together_into_one_run_never_both_run(tmp_path):
     assert sorted(code for code, _ in results) == [0, 1], results
     refused = next(stderr for code, stderr in results if code == 1).strip().splitlines()[-1]
     assert refused.startswith("error: ") and ("is in use by another fit" in refused or "already holds a run" in refused)
-    assert not (tmp_path / "runs/meal/main/.meal_v2_lock").exists()
+    assert take_lock(tmp_path / "runs/meal/main").communicate("")[0] == "won\n"  # released with the fits
 
 
 def test_a_checkpoint_trained_for_other_classes_is_refused_in_one_line(tmp_path, monkeypatch):

@@ -549,6 +549,17 @@ def small_store(tmp_path, images: int = 24, crops: int = 3, classes: int = 4):
     return store
 
 
+def test_a_new_cache_never_writes_into_a_folder_holding_a_users_files(tmp_path):
+    from datamodules.soft_labels import DataError
+
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "logits.npy").write_text("mine")
+    with pytest.raises(DataError, match=r"holds logits.npy and is not a soft-label cache this project started"):
+        small_store(tmp_path)
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == ["logits.npy"]
+    assert (tmp_path / "cache" / "logits.npy").read_text() == "mine"
+
+
 def test_written_rows_count_as_done_only_once_committed(tmp_path):
     store = small_store(tmp_path)
     assert len(store.pending()) == 24  # a run killed now makes these images again

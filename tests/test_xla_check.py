@@ -8,7 +8,7 @@ import pytest
 import torch
 from fixtures import ROOT  # noqa: F401  (puts the project on the path)
 
-sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT / "checks"))
 import xla_check  # noqa: E402
 
 

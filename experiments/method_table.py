@@ -3,20 +3,22 @@ embedded default (``make ablations``).
 
 Every row gets the same budget: the zoo's ResNet-8 init, 7 epochs (``schedules/table_7_epochs.yaml``), cosine from lr 0.01, batch 128, the same
 ensemble and, where the run is cached, the same stored crops; each run's last epoch on the 10,000 test images, no
-selection on them. What a row needs chosen is chosen first on held-out training images (``--held-out`` of the
-60,000, ``data.val_size``): Hinton KD's temperature from {1, 2, 4, 8}. Runs go side by side as in the demo; finished
+selection on them. A row is any config with a ``# method table: <label>; <n> seeds`` header (the two recipes, the
+overlays in methods/ and ablations/); a header's ``; choose <argument> from <values>`` has that objective argument
+chosen first on held-out training images (``--held-out`` of the 60,000, ``data.val_size``), as Hinton KD's temperature. Runs go side by side as in the demo; finished
 runs are skipped and an interrupted one resumes. The table gives each row's mean with a 95 % t-interval over
 seeds and, paired by seed, MEAL V2's lead over it; a 30-epoch baseline / MEAL V2 pair asks whether patience widens
 the margin.
 
-    python benchmarks/method_table.py             # everything (results/method_table/): see README for the time
-    python benchmarks/method_table.py --summary   # only the table and the plot from the runs done so far
+    python experiments/method_table.py             # everything (results/method_table/): see README for the time
+    python experiments/method_table.py --summary   # only the table and the plot from the runs done so far
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -35,9 +37,13 @@ BASELINE_CONFIG = CONFIGS / "baseline_resnet8_hard_labels.yaml"
 METHODS, ABLATIONS = CONFIGS / "methods", CONFIGS / "ablations"
 PATIENT = CONFIGS / "schedules" / "patient_30_epochs.yaml"
 BUDGET = CONFIGS / "schedules" / "table_7_epochs.yaml"  # every row but the patient pair
-TEMPERATURES = (1.0, 2.0, 4.0, 8.0)
-TEMPERATURE = "--model.init_args.objective.init_args.temperature"
+OBJECTIVE = "--model.init_args.objective.init_args"  # where a chosen argument goes
 TAGS = {"top1": "val/top1", "agreement": "val/agreement", "nll": "val/loss", "ece": "val/ece"}
+# A config's header line that makes it a row, e.g. "# method table: Hinton KD; 5 seeds; choose temperature from 1, 2, 4"
+HEADER = re.compile(
+    r"^# method table: (?P<label>[^;\n]+); (?P<seeds>\d+) seeds?(?:; choose (?P<arg>\w+) from (?P<values>[^\n]+))?$",
+    re.M,
+)
 
 
 @dataclass(frozen=True)
@@ -46,27 +52,27 @@ class Row:
     label: str
     configs: tuple[Path, ...]
     seeds: int  # how many seeds (0, 1, ...) the full table runs
-    chosen_temperature: bool = False  # Hinton KD: T from the held-out selection
+    choice: Optional[tuple[str, tuple[float, ...]]] = (
+        None  # an objective argument chosen on held-out images, from values
+    )
 
 
-ROWS = [
-    Row("baseline", "hard labels (baseline)", (BASELINE_CONFIG,), 5),
-    Row("meal_v2", "MEAL V2", (MEAL_CONFIG,), 5),
-    Row("hinton_kd", "Hinton KD", (MEAL_CONFIG, METHODS / "hinton_kd.yaml"), 5, chosen_temperature=True),
-    Row("dkd", "DKD", (MEAL_CONFIG, METHODS / "dkd.yaml"), 5),
-    Row("dist", "DIST", (MEAL_CONFIG, METHODS / "dist.yaml"), 5),
-    Row("ls_kd", "Logit Standardization KD", (MEAL_CONFIG, METHODS / "ls_kd.yaml"), 5),
-    *(
-        Row(f"ablation_{name}", label, (MEAL_CONFIG, ABLATIONS / f"{name}.yaml"), 3)
-        for name, label in (
-            ("no_discriminator", "MEAL V2 without the discriminator"),
-            ("adversarial_discriminator", "MEAL V2, adversarial discriminator"),
-            ("hard_labels", "MEAL V2 + hard labels"),
-            ("single_teacher", "MEAL V2 from the single best teacher"),
-            ("random_init", "MEAL V2 from a random init"),
-        )
-    ),
-]
+def find_rows() -> list[Row]:
+    """Every config whose header names it a row: the two recipes, then the overlays on MEAL V2's recipe in methods/
+    and ablations/. A new method's overlay is a new row."""
+    rows = []
+    for path in [BASELINE_CONFIG, MEAL_CONFIG, *sorted(METHODS.glob("*.yaml")), *sorted(ABLATIONS.glob("*.yaml"))]:
+        if not (found := HEADER.search(path.read_text())):
+            continue
+        key = {BASELINE_CONFIG: "baseline", MEAL_CONFIG: "meal_v2"}.get(path)
+        key = key or ("ablation_" if path.parent == ABLATIONS else "") + path.stem
+        choice = (found["arg"], tuple(float(v) for v in found["values"].split(","))) if found["arg"] else None
+        configs = (path,) if path in (BASELINE_CONFIG, MEAL_CONFIG) else (MEAL_CONFIG, path)
+        rows.append(Row(key, found["label"].strip(), configs, int(found["seeds"]), choice))
+    return rows
+
+
+ROWS = find_rows()
 REFERENCE = "meal_v2"  # the row every other is paired with
 PAIR = ("baseline", "meal_v2")  # the patient schedule's two runs
 
@@ -89,31 +95,43 @@ class Table:
     def pipeline(self, part: str, seed: int = 0) -> Pipeline:
         return Pipeline(self.out / part, seed, self.zoo_dir, self.data_dir, self.precision, self.smoke)
 
-    def selection_steps(self) -> list[Step]:
-        """Hinton KD at each temperature, validated on held-out training images."""
-        held_out = (f"--data.init_args.val_size={self.held_out}",)
-        configs = (MEAL_CONFIG, METHODS / "hinton_kd.yaml", BUDGET)
+    def selection_steps(self, row: Row) -> list[Step]:
+        """The row at each value of its choice, validated on held-out training images."""
+        arg, values = row.choice
+        held_out = f"--data.init_args.val_size={self.held_out}"
         return [
-            Step(f"hinton_kd_T{t:g}", f"Hinton KD, T={t:g}", configs, args=(f"{TEMPERATURE}={t}", *held_out))
-            for t in TEMPERATURES
+            Step(
+                f"{row.key}_{arg}{v:g}",
+                f"{row.label}, {arg}={v:g}",
+                (*row.configs, BUDGET),
+                args=(f"{OBJECTIVE}.{arg}={v}", held_out),
+            )
+            for v in values
         ]
 
-    def chosen_temperature(self) -> float:
-        """The temperature with the best last-epoch top-1 on the held-out images (ties: the lower T)."""
+    def held_out_scores(self, row: Row) -> dict[float, float]:
+        """Last-epoch top-1 (%) on the held-out images of each value of the row's choice run so far."""
         pipeline = self.pipeline("selection")
-        scores = {}
-        for step, t in zip(self.selection_steps(), TEMPERATURES, strict=True):
-            values = zoo.read_scalars(pipeline.run_dir(step), "val/top1")
-            if not values:
-                raise demo.DemoError(f"{step.name} has no val/top1: run the selection first.")
-            scores[t] = values[-1]
-        return max(TEMPERATURES, key=lambda t: (scores[t], -t))
+        found = {
+            v: self.last_values(pipeline, step)
+            for v, step in zip(row.choice[1], self.selection_steps(row), strict=True)
+        }
+        return {v: values["top1"] for v, values in found.items() if values is not None}
 
-    def row_step(self, row: Row, temperature: Optional[float] = None) -> Step:
-        args = (f"{TEMPERATURE}={temperature}",) if row.chosen_temperature else ()
+    def chosen(self, row: Row) -> float:
+        """The value with the best last-epoch top-1 on the held-out images (ties: the first listed)."""
+        scores = self.held_out_scores(row)
+        if len(scores) < len(row.choice[1]):
+            raise demo.DemoError(
+                f"{row.key}: the held-out runs of {row.choice[0]} are not all finished: run them first."
+            )
+        return max(row.choice[1], key=lambda v: (scores[v], -row.choice[1].index(v)))
+
+    def row_step(self, row: Row, chosen: Optional[dict[str, float]] = None) -> Step:
+        args = (f"{OBJECTIVE}.{row.choice[0]}={(chosen or {})[row.key]}",) if row.choice and chosen else ()
         return Step(row.key, row.label, (*row.configs, BUDGET), args=args)
 
-    def jobs(self, temperature: Optional[float]) -> list[tuple[Pipeline, Step]]:
+    def jobs(self, chosen: dict[str, float]) -> list[tuple[Pipeline, Step]]:
         """Most telling first, so a table stopped early has whole seeds of what matters most: the baseline and MEAL
         V2 over all their seeds, the other methods over 3, the ablations over 1, then 3, then the rest."""
         pair = set(PAIR)
@@ -127,7 +145,7 @@ class Table:
 
         order = [(row, seed) for row in self.selected() for seed in range(min(row.seeds, self.seeds))]
         order.sort(key=lambda item: (phase(*item), item[1], ROWS.index(item[0])))
-        return [(self.pipeline(f"seed{seed}", seed), self.row_step(row, temperature)) for row, seed in order]
+        return [(self.pipeline(f"seed{seed}", seed), self.row_step(row, chosen)) for row, seed in order]
 
     def patient_steps(self) -> list[Step]:
         rows = {row.key: row for row in ROWS}
@@ -142,14 +160,16 @@ class Table:
         parts = [selection, *(self.pipeline(f"seed{s}", s) for s in range(self.seeds))]
         for pipeline in parts + ([self.pipeline("patient")] if self.patient else []):
             pipeline.prepare()
-        choosing = any(row.chosen_temperature for row in self.selected())
+        choosing = [row for row in self.selected() if row.choice]
         demo.run_side_by_side(
-            [(zoo_pipeline, demo.STEPS[0])] + [(selection, s) for s in self.selection_steps() if choosing]
+            [(zoo_pipeline, demo.STEPS[0])] + [(selection, s) for row in choosing for s in self.selection_steps(row)]
         )
-        temperature = self.chosen_temperature() if choosing else None
-        if choosing:
-            print(f"Hinton KD: T={temperature:g} chosen on {self.held_out} held-out training images", flush=True)
-        jobs = self.jobs(temperature)
+        chosen = {row.key: self.chosen(row) for row in choosing}
+        for row in choosing:
+            print(
+                f"{row.label}: {row.choice[0]}={chosen[row.key]:g} chosen on {self.held_out} held-out training images"
+            )
+        jobs = self.jobs(chosen)
         if self.patient:
             jobs += [(self.pipeline("patient"), step) for step in self.patient_steps()]
         demo.run_side_by_side(jobs)
@@ -177,16 +197,14 @@ class Table:
                     by_seed[seed] = found
             per_row[row.key] = by_seed
         rows = [table_row(row, per_row[row.key], per_row[REFERENCE]) for row in ROWS if per_row[row.key]]
-        selection = {}
-        for step, t in zip(self.selection_steps(), TEMPERATURES, strict=True):
-            if (found := self.last_values(self.pipeline("selection"), step)) is not None:
-                selection[f"{t:g}"] = found["top1"]
+        choosing = [row for row in ROWS if row.choice]
+        selection = {row.key: {f"{v:g}": top1 for v, top1 in self.held_out_scores(row).items()} for row in choosing}
         result = {
             "machine": machine(),
             "precision": self.precision or self.precision_used(),
             "held_out_images": self.held_out,
-            "temperature_selection": selection,
-            "chosen_temperature": self.chosen_temperature() if len(selection) == len(TEMPERATURES) else None,
+            "selection": selection,  # per row with a choice: held-out top-1 of each value
+            "chosen": {row.key: self.chosen(row) for row in choosing if len(selection[row.key]) == len(row.choice[1])},
             "zoo": self.zoo_rows(),
             "rows": rows,
             "patient": self.patient_pair(),
@@ -291,7 +309,14 @@ def cell(stat: Optional[dict], form: str = "{:.2f}", signed: bool = False) -> st
 
 
 def markdown(result: dict) -> str:
-    selection = ", ".join(f"T={t}: {v:.2f}" for t, v in result["temperature_selection"].items())
+    rows = {row.key: row for row in ROWS}
+    choices = [
+        f" {rows[key].label}'s {rows[key].choice[0]} chosen on {result['held_out_images']:,} held-out training images ("
+        + ", ".join(f"{v}: {top1:.2f}" for v, top1 in scores.items())
+        + ")."
+        for key, scores in result["selection"].items()
+        if scores
+    ]
     lines = [
         f"Fashion-MNIST, {result['machine']}, precision {result['precision']}"
         + (f", {result['seconds'] / 60:.0f} min" if result.get("seconds") else "")
@@ -303,11 +328,7 @@ def markdown(result: dict) -> str:
         "their loss on the mean teacher logits + the hard-label cross-entropy (weight 1), no discriminator. Top-1, "
         "agreement with the ensemble's top-1, NLL and ECE (15 bins) on the 10,000 test images at the last epoch, "
         "mean ± 95 % t-interval over seeds; MEAL V2's lead paired by seed (same init, same batches)."
-        + (
-            f" Hinton KD's T chosen on {result['held_out_images']:,} held-out training images ({selection})."
-            if selection
-            else ""
-        ),
+        + "".join(choices),
         "",
         "| row | seeds | top-1 (%) | MEAL V2 − row (points) | MEAL V2 ahead | agreement (%) | NLL | ECE (%) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",

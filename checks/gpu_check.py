@@ -11,7 +11,7 @@ said so in the report, so the script cannot rot (CI runs it). Writes ``results/g
 ``report.json`` (device, driver, torch and CUDA versions, every figure, each target met or not, and the
 prediction for this device) and exits non-zero only when a step fails, never for a missed target.
 
-    make gpu-check                      # = python benchmarks/gpu_check.py
+    make gpu-check                      # = python checks/gpu_check.py
 """
 
 from __future__ import annotations

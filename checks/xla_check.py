@@ -13,7 +13,7 @@ the step runs here in a short loop: the module's ``distillation_losses`` (everyt
 once per step, as Lightning's XLA strategy does after each optimizer step.
 
     make xla-check            # a separate environment with torch_xla; PJRT_DEVICE=CPU
-    python benchmarks/xla_check.py --steps 12 --warmup 2
+    python checks/xla_check.py --steps 12 --warmup 2
 
 Writes ``results/xla_check/report.md`` and ``report.json``; exits non-zero when any check fails.
 """
@@ -213,7 +213,7 @@ def report(results: list[dict], args, seconds: float) -> str:
     lines = [
         "# MEAL V2 step on XLA (PJRT on the CPU)",
         "",
-        f"`python benchmarks/xla_check.py --steps {args.steps} --warmup {args.warmup} --batch-size {args.batch_size}`"
+        f"`python checks/xla_check.py --steps {args.steps} --warmup {args.warmup} --batch-size {args.batch_size}`"
         f" on {machine()}; torch {torch.__version__}, "
         f"torch_xla {torch_xla.__version__}, PJRT_DEVICE={os.environ.get('PJRT_DEVICE')}; {seconds:.0f} s in all.",
         "",
