@@ -55,10 +55,22 @@ class DemoError(RuntimeError, ProjectError):
 
 
 def require_positive(**values: float) -> None:
-    """One line naming the first knob that is not > 0."""
+    """One line naming the first knob that is not > 0 (None: not set)."""
+    _require(lambda v: v > 0, "positive", values)
+
+
+def require_non_negative(**values: float) -> None:
+    _require(lambda v: v >= 0, "0 or more", values)
+
+
+def require_fraction(**values: float) -> None:
+    _require(lambda v: 0 <= v <= 1, "between 0 and 1", values)
+
+
+def _require(holds, what: str, values: dict) -> None:
     for name, value in values.items():
-        if value is not None and not value > 0:
-            raise ConfigError(f"{name} is {value}: it must be positive.")
+        if value is not None and not holds(value):
+            raise ConfigError(f"{name} is {value}: it must be {what}.")
 
 
 def reason(error: BaseException, limit: int = 200) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -17,6 +18,7 @@ from torchvision.transforms import InterpolationMode, v2
 from datamodules.base import ClassificationDataModule, DataError
 from datamodules.files import IMAGE_EXTENSIONS, load_rgb
 from datamodules.soft_labels import SoftLabelCache, crop_and_flip
+from errors import ConfigError, require_fraction, require_positive
 
 CHECK_ALL_UP_TO = 20_000  # image folders this small are decoded once before training (check_images: null)
 
@@ -56,6 +58,10 @@ class ImageFolderData(ClassificationDataModule):
         check_images: Optional[bool] = None,
     ):
         super().__init__(batch_size, num_workers, soft_labels, predict_files)
+        require_positive(image_size=image_size, crop_pct=crop_pct, train_subset=train_subset, ratio_low=ratio[0])
+        require_fraction(crop_pct=crop_pct, scale_low=scale[0], scale_high=scale[1])
+        if scale[0] > scale[1] or ratio[0] > ratio[1] or scale[1] == 0:
+            raise ConfigError(f"scale {tuple(scale)} and ratio {tuple(ratio)} must each be (low, high), low <= high.")
         self.data_dir = Path(data_dir)
         self.image_size = image_size
         self.crop_pct = crop_pct
@@ -128,6 +134,8 @@ class ImageFolderData(ClassificationDataModule):
                 f"Class folder '{folder / empty[0]}' has no images, in it or its sub-folders ({len(empty)} such folders; "
                 f"images are {', '.join(IMAGE_EXTENSIONS)}): add images or remove it."
             )
+        if images.repeated:
+            rank_zero_warn(f"'{folder}': {images.repeated} image files reached again through links are counted once.")
         if images.skipped:
             kinds = sorted({Path(p).suffix.lower() or "(no extension)" for p in images.skipped})
             rank_zero_warn(
@@ -201,14 +209,21 @@ def random_resized_box(
 
 
 class ImageFilter:
-    """ImageFolder's ``is_valid_file``: admits the image extensions and notes every other (not hidden) file it sees."""
+    """ImageFolder's ``is_valid_file``: admits each image file once (a file reached again through a link, or a hard
+    link of one, is not a second sample) and notes every other (not hidden) file it sees."""
 
     def __init__(self):
         self.skipped: list[str] = []
+        self.seen: set[tuple[int, int]] = set()
+        self.repeated = 0
 
     def __call__(self, path: str) -> bool:
         if path.lower().endswith(IMAGE_EXTENSIONS):
-            return True
+            info = os.stat(path)
+            new = (info.st_dev, info.st_ino) not in self.seen
+            self.seen.add((info.st_dev, info.st_ino))
+            self.repeated += not new
+            return new
         if not Path(path).name.startswith("."):
             self.skipped.append(path)
         return False

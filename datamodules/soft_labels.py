@@ -36,7 +36,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
-from errors import DataError
+from errors import ConfigError, DataError, require_positive
 from storage.atomic_files import atomic_write_text
 
 ROWS = ("boxes", "flips", "values", "logits", "indices")  # an image's stored crops
@@ -65,6 +65,14 @@ class SoftLabelCache:
     num_shards: int = 1
     crops_per_sample: int = 1
     teacher_image_size: Optional[int] = None
+
+    def __post_init__(self):
+        require_positive(crops=self.crops, top_k=self.top_k, num_shards=self.num_shards)
+        require_positive(crops_per_sample=self.crops_per_sample, teacher_image_size=self.teacher_image_size)
+        if not 0 <= self.shard < self.num_shards:
+            raise ConfigError(
+                f"soft_labels.shard is {self.shard}: it must be 0 .. num_shards - 1 ({self.num_shards - 1})."
+            )
 
 
 class SoftLabelStore:

@@ -6,7 +6,7 @@ from typing import Optional, Sequence
 
 import torch.nn.functional as F
 
-from errors import require_positive
+from errors import require_fraction, require_non_negative, require_positive
 from lightning_modules.base import NetworkModule
 from lightning_modules.metrics import check_images
 from lightning_modules.optim import OptimizerName, ScheduleName
@@ -42,7 +42,9 @@ class Classifier(NetworkModule):
         source = ModelSource.coerce(model)
         model = source.to_dict()  # plain dict in the hyperparameters: weights_only-loadable checkpoints
         num_classes, in_chans, data_mean, data_std = data_facts(num_classes, in_chans, data_mean, data_std)
-        require_positive(lr=lr)
+        require_positive(lr=lr, gamma=gamma)
+        require_fraction(momentum=momentum, label_smoothing=label_smoothing)
+        require_non_negative(weight_decay=weight_decay)
         self.save_hyperparameters(logger=False)  # HParamsWithResults records them, flattened, with the results
         self.model, _ = create_model(source, num_classes, in_chans)
         self.init_metrics(num_classes)

@@ -10,7 +10,7 @@ from typing import Literal, Optional, Sequence
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
-from errors import ConfigError, require_positive
+from errors import ConfigError, require_fraction, require_non_negative, require_positive
 from lightning_modules.base import NetworkModule
 from lightning_modules.discriminator import Discriminator, discriminator_term
 from lightning_modules.losses import ensemble_soft_targets
@@ -114,7 +114,11 @@ class MealV2(NetworkModule):
         teachers = [t.to_dict() for t in teacher_sources]
         student = student_source.to_dict()
         num_classes, in_chans, data_mean, data_std = data_facts(num_classes, in_chans, data_mean, data_std)
-        require_positive(lr=lr, d_lr=d_lr, objective_weight=objective_weight)
+        require_positive(lr=lr, d_lr=d_lr, objective_weight=objective_weight, gamma=gamma, cutmix_alpha=cutmix_alpha)
+        require_fraction(momentum=momentum, cutmix_prob=cutmix_prob)
+        require_non_negative(
+            weight_decay=weight_decay, hard_label_weight=hard_label_weight, teacher_check_batches=teacher_check_batches
+        )
         self.objective = as_objective(objective)
         objective = self.objective.describe()  # plain data in the hyperparameters, like the model sources
         self.save_hyperparameters(logger=False)  # HParamsWithResults records them, flattened, with the results

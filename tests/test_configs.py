@@ -9,6 +9,10 @@ import yaml
 from fixtures import write_cifar, write_fashion_mnist, write_weights
 
 from cli import main
+from datamodules import ImageFolderData
+from datamodules.soft_labels import SoftLabelCache
+from errors import ConfigError
+from lightning_modules import Classifier, MealV2
 
 ROOT = Path(__file__).resolve().parents[1]
 ALL = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if p.parent.name != "presets")  # presets: test_distributed
@@ -81,3 +85,28 @@ def test_config_parses_and_instantiates(path, tmp_path, monkeypatch, offline_hub
         assert cli.model.hparams.discriminator == config["model"]["init_args"].get("discriminator", "official")
     if "logger" in config["trainer"]:
         assert cli.trainer.logger.name == config["trainer"]["logger"]["init_args"]["name"]
+
+
+MEAL = {"teachers": [{"name": "cifar_resnet8"}], "student": {"name": "cifar_resnet8"}}
+
+
+@pytest.mark.parametrize(
+    "build, message",
+    [
+        (lambda: MealV2(**MEAL, momentum=1.5), "momentum is 1.5: it must be between 0 and 1"),
+        (lambda: MealV2(**MEAL, cutmix_prob=-0.1), "cutmix_prob is -0.1: it must be between 0 and 1"),
+        (lambda: MealV2(**MEAL, weight_decay=-1e-4), "weight_decay is -0.0001: it must be 0 or more"),
+        (lambda: MealV2(**MEAL, hard_label_weight=-1), "hard_label_weight is -1: it must be 0 or more"),
+        (lambda: MealV2(**MEAL, objective_weight=0), "objective_weight is 0: it must be positive"),
+        (lambda: Classifier({"name": "cifar_resnet8"}, label_smoothing=2), "label_smoothing is 2: it must be between"),
+        (lambda: ImageFolderData("x", image_size=0), "image_size is 0: it must be positive"),
+        (lambda: ImageFolderData("x", crop_pct=1.5), "crop_pct is 1.5: it must be between 0 and 1"),
+        (lambda: ImageFolderData("x", scale=(0.9, 0.1)), r"scale \(0.9, 0.1\) and ratio .* low <= high"),
+        (lambda: SoftLabelCache("c", crops=0), "crops is 0: it must be positive"),
+        (lambda: SoftLabelCache("c", shard=2, num_shards=2), "shard is 2: it must be 0 .. num_shards - 1"),
+    ],
+)
+def test_an_argument_outside_its_range_is_refused_in_one_line_where_it_is_received(build, message):
+    with pytest.raises(ConfigError, match=message) as info:
+        build()
+    assert "\n" not in str(info.value)

@@ -140,6 +140,17 @@ def test_image_folder_train_subset_is_a_fixed_seeded_subset_and_workers_follow_t
     assert data.num_workers == min(8, len(os.sched_getaffinity(0)))
 
 
+def test_an_image_reached_again_through_a_link_is_one_sample(tmp_path):
+    folder = write_image_folder(tmp_path, num_classes=2, train_per_class=4)
+    (folder / "train/class_0/again").symlink_to(folder / "train/class_0", target_is_directory=True)  # a loop
+    (folder / "train/class_1/also").symlink_to(folder / "train/class_1", target_is_directory=True)
+    data = ImageFolderData(str(folder), image_size=32)
+    with pytest.warns(UserWarning, match=r"\d+ image files reached again through links are counted once"):
+        data.setup("fit")
+    samples = [os.path.realpath(path) for path, _ in data.train_set.samples]
+    assert len(samples) == 8 and len(set(samples)) == 8
+
+
 class _RunsCode:
     def __reduce__(self):
         return (os.system, ("touch pwned",))

@@ -27,9 +27,10 @@ def test_plain_state_dict_and_safetensors_load_bit_exactly_also_from_a_compiled_
     reference = timm.create_model("cifar_resnet20", num_classes=7)
     reference.load_state_dict(torch.load(path))
     save_file(reference.state_dict(), str(tmp_path / "w.safetensors"))
-    for prefix in ("_orig_mod.", "module._orig_mod."):  # torch.compile'd; compiled inside DDP
+    prefixes = ("_orig_mod.", "module._orig_mod.", "_orig_mod.module.")  # compiled; compiled in DDP; DDP of compiled
+    for prefix in prefixes:
         torch.save({prefix + k: v for k, v in reference.state_dict().items()}, tmp_path / f"{prefix}pth")
-    for file in (path, tmp_path / "w.safetensors", tmp_path / "_orig_mod.pth", tmp_path / "module._orig_mod.pth"):
+    for file in (path, tmp_path / "w.safetensors", *(tmp_path / f"{prefix}pth" for prefix in prefixes)):
         model, _ = create_model(ModelSource("cifar_resnet20", checkpoint=str(file)), num_classes=7)
         assert _same_weights(model, reference)
 
