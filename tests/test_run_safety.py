@@ -644,12 +644,3 @@ def test_a_read_only_run_folder_stops_in_one_line_before_any_work(tmp_path, monk
         one_line(info)
     finally:
         read_only(run, False)
-
-
-def test_every_test_docs_reliability_names_as_a_guarantee_exists():
-    import re
-
-    named = re.findall(r"`(tests/test_\w+\.py)::(\w+)`", (ROOT / "docs/reliability.md").read_text())
-    assert len(named) >= 15
-    missing = [f"{file}::{name}" for file, name in named if f"def {name}(" not in (ROOT / file).read_text()]
-    assert not missing
