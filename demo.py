@@ -78,9 +78,7 @@ class Pipeline:
         return run if step.subcommand == "fit" else run / step.subcommand
 
     def command(self, step: Step) -> list[str]:
-        args = [sys.executable, str(ROOT / "cli.py"), step.subcommand]
-        for config in step.configs:
-            args += ["--config", str(config)]
+        args = zoo.runnable(zoo.cli_command(step.subcommand, step.configs))
         args += [
             f"--seed_everything={self.seed}",
             f"--trainer.precision={self.precision}",

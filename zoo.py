@@ -49,6 +49,7 @@ MODELS = [
 ]
 SOFT_LABELS = "soft_labels"  # zoo folder of the ensemble's soft-label cache
 SOFT_LABEL_RECIPE = "configs/fashion_mnist/resnet8_from_resnet20+wrn_16_2.yaml"  # names the cache folder and its crops
+SOFT_LABEL_ARGS = ("--trainer.precision=32-true", "--trainer.logger.init_args.name=zoo_soft_labels")
 
 
 def weights_path(zoo_dir: Path, name: str) -> Path:
@@ -118,8 +119,19 @@ def link(zoo_dir: Path, work_dir: Path) -> None:
 # --------------------------------------------------------------------------------------------------
 # Build: train through cli.py, then export the run's last epoch
 # --------------------------------------------------------------------------------------------------
-def train_command(model: ZooModel, extra_args: tuple[str, ...] = ()) -> list[str]:
-    return ["python", "cli.py", "fit", "--config", f"configs/fashion_mnist/zoo/{model.name}.yaml", *extra_args]
+def cli_command(subcommand: str, configs: tuple, *args: str) -> list[str]:
+    """``python cli.py SUBCOMMAND --config ...`` as a person types it in the repository (what manifests record)."""
+    names = [str(Path(c).resolve().relative_to(ROOT)) for c in configs]
+    return ["python", "cli.py", subcommand, *(a for name in names for a in ("--config", name)), *args]
+
+
+def runnable(command: list[str]) -> list[str]:
+    """A ``cli_command`` as this interpreter runs it from any folder: the one way the project launches the CLI."""
+    return [
+        sys.executable,
+        str(ROOT / "cli.py"),
+        *(str(ROOT / a) if a.startswith("configs/") else a for a in command[2:]),
+    ]
 
 
 def run_dir(work_dir: Path, model: ZooModel) -> Path:
@@ -141,44 +153,19 @@ def rebuild(
             retrained = retrained or model.role == "teacher"
             last = folder / "checkpoints" / "last.ckpt"
             resume = [f"--ckpt_path={last}"] if last.is_file() else ["--overwrite=true"] if folder.is_dir() else []
-            command = train_command(model, tuple(args + resume))
+            config = (ZOO_CONFIGS / f"{model.name}.yaml",)
+            command = cli_command("fit", config, *args, *resume)
             print(f"zoo: {model.name}: {shlex.join(command)}", flush=True)
             started = time.perf_counter()
             work_dir.mkdir(parents=True, exist_ok=True)
-            absolute = [
-                sys.executable,
-                str(ROOT / "cli.py"),
-                "fit",
-                "--config",
-                str(ZOO_CONFIGS / f"{model.name}.yaml"),
-                *command[5:],
-            ]
-            subprocess.run(absolute, cwd=work_dir, check=True)
+            subprocess.run(runnable(command), cwd=work_dir, check=True)
+            seconds = round(time.perf_counter() - started, 1)
             done.write_text(
-                json.dumps(
-                    {
-                        "seconds": round(time.perf_counter() - started, 1),
-                        "command": shlex.join(train_command(model, extra_args)),
-                    }
-                )
+                json.dumps({"seconds": seconds, "command": shlex.join(cli_command("fit", config, *extra_args))})
             )
         manifests.append(export(model, folder, zoo_dir, json.loads(done.read_text()), data_dir))
     manifests.append(make_soft_labels(zoo_dir, work_dir, extra_args, data_dir, remake=retrained))
     return manifests
-
-
-def soft_labels_command(extra_args: tuple[str, ...] = ()) -> list[str]:
-    """``cli.py predict`` of the MEAL V2 recipe: its teachers label its stored crops into the zoo's cache folder."""
-    return [
-        "python",
-        "cli.py",
-        "predict",
-        "--config",
-        SOFT_LABEL_RECIPE,
-        "--trainer.precision=32-true",
-        "--trainer.logger.init_args.name=zoo_soft_labels",
-        *extra_args,
-    ]
 
 
 def make_soft_labels(
@@ -197,12 +184,12 @@ def make_soft_labels(
         return verify_soft_labels(zoo_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     link(zoo_dir, work_dir)
-    command = soft_labels_command(extra_args)
+    # The MEAL V2 recipe's teachers label its stored crops into the zoo's cache folder.
+    command = cli_command("predict", (ROOT / SOFT_LABEL_RECIPE,), *SOFT_LABEL_ARGS, *extra_args)
     print(f"zoo: {SOFT_LABELS}: {shlex.join(command)}", flush=True)
     data = [f"--data.init_args.data_dir={data_dir}"] if data_dir else []
     started = time.perf_counter()
-    absolute = [sys.executable, str(ROOT / "cli.py"), "predict", "--config", str(ROOT / SOFT_LABEL_RECIPE)]
-    subprocess.run(absolute + command[5:] + data, cwd=work_dir, check=True)
+    subprocess.run(runnable(command) + data, cwd=work_dir, check=True)
     return write_soft_labels_manifest(folder, shlex.join(command), round(time.perf_counter() - started, 1))
 
 
@@ -212,7 +199,7 @@ def write_soft_labels_manifest(folder: Path, command: str, seconds: float, note:
     files = {
         path.name: {"bytes": path.stat().st_size, "sha256": sha256(path)}
         for path in sorted(folder.iterdir())
-        if path.name != "manifest.json"
+        if path.name != "manifest.json" and not path.name.startswith(".")  # not the cache's folder marker
     }
     manifest = {
         "name": SOFT_LABELS,

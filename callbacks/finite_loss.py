@@ -34,7 +34,10 @@ class FiniteLossGuard(pl.Callback):
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
         self.check(trainer)
-        refuse_non_finite(checkpoint["state_dict"], "checkpoint", trainer)
+        trained = {
+            k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("teachers.")
+        }  # frozen: not saved
+        refuse_non_finite(trained, "checkpoint", trainer)
 
     def check(self, trainer) -> None:
         if self._first_bad is None:
