@@ -13,7 +13,11 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info
 
+from errors import ConfigError
 from storage.atomic_files import atomic_write_text
+from storage.run_folder import is_marked
+
+MARKER = ".meal_v2_predictions"  # beside the predictions this project wrote: only those are ever replaced
 
 
 class ClassPredictionWriter(BasePredictionWriter):
@@ -33,6 +37,17 @@ class ClassPredictionWriter(BasePredictionWriter):
     def on_predict_start(self, trainer: pl.Trainer, pl_module) -> None:
         self._rows = []
         self._active = getattr(trainer.datamodule, "predict_mode", None) == "files"
+        folder = self._folder(trainer)
+        theirs = [n for n in ("predictions.csv", "predictions.json") if (folder / n).exists()]
+        ours = (folder / MARKER).is_file() or is_marked(folder.parent)  # marked, or a run's own predict/ record
+        if self._active and theirs and not ours:  # stop before any image is classified
+            raise ConfigError(
+                f"'{folder}' holds {theirs[0]}, which this project did not write: it is left alone; give "
+                "--predictions.output_dir another folder."
+            )
+
+    def _folder(self, trainer: pl.Trainer) -> Path:
+        return Path(self.output_dir) if self.output_dir else Path(trainer.log_dir or trainer.default_root_dir)
 
     def write_on_batch_end(
         self, trainer: pl.Trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0
@@ -53,7 +68,9 @@ class ClassPredictionWriter(BasePredictionWriter):
         rows = self._gathered(trainer)
         if not trainer.is_global_zero or not rows:
             return
-        folder = Path(self.output_dir) if self.output_dir else Path(trainer.log_dir or trainer.default_root_dir)
+        folder = self._folder(trainer)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / MARKER).touch()
         k = len(rows[0]["top"])
         text = io.StringIO()
         writer = csv.writer(text, lineterminator="\n")

@@ -28,6 +28,21 @@ def read_export_config(folder: Path) -> dict:
     if not isinstance(cfg, dict) or "input_size" not in cfg or missing:
         what = ", ".join(missing) or "pretrained_cfg.input_size"
         raise DataError(f"'{path}' lacks {what} (not a timm export config): {REEXPORT}.")
+    channels, names = cfg["input_size"][0], config.get("label_names")
+    contradictions = [
+        *(
+            [f"{len(names)} label_names for {config['num_classes']} classes"]
+            if names and len(names) != config["num_classes"]
+            else []
+        ),
+        *(
+            f"{len(cfg[k])} {k} values for {channels} channels"
+            for k in ("mean", "std")
+            if len(cfg.get(k) or [0] * channels) != channels
+        ),
+    ]
+    if contradictions:
+        raise DataError(f"'{path}' contradicts itself ({contradictions[0]}): it was edited or damaged; {REEXPORT}.")
     return config
 
 

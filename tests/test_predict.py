@@ -19,6 +19,7 @@ from PIL import Image
 
 from cli import main
 from datamodules import DataError, FashionMNISTData
+from errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN = "runs/image_folder/resnet18_from_resnet50+efficientnet_b2/main"  # the run docs/own_data.md names
@@ -91,6 +92,43 @@ def test_predict_from_a_run_its_checkpoint_or_its_export_alone_as_docs_own_data_
     assert {k: v for k, v in answers[1].items() if k != "one.jpg"} == answers[0]
     classes = set(json.loads((tmp_path / RUN / "student/last/config.json").read_text())["label_names"])
     assert set(answers[1].values()) <= classes
+
+
+def test_predict_never_replaces_predictions_it_did_not_write(trained_run, tmp_path, monkeypatch):
+    monkeypatch.chdir(trained_run)
+    (tmp_path / "predictions.csv").write_text("mine")
+    with pytest.raises(ConfigError, match=r"holds predictions.csv, which this project did not write: it is left alone"):
+        main(
+            [
+                "predict",
+                "--from",
+                RUN,
+                "--data.init_args.predict_files=[photos/]",
+                f"--predictions.output_dir={tmp_path}",
+            ]
+        )
+    assert (tmp_path / "predictions.csv").read_text() == "mine"
+    ours = tmp_path / "ours"
+    for _ in range(2):  # its own predictions are replaced by the next predict
+        main(["predict", "--from", RUN, "--data.init_args.predict_files=[photos/]", f"--predictions.output_dir={ours}"])
+    assert len(top1(ours / "predictions.csv")) == 10
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda c: c.update(label_names=c["label_names"][:3]), r"3 label_names for 10 classes"),
+        (lambda c: c["pretrained_cfg"].update(mean=[0.1, 0.2, 0.3]), r"3 mean values for 1 channels"),
+    ],
+)
+def test_an_export_whose_config_contradicts_itself_is_refused_in_one_line(trained_run, tmp_path, edit, message):
+    export = tmp_path / "export"
+    shutil.copytree(trained_run / RUN / "student/last", export)
+    config = json.loads((export / "config.json").read_text())
+    edit(config)
+    (export / "config.json").write_text(json.dumps(config))
+    with pytest.raises(DataError, match=rf"config.json' contradicts itself \({message}\): it was edited or damaged"):
+        main(["predict", "--from", str(export), f"--data.init_args.predict_files=[{trained_run / 'one.jpg'}]"])
 
 
 def test_predict_refuses_an_image_size_other_than_the_networks(trained_run, monkeypatch):

@@ -95,6 +95,18 @@ def test_throughput_benchmark_reports_every_mode(tmp_path):
     assert report["fast_soft_targets"]["top1_agreement"] == 1.0
 
 
+def test_large_folder_benchmark_indexes_twice_samples_every_worker_and_sizes_the_cache(tmp_path):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import large_folder
+
+    args = ["--images", "96", "--classes", "4", "--workers", "2", "--batch-size", "8", "--crops", "2", "--top-k", "2"]
+    report = large_folder.main([*args, "--root", str(tmp_path / "folder"), "--out", str(tmp_path / "r.json")])
+    first, second = report["runs"]
+    assert first["batches"] == 12 and second["index_s"] > 0 and "worker_uss_kib" not in second
+    assert all(len(uss) == 2 and min(uss) > 0 for uss in first["worker_uss_kib"].values())
+    assert report["cache"]["bytes_on_disk"] >= 96 * report["cache"]["bytes_per_image"]
+
+
 @pytest.mark.skipif(not fashion_mnist.SYSTEM_DIR.is_dir(), reason="needs Debian's dataset-fashion-mnist (make data)")
 def test_throughput_benchmark_times_both_steps_of_the_embedded_default_with_their_loaders(tmp_path):
     sys.path.insert(0, str(ROOT / "benchmarks"))
