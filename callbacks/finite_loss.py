@@ -7,7 +7,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 
-from errors import NonFiniteTrainingError
+from errors import NonFiniteTrainingError, require_non_negative
 
 
 class FiniteLossGuard(pl.Callback):
@@ -18,6 +18,7 @@ class FiniteLossGuard(pl.Callback):
 
     def __init__(self, check_every_n_steps: int = 50):
         super().__init__()
+        require_non_negative(check_every_n_steps=check_every_n_steps)
         self.check_every_n_steps = check_every_n_steps
         self._first_bad = None
 

@@ -9,6 +9,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from errors import require_non_negative, require_positive
 from lightning_modules.teachers import ensemble_warning, teacher_scores
 from storage.atomic_files import atomic_write_text
 
@@ -28,6 +29,8 @@ class SoftLabelWriter(BasePredictionWriter):
 
     def __init__(self, check_batches: int | None = 50, commit_every: int = 10_000):
         super().__init__(write_interval="batch")
+        require_non_negative(check_batches=check_batches)
+        require_positive(commit_every=commit_every)
         self.check_batches = check_batches
         self.commit_every = commit_every
         self._started, self._images, self._since_commit = 0.0, 0, 0

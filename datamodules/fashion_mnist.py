@@ -14,7 +14,7 @@ from torchvision.transforms import v2
 
 from datamodules.base import ClassificationDataModule, DataError
 from datamodules.soft_labels import SoftLabelCache
-from errors import downloading
+from errors import downloading, require_positive
 
 SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian's package dataset-fashion-mnist
 MEAN, STD = (0.2860,), (0.3530,)
@@ -112,6 +112,7 @@ class FashionMNISTData(ClassificationDataModule):
         self.data_dir = Path(data_dir)
         self.download = download
         self._in_chans, self._mean, self._std = in_chans, MEAN * in_chans, STD * in_chans
+        require_positive(train_subset=train_subset)
         self.train_subset = train_subset
         self.subset_seed = subset_seed
         self.augment = augment

@@ -8,8 +8,9 @@ import pytest
 import yaml
 from fixtures import write_cifar, write_fashion_mnist, write_weights
 
+from callbacks import FiniteLossGuard, SoftLabelWriter
 from cli import main
-from datamodules import ImageFolderData
+from datamodules import FashionMNISTData, ImageFolderData
 from datamodules.soft_labels import SoftLabelCache
 from errors import ConfigError
 from lightning_modules import Classifier, MealV2
@@ -104,6 +105,9 @@ MEAL = {"teachers": [{"name": "cifar_resnet8"}], "student": {"name": "cifar_resn
         (lambda: ImageFolderData("x", scale=(0.9, 0.1)), r"scale \(0.9, 0.1\) and ratio .* low <= high"),
         (lambda: SoftLabelCache("c", crops=0), "crops is 0: it must be positive"),
         (lambda: SoftLabelCache("c", shard=2, num_shards=2), "shard is 2: it must be 0 .. num_shards - 1"),
+        (lambda: SoftLabelWriter(commit_every=0), "commit_every is 0: it must be positive"),
+        (lambda: FiniteLossGuard(check_every_n_steps=-1), "check_every_n_steps is -1: it must be 0 or more"),
+        (lambda: FashionMNISTData(train_subset=0), "train_subset is 0: it must be positive"),
     ],
 )
 def test_an_argument_outside_its_range_is_refused_in_one_line_where_it_is_received(build, message):
