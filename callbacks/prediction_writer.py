@@ -15,7 +15,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from errors import ConfigError
 from storage.atomic_files import atomic_write_text
-from storage.run_folder import is_marked
+from storage.run_folder import foreign_files, is_marked
 
 MARKER = ".meal_v2_predictions"  # beside the predictions this project wrote: only those are ever replaced
 
@@ -38,9 +38,9 @@ class ClassPredictionWriter(BasePredictionWriter):
         self._rows = []
         self._active = getattr(trainer.datamodule, "predict_mode", None) == "files"
         folder = self._folder(trainer)
-        theirs = [n for n in ("predictions.csv", "predictions.json") if (folder / n).exists()]
-        ours = (folder / MARKER).is_file() or is_marked(folder.parent)  # marked, or a run's own predict/ record
-        if self._active and theirs and not ours:  # stop before any image is classified
+        if not self._active or is_marked(folder.parent):  # a run's own predict/ record is the project's
+            return
+        if theirs := foreign_files(folder, MARKER, ("predictions.csv", "predictions.json")):  # before any image
             raise ConfigError(
                 f"'{folder}' holds {theirs[0]}, which this project did not write: it is left alone; give "
                 "--predictions.output_dir another folder."

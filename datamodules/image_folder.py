@@ -136,7 +136,7 @@ class ImageFolderData(ClassificationDataModule):
                 f"Class folder '{folder / empty[0]}' has no images, in it or its sub-folders ({len(empty)} such folders; "
                 f"images are {', '.join(IMAGE_EXTENSIONS)}): add images or remove it."
             )
-        dataset.samples = dataset.imgs = SampleTable(dataset.samples)
+        dataset.samples = dataset.imgs = SampleTable.of(dataset.samples)
         dataset.targets = dataset.samples.targets
         if images.repeated:
             rank_zero_warn(f"'{folder}': {images.repeated} image files reached again through links are counted once.")
@@ -217,9 +217,13 @@ class SampleTable(Sequence):
     touch each object's reference count and so copy its memory page: on an ImageNet-sized folder every worker grew
     by 390 MB over an epoch (benchmarks/large_folder.py). Arrays hold no object per sample."""
 
-    def __init__(self, samples: Sequence[tuple[str, int]]):
-        self.paths = np.array([os.fsencode(path) for path, _ in samples] or [b""])[: len(samples)]
-        self.targets = np.array([target for _, target in samples], dtype=np.int64)
+    def __init__(self, paths: np.ndarray, targets: np.ndarray):
+        self.paths, self.targets = paths, targets
+
+    @classmethod
+    def of(cls, samples: Sequence[tuple[str, int]]) -> "SampleTable":
+        paths = np.array([os.fsencode(path) for path, _ in samples], dtype=np.bytes_)
+        return cls(paths, np.array([target for _, target in samples], dtype=np.int64))
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -228,9 +232,7 @@ class SampleTable(Sequence):
         return os.fsdecode(self.paths[index]), int(self.targets[index])
 
     def subset(self, keep: list[int]) -> "SampleTable":
-        table = SampleTable([])
-        table.paths, table.targets = self.paths[keep], self.targets[keep]
-        return table
+        return SampleTable(self.paths[keep], self.targets[keep])
 
 
 class ImageFilter:
@@ -245,10 +247,11 @@ class ImageFilter:
     def __call__(self, path: str) -> bool:
         if path.lower().endswith(IMAGE_EXTENSIONS):
             info = os.stat(path)
-            new = (info.st_dev, info.st_ino) not in self.seen
+            if (info.st_dev, info.st_ino) in self.seen:
+                self.repeated += 1
+                return False
             self.seen.add((info.st_dev, info.st_ino))
-            self.repeated += not new
-            return new
+            return True
         if not Path(path).name.startswith("."):
             self.skipped.append(path)
         return False

@@ -38,6 +38,7 @@ from torchvision.transforms.v2 import functional as F
 
 from errors import ConfigError, DataError, require_positive
 from storage.atomic_files import atomic_write_text
+from storage.run_folder import foreign_files
 
 ROWS = ("boxes", "flips", "values", "logits", "indices")  # an image's stored crops
 FILES = (*ROWS, "crc", "done")
@@ -117,8 +118,7 @@ class SoftLabelStore:
             _allocate(folder)  # a resume after a full disk was freed
             return cls(folder, meta, "r+")
         folder.mkdir(parents=True, exist_ok=True)
-        theirs = sorted(p.name for p in folder.iterdir() if p.name != CACHE_MARKER)
-        if theirs and not (folder / CACHE_MARKER).is_file():  # never a file this project did not write
+        if theirs := foreign_files(folder, CACHE_MARKER):  # never a file this project did not write
             raise DataError(
                 f"'{folder}' holds {theirs[0]} and is not a soft-label cache this project started (no {CACHE_MARKER}), "
                 "so nothing there is touched: give soft_labels.dir an empty or new folder."

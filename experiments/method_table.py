@@ -118,9 +118,9 @@ class Table:
         }
         return {v: values["top1"] for v, values in found.items() if values is not None}
 
-    def chosen(self, row: Row) -> float:
+    def chosen(self, row: Row, scores: Optional[dict[float, float]] = None) -> float:
         """The value with the best last-epoch top-1 on the held-out images (ties: the first listed)."""
-        scores = self.held_out_scores(row)
+        scores = self.held_out_scores(row) if scores is None else scores
         if len(scores) < len(row.choice[1]):
             raise demo.DemoError(
                 f"{row.key}: the held-out runs of {row.choice[0]} are not all finished: run them first."
@@ -128,7 +128,7 @@ class Table:
         return max(row.choice[1], key=lambda v: (scores[v], -row.choice[1].index(v)))
 
     def row_step(self, row: Row, chosen: Optional[dict[str, float]] = None) -> Step:
-        args = (f"{OBJECTIVE}.{row.choice[0]}={(chosen or {})[row.key]}",) if row.choice and chosen else ()
+        args = (f"{OBJECTIVE}.{row.choice[0]}={chosen[row.key]}",) if row.choice and chosen else ()
         return Step(row.key, row.label, (*row.configs, BUDGET), args=args)
 
     def jobs(self, chosen: dict[str, float]) -> list[tuple[Pipeline, Step]]:
@@ -198,13 +198,18 @@ class Table:
             per_row[row.key] = by_seed
         rows = [table_row(row, per_row[row.key], per_row[REFERENCE]) for row in ROWS if per_row[row.key]]
         choosing = [row for row in ROWS if row.choice]
-        selection = {row.key: {f"{v:g}": top1 for v, top1 in self.held_out_scores(row).items()} for row in choosing}
+        scores = {row.key: self.held_out_scores(row) for row in choosing}  # read once: the table and the choice
+        selection = {key: {f"{v:g}": top1 for v, top1 in found.items()} for key, found in scores.items()}
         result = {
             "machine": machine(),
             "precision": self.precision or self.precision_used(),
             "held_out_images": self.held_out,
             "selection": selection,  # per row with a choice: held-out top-1 of each value
-            "chosen": {row.key: self.chosen(row) for row in choosing if len(selection[row.key]) == len(row.choice[1])},
+            "chosen": {
+                row.key: self.chosen(row, scores[row.key])
+                for row in choosing
+                if len(scores[row.key]) == len(row.choice[1])
+            },
             "zoo": self.zoo_rows(),
             "rows": rows,
             "patient": self.patient_pair(),

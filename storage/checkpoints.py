@@ -11,7 +11,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from errors import CheckpointError, reason
 from storage.atomic_files import verify_file
-from storage.run_folder import RUN_MARKER
+from storage.run_folder import is_marked
 
 NAMED_CHECKPOINTS = {"last", "best", "hpc", "registry"}
 
@@ -54,11 +54,7 @@ def resume_in_its_run(config) -> None:
     file = Path(ckpt).resolve()
     run = file.parent.parent
     configured = run_directories(config)
-    if (
-        file.parent.name != "checkpoints"
-        or not (run / RUN_MARKER).is_file()
-        or [p.resolve() for p in configured] == [run]
-    ):
+    if file.parent.name != "checkpoints" or not is_marked(run) or [p.resolve() for p in configured] == [run]:
         return
     args.save_dir, args.name, args.version = str(run.parent.parent), run.parent.name, run.name
     rank_zero_info(f"--ckpt_path belongs to the run '{run}': this fit continues that run, in its folder.")

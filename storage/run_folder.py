@@ -10,6 +10,7 @@ import shutil
 import socket
 import time
 from pathlib import Path
+from typing import Optional
 
 from errors import RunFolderError
 
@@ -40,6 +41,14 @@ def is_marked(run_dir: Path) -> bool:
 def mark(run_dir: Path) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / RUN_MARKER).write_text("A run folder made by `cli.py fit`: --overwrite may replace what is in it.\n")
+
+
+def foreign_files(folder: Path, marker: str, names: Optional[tuple[str, ...]] = None) -> list[str]:
+    """Files in ``folder`` (of ``names``, when given) this project did not write: none where the folder carries
+    ``marker``, which the project puts into each folder it writes such files into (a run's is ``RUN_MARKER``)."""
+    if not folder.is_dir() or (folder / marker).is_file():
+        return []
+    return sorted(p.name for p in folder.iterdir() if p.name != marker and (names is None or p.name in names))
 
 
 def check_writable(folder: Path) -> None:
