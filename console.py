@@ -103,3 +103,9 @@ def run_command(main: Callable[[], object]) -> None:
     except SIGTERMException as error:
         print(preempted_line(error), file=sys.stderr)
         sys.exit(128 + (signal.SIGINT if _interrupted["by"] == "SIGINT" else signal.SIGTERM))
+
+
+def table_lines(header: str, rows: list[list], left: int = 1) -> list[str]:
+    """A Markdown table (``header``: "a | b | c"): its first ``left`` columns aligned left, the others right."""
+    rule = "|" + "---|" * left + "---:|" * (header.count("|") + 1 - left)
+    return [f"| {header} |", rule, *("| " + " | ".join(str(cell) for cell in row) + " |" for row in rows)]

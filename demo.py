@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Optional
 
 import zoo
+from console import table_lines
 from errors import DemoError
 from lightning_modules.hardware import cpu_description, fast_trainer_precision, machine
 
@@ -291,15 +292,13 @@ def per_class(exports: dict[str, Path], data_dir: Optional[str], confusion_png: 
 
 def per_class_table(per_class_result: dict) -> str:
     runs = [k for k in per_class_result if k != "classes"]
-    lines = [
-        "Val top-1 (%) per class, last epoch:",
-        "",
-        "| class | " + " | ".join(runs) + " |",
-        "|---|" + "---:|" * len(runs),
+    rows = [
+        [name, *(f"{per_class_result[run][k]:.1f}" for run in runs)]
+        for k, name in enumerate(per_class_result["classes"])
     ]
-    for index, name in enumerate(per_class_result["classes"]):
-        lines.append(f"| {name} | " + " | ".join(f"{per_class_result[run][index]:.1f}" for run in runs) + " |")
-    return "\n".join(lines) + "\n"
+    return (
+        "\n".join(["Val top-1 (%) per class, last epoch:", "", *table_lines(" | ".join(["class", *runs]), rows)]) + "\n"
+    )
 
 
 def plot_confusion(counts, names: list[str], label: str, path: Path) -> None:
@@ -348,20 +347,19 @@ def markdown_table(result: dict) -> str:
         + ": the zoo (trained on all 60,000 training "
         "images) and the student trained on from its init; val top-1 on the official 10,000 test images, last epoch.",
         "",
-        "| run | epochs | val top-1 (%) | agreement with the ensemble (%) | NLL | ECE (%) | params | wall (s) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
 
-    def number(value, form="{:.2f}") -> str:
-        return form.format(value) if value is not None else ""
+    def number(value, form="{:.2f}", missing="") -> str:
+        return form.format(value) if value is not None else missing
 
-    for row in result["rows"]:
-        top1 = f"{row['val_top1']:.2f}" if row["val_top1"] is not None else "n/a"
-        epochs = row["epochs"] if row["epochs"] is not None else ""
-        lines.append(
-            f"| {row['run']} | {epochs} | {top1} | {number(row.get('agreement'))} | {number(row.get('nll'), '{:.3f}')} "
-            f"| {number(row.get('ece'))} | {row['params'] / 1e3:.0f}K | {number(row.get('seconds'), '{:.0f}')} |"
-        )
+    header = "run | epochs | val top-1 (%) | agreement with the ensemble (%) | NLL | ECE (%) | params | wall (s)"
+    rows = [
+        [row["run"], number(row["epochs"], "{}"), number(row["val_top1"], missing="n/a"), number(row.get("agreement")),
+         number(row.get("nll"), "{:.3f}"), number(row.get("ece")), f"{row['params'] / 1e3:.0f}K",
+         number(row.get("seconds"), "{:.0f}")]
+        for row in result["rows"]
+    ]  # fmt: skip
+    lines += table_lines(header, rows)
     if "meal_minus_baseline" in result:
         closed = f"{100 * result['gap_closed']:.0f}%" if result["gap_closed"] is not None else "n/a"
         lines += [
@@ -408,14 +406,14 @@ def summarize(results_dir: Path) -> dict:
         f"Fashion-MNIST demo, seeds {summary['seeds']}: val top-1 (%) at the last epoch, mean ± 95 % t-interval over "
         "the seeds; differences paired by seed (same init, same batches).",
         "",
-        "| run | seeds | mean | ± 95 % | per seed |",
-        "|---|---:|---:|---:|---|",
     ]
+    table = []
     for row in rows + list(paired.values()):
         form = "{:+.2f}" if "(points)" in row["run"] else "{:.2f}"
         per_seed = ", ".join(f"s{seed} " + form.format(v) for seed, v in row["by_seed"].items())
         half = f"{row['half_width']:.2f}" if row["half_width"] is not None else ""
-        lines.append(f"| {row['run']} | {row['n']} | {form.format(row['mean'])} | {half} | {per_seed} |")
+        table.append([row["run"], row["n"], form.format(row["mean"]), half, per_seed])
+    lines += table_lines("run | seeds | mean | ± 95 % | per seed", table)
     (results_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     (results_dir / "summary.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines), flush=True)

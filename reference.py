@@ -15,6 +15,7 @@ from pathlib import Path
 from unittest import mock
 
 import errors
+from console import table_lines
 from lightning_modules.objectives import DistillationObjective
 
 ROOT = Path(__file__).resolve().parent
@@ -134,8 +135,8 @@ def errors_page() -> str:
     ]
     for name, entries in raised().items():
         doc = (getattr(errors, name).__doc__ or "").strip()
-        lines += ["", f"## {name}", "", doc, "", "| message | raised in |", "|---|---|"]
-        lines += ["| " + text.replace("|", "\\|") + f" | `{where}` |" for text, where in entries]
+        rows = [[text.replace("|", "\\|"), f"`{where}`"] for text, where in entries]
+        lines += ["", f"## {name}", "", doc, "", *table_lines("message | raised in", rows, left=2)]
     return "\n".join(lines) + "\n"
 
 

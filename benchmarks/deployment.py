@@ -33,6 +33,7 @@ from reporting import device_name, save_and_print, synchronize  # noqa: E402
 import demo  # noqa: E402
 import lightning_modules  # noqa: E402,F401  (registers the small-image backbones for local-dir loading)
 import zoo  # noqa: E402
+from console import table_lines  # noqa: E402
 from lightning_modules.hardware import cpu_description, fast_trainer_precision  # noqa: E402
 from models.onnx_export import export_folder_onnx  # noqa: E402
 
@@ -164,9 +165,8 @@ def markdown(report: dict) -> str:
         f"Inference on {report['device']} ({report['cpu']}), {report['threads']} threads, torch {report['torch']}; "
         "images/s, median of the timed rounds; val top-1 on the 10,000 Fashion-MNIST test images.",
         "",
-        "| network | val top-1 (%) | params | PyTorch b1 | PyTorch b64 | ONNX Runtime b1 | ONNX Runtime b64 |",
-        "|---|---:|---:|---:|---:|---:|---:|",
     ]
+    rows = []
     for row in report["rows"]:
         top1, half, n = row["val_top1"] or (None, None, None)
         score = (
@@ -174,8 +174,10 @@ def markdown(report: dict) -> str:
             if top1 is None
             else f"{top1:.2f}" + (f" ± {half:.2f} ({n} seeds)" if half is not None else "")
         )
-        speeds = " | ".join(f"{row[k]:,.0f}" for k in ("torch_b1", "torch_b64", "onnx_b1", "onnx_b64"))
-        lines.append(f"| {row['network']} | {score} | {row['parameters'] / 1e3:.0f}K | {speeds} |")
+        speeds = [f"{row[k]:,.0f}" for k in ("torch_b1", "torch_b64", "onnx_b1", "onnx_b64")]
+        rows.append([row["network"], score, f"{row['parameters'] / 1e3:.0f}K", *speeds])
+    header = "network | val top-1 (%) | params | PyTorch b1 | PyTorch b64 | ONNX Runtime b1 | ONNX Runtime b64"
+    lines += table_lines(header, rows)
     speedup = report["student_speedup_over_ensemble"]
     lines += [
         "",

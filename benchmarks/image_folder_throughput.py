@@ -50,6 +50,7 @@ sys.path.insert(0, str(ROOT))
 from reporting import device_name, save_and_print, synchronize  # noqa: E402
 
 from callbacks import ChannelsLast, FastTeachers, SoftLabelWriter  # noqa: E402
+from console import table_lines  # noqa: E402
 from datamodules import ImageFolderData  # noqa: E402
 from datamodules.fashion_mnist import find_idx, read_idx  # noqa: E402
 from datamodules.soft_labels import SoftLabelCache, concat_crops  # noqa: E402
@@ -325,14 +326,12 @@ def markdown(report: dict) -> str:
         f"{report['workers']} loader workers, {report['steps_timed']} steps timed. Folder: {folder['images']} JPEGs, "
         f"mean {folder['mean_width']:.0f}x{folder['mean_height']:.0f} px, {folder['mean_kb']:.0f} kB.",
         "",
-        f"| setting | crops/s (mean +- std, {report['repeats']} runs) | vs floor |",
-        "|---|---:|---:|",
     ]
     floor = r["floor"]["mean"]
-    lines += [
-        f"| {name} | {rate['mean']:.1f} +- {rate['std']:.1f} | {rate['mean'] / floor:.2f}x |"
-        for name, rate in r.items()
+    rows = [
+        [name, f"{rate['mean']:.1f} +- {rate['std']:.1f}", f"{rate['mean'] / floor:.2f}x"] for name, rate in r.items()
     ]
+    lines += table_lines(f"setting | crops/s (mean +- std, {report['repeats']} runs) | vs floor", rows)
     q, cost = report["ratios"], report["teacher_cost_over_student_step"]
     lines += [
         "",

@@ -40,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 from reporting import device_name, save_and_print, synchronize  # noqa: E402
 
 from callbacks.fast_teachers import accelerate_teacher  # noqa: E402
+from console import table_lines  # noqa: E402
 from datamodules import FashionMNISTData  # noqa: E402
 from datamodules.soft_labels import CachedCrops, SoftLabelStore  # noqa: E402
 from errors import DataError  # noqa: E402
@@ -245,15 +246,14 @@ def markdown(report: dict) -> str:
         f"channels_last={report['channels_last']}), teachers {' + '.join(report['teachers'])}, batch {report['batch_size']}, "
         f"{report['in_chans']}x{report['image_size']}x{report['image_size']}, {report['num_classes']} classes.",
         "",
-        "| step | images/s | vs floor |" + (" peak GiB |" if memory else ""),
-        "|---|---:|---:|" + ("---:|" if memory else ""),
     ]
     names = [n for n in r if n.startswith("floor_")]
     names += ["floor", "online_fp32", "online_fast", "teachers_alone", "online_limit", "cached"]
     names += [n for n in ("hard_labels_loaded", "cached_loaded") if n in r]
-    for name in names:
-        mem = f" {memory[name]:.1f} |" if name in memory else (" |" if memory else "")
-        lines.append(f"| {name} | {r[name]:.0f} | {r[name] / r['floor']:.2f}x |{mem}")
+    rows = [[name, f"{r[name]:.0f}", f"{r[name] / r['floor']:.2f}x"] for name in names]
+    if memory:
+        rows = [[*row, f"{memory[row[0]]:.1f}" if row[0] in memory else ""] for row in rows]
+    lines += table_lines("step | images/s | vs floor" + (" | peak GiB" if memory else ""), rows)
     fast = report["fast_soft_targets"]
     lines += [
         "",

@@ -28,6 +28,10 @@ import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from console import table_lines  # noqa: E402
+
 RECIPE = ROOT / "configs/imagenet/resnet50_from_senet154+resnet152s.yaml"
 # RTX 3090 from timm's published benchmarks (AMP, channels-last): senet154 738 and resnet152s 1445 img/s
 # inference, resnet50 1218 img/s training. Online step: 1 / (1/1218 + 1/738 + 1/1445) ~ 350 img/s; cached ~ the floor.
@@ -139,27 +143,24 @@ def markdown(report: dict) -> str:
     lines += [
         f"torch {report['torch']}, CUDA {report['cuda']}, driver {report.get('driver', 'n/a')}.",
         "",
-        "| step | ok | seconds |",
-        "|---|---|---:|",
     ]
-    lines += [
-        f"| {name} | {'yes' if s['ok'] else 'NO (exit %d)' % s['exit']} | {s['seconds']:.0f} |"
+    steps = [
+        [name, "yes" if s["ok"] else f"NO (exit {s['exit']})", f"{s['seconds']:.0f}"]
         for name, s in report["steps"].items()
     ]
+    lines += table_lines("step | ok | seconds", steps, left=2)
     if "throughput" in report:
         r = report["throughput"]["images_per_s"]
         memory = report["throughput"].get("peak_memory_gib", {})
-        if memory:
-            lines += ["", "| training step | images/s | peak GiB |", "|---|---:|---:|"]
-            lines += [f"| {name} | {value:.0f} | {memory.get(name, 0):.1f} |" for name, value in r.items()]
-        else:
-            lines += ["", "| training step | images/s |", "|---|---:|"]
-            lines += [f"| {name} | {value:.0f} |" for name, value in r.items()]
-        lines += ["", "| target | ratio | met |", "|---|---:|---|"]
-        lines += [
-            f"| {name} | {t['ratio']:.2f} (>= {t['target']}) | {'yes' if t['met'] else 'no'} |"
-            for name, t in report["targets"].items()
+        rows = [
+            [name, f"{value:.0f}", *([f"{memory.get(name, 0):.1f}"] if memory else [])] for name, value in r.items()
         ]
+        met = [
+            [k, f"{t['ratio']:.2f} (>= {t['target']})", "yes" if t["met"] else "no"]
+            for k, t in report["targets"].items()
+        ]
+        lines += ["", *table_lines("training step | images/s" + (" | peak GiB" if memory else ""), rows), ""]
+        lines += table_lines("target | ratio | met", met)
         p = report["prediction"]["this_device"]
         lines += [
             "",
@@ -168,8 +169,7 @@ def markdown(report: dict) -> str:
         ]
     if "image_folder" in report:
         crops = report["image_folder"]["crops_per_s"]
-        lines += ["", "| with data loading | crops/s |", "|---|---:|"]
-        lines += [f"| {name} | {value['mean']:.0f} |" for name, value in crops.items()]
+        lines += ["", *table_lines("with data loading | crops/s", [[k, f"{v['mean']:.0f}"] for k, v in crops.items()])]
     if "fit" in report:
         lines += ["", f"cli.py fit of the recipe's architectures: {report['fit']}"]
     return "\n".join(lines) + "\n"
@@ -180,7 +180,6 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "results/gpu_check")
     parser.add_argument("--rehearsal", action="store_true", help="the CPU rehearsal even where CUDA is available")
     args = parser.parse_args(argv)
-    sys.path.insert(0, str(ROOT))
     rehearsal = args.rehearsal or not torch.cuda.is_available()
     settings = SETTINGS["rehearsal" if rehearsal else "gpu"]
     shutil.rmtree(args.out, ignore_errors=True)

@@ -35,6 +35,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from console import table_lines  # noqa: E402
 from lightning_modules import MealV2  # noqa: E402
 from lightning_modules.optim import build_optimizer  # noqa: E402
 
@@ -220,19 +221,19 @@ def report(results: list[dict], args, seconds: float) -> str:
         f"Models: {' + '.join(recipe_models()[0])} -> {recipe_models()[1]} at small widths ({SMALL}), "
         f"{NUM_CLASSES} classes, batches of {args.batch_size} x 3 x {IMAGE_SIZE} x {IMAGE_SIZE}.",
         "",
-        "| precision | soft targets | discriminator | CutMix | compilations in warm-up | after warm-up "
-        f"({args.steps} steps) | device-to-host transfers in the steps | aten fallbacks | loss eager CPU | loss XLA "
-        "| rel. diff | checkpoint on CPU | ok |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in results:
-        lines.append(
-            f"| {r['precision']} | {r['soft_targets']} | {r['discriminator']} | {'yes' if r['cutmix'] else 'no'} "
-            f"| {r['warmup_compilations']} | {r['compilations_after_warmup']} | {r['transfers_in_steps']} "
-            f"| {', '.join(r['fallbacks']) or 'none'} | {r['loss_eager_cpu']:.5f} | {r['loss_xla']:.5f} "
-            f"| {r['loss_relative_difference']:.1e} | {'same weights' if r['checkpoint_loads_on_cpu_same_weights'] else 'DIFFERS'} "
-            f"| {'yes' if r['ok'] else 'NO'} |"
-        )
+        *table_lines(
+            "precision | soft targets | discriminator | CutMix | compilations in warm-up | after warm-up "
+            f"({args.steps} steps) | device-to-host transfers in the steps | aten fallbacks | loss eager CPU | loss XLA "
+            "| rel. diff | checkpoint on CPU | ok",
+            [[r["precision"], r["soft_targets"], r["discriminator"], "yes" if r["cutmix"] else "no",
+              r["warmup_compilations"], r["compilations_after_warmup"], r["transfers_in_steps"],
+              ", ".join(r["fallbacks"]) or "none", f"{r['loss_eager_cpu']:.5f}", f"{r['loss_xla']:.5f}",
+              f"{r['loss_relative_difference']:.1e}",
+              "same weights" if r["checkpoint_loads_on_cpu_same_weights"] else "DIFFERS", "yes" if r["ok"] else "NO"]
+             for r in results],
+            left=13,
+        ),
+    ]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 

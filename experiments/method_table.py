@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 import demo  # noqa: E402
 import zoo  # noqa: E402
+from console import table_lines  # noqa: E402
 from demo import CONFIGS, MEAL_CONFIG, Pipeline, Step, interval  # noqa: E402
 from lightning_modules.hardware import machine  # noqa: E402
 
@@ -335,16 +336,15 @@ def markdown(result: dict) -> str:
         "mean ± 95 % t-interval over seeds; MEAL V2's lead paired by seed (same init, same batches)."
         + "".join(choices),
         "",
-        "| row | seeds | top-1 (%) | MEAL V2 − row (points) | MEAL V2 ahead | agreement (%) | NLL | ECE (%) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for row in result["rows"]:
-        lead = row.get("meal_v2_lead")
-        lines.append(
-            f"| {row['label']} | {len(row['seeds'])} | {cell(row['top1'])} | "
-            + (f"{cell(lead, signed=True)} | {lead['ahead']}/{lead['n']} | " if lead else "— | — | ")
-            + f"{cell(row['agreement'])} | {cell(row['nll'], '{:.3f}')} | {cell(row['ece'])} |"
-        )
+    rows = [
+        [row["label"], len(row["seeds"]), cell(row["top1"]),
+         *((cell(lead, signed=True), f"{lead['ahead']}/{lead['n']}") if (lead := row.get("meal_v2_lead")) else ("—", "—")),
+         cell(row["agreement"]), cell(row["nll"], "{:.3f}"), cell(row["ece"])]
+        for row in result["rows"]
+    ]  # fmt: skip
+    header = "row | seeds | top-1 (%) | MEAL V2 − row (points) | MEAL V2 ahead | agreement (%) | NLL | ECE (%)"
+    lines += table_lines(header, rows)
     zoo_rows = {k: v for k, v in result["zoo"].items() if not isinstance(v, dict)}
     if zoo_rows:
         lines += ["", "The zoo on the same images: " + ", ".join(f"{k} {v:.2f} %" for k, v in zoo_rows.items()) + "."]
