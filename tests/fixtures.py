@@ -112,16 +112,7 @@ def write_meal_config(tmp_path: Path, data_args: Optional[dict] = None, **model_
     """A MealV2 config on tiny Fashion-MNIST files with two small local teachers (CutMix on, auto-numbered runs);
     ``data_args`` add to the data's init_args (e.g. ``val_size`` for a held-out val split and a "best" epoch)."""
     data_dir = write_fashion_mnist(tmp_path / "data", train_count=96, test_count=32)
-    teachers = [
-        {
-            "name": "cifar_resnet8",
-            "checkpoint": str(write_weights(tmp_path / "t0.pt", "cifar_resnet8", 10, in_chans=1, seed=1)),
-        },
-        {
-            "name": "cifar_wrn_16_1",
-            "checkpoint": str(write_weights(tmp_path / "t1.pt", "cifar_wrn_16_1", 10, in_chans=1, seed=2)),
-        },
-    ]
+    teachers = local_teachers(tmp_path, ["cifar_resnet8", "cifar_wrn_16_1"], 10, in_chans=1)
     config = {
         "seed_everything": 7,
         "model": {
@@ -145,16 +136,7 @@ def write_meal_config(tmp_path: Path, data_args: Optional[dict] = None, **model_
 
 def write_meal_config_for_data(tmp_path: Path, data: dict, num_classes: int) -> Path:
     """A MealV2 config on the given data (RGB) with two small local teachers; runs under tmp_path/runs/meal."""
-    teachers = [
-        {
-            "name": "test_resnet",
-            "checkpoint": str(write_weights(tmp_path / "t0.pt", "test_resnet", num_classes, seed=1)),
-        },
-        {
-            "name": "cifar_resnet20",
-            "checkpoint": str(write_weights(tmp_path / "t1.pt", "cifar_resnet20", num_classes, seed=2)),
-        },
-    ]
+    teachers = local_teachers(tmp_path, ["test_resnet", "cifar_resnet20"], num_classes)
     config = {
         "model": {
             "class_path": "MealV2",
@@ -164,6 +146,19 @@ def write_meal_config_for_data(tmp_path: Path, data: dict, num_classes: int) -> 
         "trainer": {"max_epochs": 2, "logger": tensorboard_logger(tmp_path)},
     }
     return write_yaml(tmp_path / "config.yaml", config)
+
+
+def local_teachers(tmp_path: Path, names: list[str], num_classes: int, in_chans: int = 3) -> list[dict]:
+    """Teacher sources with weights written to tmp_path/t<k>.pt (seeds 1, 2, ...)."""
+    return [
+        {"name": name, "checkpoint": str(write_weights(tmp_path / f"t{k}.pt", name, num_classes, in_chans, seed=k + 1))}
+        for k, name in enumerate(names)
+    ]
+
+
+def cli_process(subcommand: str, config: Path, *args: str) -> list[str]:
+    """``cli.py SUBCOMMAND --config CONFIG ARGS`` as a separate process runs it (where the process boundary is the test)."""
+    return [sys.executable, str(ROOT / "cli.py"), subcommand, "--config", str(config), *args]
 
 
 def tensorboard_logger(tmp_path: Path) -> dict:
@@ -182,12 +177,7 @@ def write_yaml(path: Path, config: dict) -> Path:
 def ddp_config(tmp_path: Path, discriminator: str) -> Path:
     """MEAL V2 on 64 tiny Fashion-MNIST images, one conv teacher, a ViT student (no BatchNorm), 2 epochs of 3 steps."""
     data_dir = write_fashion_mnist(tmp_path / "data", train_count=64, test_count=32)
-    teachers = [
-        {
-            "name": "cifar_resnet8",
-            "checkpoint": str(write_weights(tmp_path / "t.pt", "cifar_resnet8", 10, in_chans=1, seed=1)),
-        }
-    ]
+    teachers = local_teachers(tmp_path, ["cifar_resnet8"], 10, in_chans=1)
     student = {
         "name": "test_vit",
         "model_kwargs": {"img_size": 28, "patch_size": 4},
@@ -213,9 +203,7 @@ def ddp_config(tmp_path: Path, discriminator: str) -> Path:
             },
         },
     }
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+    return write_yaml(tmp_path / "config.yaml", config)
 
 
 def fit_processes(
@@ -226,17 +214,14 @@ def fit_processes(
     run_dir = tmp_path / folder
     run_dir.mkdir()
     probe = '{"class_path": "ddp_probe.SaveRankState", "init_args": {"dirpath": "ranks"}}'
-    command = [
-        sys.executable,
-        str(ROOT / "cli.py"),
+    command = cli_process(
         "fit",
-        "--config",
-        str(ddp_config(run_dir, discriminator)),
+        ddp_config(run_dir, discriminator),
         f"--trainer.devices={devices}",
         f"--data.init_args.batch_size={per_device_batch}",
         f"--trainer.callbacks+={probe}",
         *extra,
-    ]
+    )
     if devices > 1:
         command.append("--trainer.strategy=ddp")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT)])}

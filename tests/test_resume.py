@@ -6,13 +6,13 @@ import math
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from fixtures import cli_process
 from fixtures import write_meal_config as write_config
 from safetensors.torch import load_file
 
@@ -175,18 +175,15 @@ def test_bad_ckpt_path_is_refused_before_anything_is_built(tmp_path, monkeypatch
 
 def fit_command(config: Path, *extra: str) -> list[str]:
     """cli.py fit of the tiny MEAL V2 config: 96 images in batches of 4, 24 steps per epoch, 2 epochs."""
-    return [
-        sys.executable,
-        str(ROOT / "cli.py"),
+    return cli_process(
         "fit",
-        "--config",
-        str(config),
+        config,
         "--trainer.max_epochs=2",
         "--trainer.enable_progress_bar=false",
         "--trainer.limit_val_batches=1",
         "--data.init_args.batch_size=4",
         *extra,
-    ]
+    )
 
 
 def interrupt_after_step(
@@ -239,47 +236,31 @@ def test_hard_kill_mid_epoch_resumes_to_the_weights_of_an_uninterrupted_run(tmp_
 
 
 @pytest.mark.slow
-def test_sigterm_saves_the_current_step_exits_nonzero_and_resumes_exactly(tmp_path, straight_with_workers):
-    """SLURM and Kubernetes pre-empt with SIGTERM: the step is saved, `fit && test` stops, the resume is exact (with workers)."""
-    workers = "--data.init_args.num_workers=2"
-    straight = straight_with_workers
-    config = write_config(tmp_path / "preempted")
-    checkpoints = tmp_path / "preempted/runs/meal/version_0/checkpoints"
-    command = fit_command(config, workers, "--last_checkpoint.every_n_train_steps=3")
-    status, stderr = interrupt_after_step(command, tmp_path / "preempted", checkpoints / "last.ckpt", 3, signal.SIGTERM)
+@pytest.mark.parametrize(
+    "signum, why, whole_group",
+    [(signal.SIGTERM, "SIGTERM (pre-empted)", False), (signal.SIGINT, "SIGINT (Ctrl+C)", True)],
+    ids=["sigterm", "ctrl-c"],
+)
+def test_a_stop_signal_saves_the_current_step_exits_nonzero_and_resumes_exactly(
+    tmp_path, straight_with_workers, signum, why, whole_group
+):
+    """SLURM and Kubernetes pre-empt with SIGTERM; Ctrl+C in a terminal reaches the whole process group (loader workers
+    too). Either way the step is saved, the exit is 128 + the signal (`fit && test` stops), the resume is exact."""
+    checkpoints = tmp_path / "runs/meal/version_0/checkpoints"
+    command = fit_command(
+        write_config(tmp_path), "--data.init_args.num_workers=2", "--last_checkpoint.every_n_train_steps=3"
+    )
+    status, stderr = interrupt_after_step(command, tmp_path, checkpoints / "last.ckpt", 3, signum, whole_group)
 
-    assert status == 128 + signal.SIGTERM
+    assert status == 128 + signum, stderr[-2000:]
     saved = load(checkpoints / "last.ckpt")["global_step"]
     assert 3 <= saved < 48
     assert stderr.strip().splitlines()[-1] == (
-        f"error: stopped by SIGTERM (pre-empted): {checkpoints / 'last.ckpt'} holds step {saved}; "
+        f"error: stopped by {why}: {checkpoints / 'last.ckpt'} holds step {saved}; "
         "continue with the same command and --ckpt_path last."
     )
-    subprocess.run(command + ["--ckpt_path=last"], cwd=tmp_path / "preempted", check=True, capture_output=True)
-    assert_same_training_state(straight, load(checkpoints / "last.ckpt"))
-
-
-@pytest.mark.slow
-def test_ctrl_c_saves_the_current_step_like_sigterm_and_resumes_exactly(tmp_path, straight_with_workers):
-    """Ctrl+C in a terminal reaches the whole process group (loader workers too): the step is saved, exit 130."""
-    workers = "--data.init_args.num_workers=2"
-    straight = straight_with_workers
-    config = write_config(tmp_path / "interrupted")
-    checkpoints = tmp_path / "interrupted/runs/meal/version_0/checkpoints"
-    command = fit_command(config, workers, "--last_checkpoint.every_n_train_steps=3")
-    status, stderr = interrupt_after_step(
-        command, tmp_path / "interrupted", checkpoints / "last.ckpt", 3, signal.SIGINT, whole_group=True
-    )
-
-    assert status == 128 + signal.SIGINT, stderr[-2000:]
-    saved = load(checkpoints / "last.ckpt")["global_step"]
-    assert 3 <= saved < 48
-    assert stderr.strip().splitlines()[-1] == (
-        f"error: stopped by SIGINT (Ctrl+C): {checkpoints / 'last.ckpt'} holds step {saved}; "
-        "continue with the same command and --ckpt_path last."
-    )
-    subprocess.run(command + ["--ckpt_path=last"], cwd=tmp_path / "interrupted", check=True, capture_output=True)
-    assert_same_training_state(straight, load(checkpoints / "last.ckpt"))
+    subprocess.run(command + ["--ckpt_path=last"], cwd=tmp_path, check=True, capture_output=True)
+    assert_same_training_state(straight_with_workers, load(checkpoints / "last.ckpt"))
 
 
 def _rank_states() -> list[dict]:

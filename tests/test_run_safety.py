@@ -11,7 +11,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 import yaml
-from fixtures import write_image_folder, write_meal_config, write_meal_config_for_data
+from fixtures import cli_process, write_image_folder, write_meal_config, write_meal_config_for_data
 from safetensors.torch import load_file
 
 from cli import main
@@ -103,27 +103,28 @@ def test_classifier_checkpoint_cannot_resume_meal_v2_and_the_reverse(tmp_path, m
 
 
 @pytest.mark.parametrize(
-    "epochs, message",
-    [(0, "trainer.max_epochs is 0: give a positive number"), (-2, "must be a non-negative integer or -1")],
-)
-def test_a_non_positive_epoch_count_is_refused(tmp_path, monkeypatch, epochs, message):
+    "argument, error, message",
+    [
+        ("trainer.max_epochs=0", USER_ERRORS, "trainer.max_epochs is 0: give a positive number"),
+        ("trainer.max_epochs=-2", USER_ERRORS, "must be a non-negative integer or -1"),
+        ("model.init_args.lr=0", USER_ERRORS, "lr is 0.0: it must be positive"),
+        ("data.init_args.batch_size=0", USER_ERRORS, "data.batch_size must be >= 1"),
+        ("data.init_args.train_subset=8", DataError, "has 8 images, 8 per device: fewer than one batch of 16"),
+        ("model.init_args.in_chans=3", ConfigError, "model.init_args.in_chans is 3 but the data gives 1: the data's "
+         "value is linked into the model and wins"),
+    ],
+)  # fmt: skip
+def test_a_bad_fit_argument_is_refused_in_one_line(tmp_path, monkeypatch, argument, error, message):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(USER_ERRORS, match=message) as info:
-        main(["fit", "--config", str(write_meal_config(tmp_path)), f"--trainer.max_epochs={epochs}"])
+    with pytest.raises(error, match=message) as info:
+        main(["fit", "--config", str(write_meal_config(tmp_path)), f"--{argument}"])
     one_line(info)
 
 
 def test_accelerator_gpu_without_a_gpu_is_refused_in_one_line(tmp_path):
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
     result = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "cli.py"),
-            "fit",
-            "--config",
-            str(write_meal_config(tmp_path)),
-            "--trainer.accelerator=gpu",
-        ],
+        cli_process("fit", write_meal_config(tmp_path), "--trainer.accelerator=gpu"),
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -134,27 +135,6 @@ def test_accelerator_gpu_without_a_gpu_is_refused_in_one_line(tmp_path):
         result.stderr.strip().splitlines()[-1].startswith("error: ")
         and "torch sees no CUDA GPU on this machine" in result.stderr
     )
-
-
-@pytest.mark.parametrize(
-    "knob, value, message",
-    [
-        ("model.init_args.lr", 0, "lr is 0.0: it must be positive"),
-        ("data.init_args.batch_size", 0, "data.batch_size must be >= 1"),
-    ],
-)
-def test_a_non_positive_lr_or_batch_size_is_refused(tmp_path, monkeypatch, knob, value, message):
-    monkeypatch.chdir(tmp_path)
-    with pytest.raises(USER_ERRORS, match=message) as info:
-        main(["fit", "--config", str(write_meal_config(tmp_path)), f"--{knob}={value}"])
-    one_line(info)
-
-
-def test_a_training_subset_smaller_than_one_batch_is_refused(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    with pytest.raises(DataError, match="has 8 images, 8 per device: fewer than one batch of 16") as info:
-        main(["fit", "--config", str(write_meal_config(tmp_path)), "--data.init_args.train_subset=8"])
-    one_line(info)
 
 
 def test_download_without_network_is_one_line_that_says_what_to_do(tmp_path, monkeypatch):
@@ -191,15 +171,7 @@ def test_corrupt_image_in_a_folder_names_the_file_through_loader_workers(tmp_pat
     }
     config = write_meal_config_for_data(tmp_path, data, num_classes=3)
     result = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "cli.py"),
-            "fit",
-            "--config",
-            str(config),
-            "--trainer.max_epochs=1",
-            "--trainer.enable_progress_bar=false",
-        ],
+        cli_process("fit", config, "--trainer.max_epochs=1", "--trainer.enable_progress_bar=false"),
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -211,23 +183,13 @@ def test_corrupt_image_in_a_folder_names_the_file_through_loader_workers(tmp_pat
     )
 
 
-def test_model_in_chans_against_the_datas_linked_value_says_the_data_wins(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    with pytest.raises(
-        ConfigError,
-        match="model.init_args.in_chans is 3 but the data gives 1: the data's value is linked into the model and wins",
-    ) as info:
-        main(["fit", "--config", str(write_meal_config(tmp_path)), "--model.init_args.in_chans=3"])
-    one_line(info)
-
-
 def test_a_full_disk_keeps_the_previous_checkpoint_whole_and_stops_in_one_line(tmp_path):
     """A write that fails part-way (here the file size limit, as a full disk would) leaves no half file."""
     import resource
     import signal
 
     config = write_meal_config(tmp_path)
-    fit = [sys.executable, str(ROOT / "cli.py"), "fit", "--config", str(config), "--trainer.limit_train_batches=2"]
+    fit = cli_process("fit", config, "--trainer.limit_train_batches=2")
     fit += ["--trainer.limit_val_batches=1", "--trainer.enable_progress_bar=false"]
     subprocess.run([*fit, "--trainer.max_epochs=1"], cwd=tmp_path, check=True, capture_output=True)
     run = tmp_path / "runs/meal/version_0"
@@ -525,7 +487,7 @@ def test_of_eight_processes_racing_for_a_run_folder_exactly_one_wins_every_round
 @pytest.mark.slow
 def test_two_fits_started_together_into_one_run_never_both_run(tmp_path):
     config = fixed_version(write_meal_config(tmp_path))
-    fit = [sys.executable, str(ROOT / "cli.py"), "fit", "--config", str(config), "--trainer.max_epochs=1"]
+    fit = cli_process("fit", config, "--trainer.max_epochs=1")
     fit += ["--trainer.enable_progress_bar=false"]
     runs = [subprocess.Popen(fit, cwd=tmp_path, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     results = [(run.wait(timeout=300), run.stderr.read()) for run in runs]

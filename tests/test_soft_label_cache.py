@@ -81,18 +81,6 @@ def test_a_cache_without_every_class_cannot_serve_an_objective_that_needs_the_lo
     assert "\n" not in str(info.value)
 
 
-def test_cache_of_an_older_format_is_refused(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    config = write_config(tmp_path, cutmix_prob=0.0)
-    main(["predict", "--config", str(config), *cache_args(tmp_path)])
-    meta_path = tmp_path / "cache" / "meta.json"
-    meta = json.loads(meta_path.read_text())
-    del meta["format"]  # what caches made before the mean logits were stored look like
-    meta_path.write_text(json.dumps(meta))
-    with pytest.raises(DataError, match=r"made for other cache format \(made by an older version\).*predict`"):
-        main(["fit", "--config", str(config), *cache_args(tmp_path), "--model.init_args.soft_targets=cached"])
-
-
 def cache_args(tmp_path, **extra) -> list[str]:
     args = [
         f"--data.init_args.soft_labels.dir={tmp_path / 'cache'}",
@@ -186,14 +174,6 @@ def test_training_from_the_cache_runs_no_teacher(tmp_path, monkeypatch):
     assert float(cli.trainer.callback_metrics["train/kd_loss"]) > 0
 
 
-def test_training_from_an_incomplete_cache_is_refused(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    config = write_config(tmp_path, cutmix_prob=0.0)
-    main(["predict", "--config", str(config), *cache_args(tmp_path, shard=0, num_shards=2)])
-    with pytest.raises(DataError, match="incomplete .48 images missing.*predict"):
-        main(["fit", "--config", str(config), *cache_args(tmp_path), "--model.init_args.soft_targets=cached"])
-
-
 def test_cached_mode_without_a_cache_is_refused(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(
@@ -211,44 +191,42 @@ def test_cached_mode_without_a_cache_is_refused(tmp_path, monkeypatch):
         )
 
 
-def test_cache_made_for_another_training_subset_is_refused(tmp_path, monkeypatch):
+def older_format(tmp_path):
+    meta = json.loads((tmp_path / "cache" / "meta.json").read_text())
+    del meta["format"]  # what caches made before the mean logits were stored look like
+    (tmp_path / "cache" / "meta.json").write_text(json.dumps(meta))
+
+
+CACHED = ("fit", "--model.init_args.soft_targets=cached")
+HALF = {"shard": 0, "num_shards": 2}
+
+
+@pytest.mark.parametrize(
+    "made, change, use, message",
+    [
+        ({}, older_format, CACHED, r"made for other cache format \(made by an older version\).*predict`"),
+        (HALF, None, CACHED, "incomplete .48 images missing.*predict"),
+        ({}, "train_subset", CACHED, r"made for other training images \(data files or subset\).*predict`"),
+        ({}, "teacher", CACHED, r"made for other teachers \(names or weights\)"),
+        ({}, "teacher", ("predict",), r"made for other teachers \(names or weights\)"),  # resuming generation too
+        (HALF, None, ("predict", *(f"--data.init_args.soft_labels.{a}" for a in ("shard=1", "num_shards=2", "top_k=5"))),
+         r"made for other top_k \(4 != 5 now\)"),
+    ],
+    ids=["older format", "incomplete", "other training subset", "other teachers", "other teachers resuming", "top_k"],
+)  # fmt: skip
+def test_a_cache_made_for_something_else_is_refused_in_one_line(tmp_path, monkeypatch, made, change, use, message):
     monkeypatch.chdir(tmp_path)
     config = write_config(tmp_path, cutmix_prob=0.0)
-    main(["predict", "--config", str(config), *cache_args(tmp_path), "--data.init_args.train_subset=64"])
-    with pytest.raises(DataError, match=r"made for other training images \(data files or subset\).*predict`") as info:
-        main(
-            [
-                "fit",
-                "--config",
-                str(config),
-                *cache_args(tmp_path),
-                "--model.init_args.soft_targets=cached",
-                "--data.init_args.train_subset=64",
-                "--data.init_args.subset_seed=1",
-            ]
-        )
+    subset = ["--data.init_args.train_subset=64"] if change == "train_subset" else []
+    main(["predict", "--config", str(config), *cache_args(tmp_path, **made), *subset])
+    if change == "teacher":
+        write_weights(tmp_path / "t0.pt", "cifar_resnet8", 10, in_chans=1, seed=99)  # the first teacher is retrained
+    elif callable(change):
+        change(tmp_path)
+    subset = subset + ["--data.init_args.subset_seed=1"] if subset else []
+    with pytest.raises(DataError, match=message) as info:
+        main([use[0], "--config", str(config), *cache_args(tmp_path), *subset, *use[1:]])
     assert "\n" not in str(info.value)
-
-
-def test_cache_made_by_other_teachers_is_refused(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    config = write_config(tmp_path, cutmix_prob=0.0)
-    main(["predict", "--config", str(config), *cache_args(tmp_path)])
-    write_weights(tmp_path / "t0.pt", "cifar_resnet8", 10, in_chans=1, seed=99)  # the first teacher's file is retrained
-    with pytest.raises(DataError, match=r"made for other teachers \(names or weights\)"):
-        main(["fit", "--config", str(config), *cache_args(tmp_path), "--model.init_args.soft_targets=cached"])
-    with pytest.raises(DataError, match=r"made for other teachers"):
-        main(
-            ["predict", "--config", str(config), *cache_args(tmp_path)]
-        )  # resuming generation with them is refused too
-
-
-def test_resuming_generation_with_another_top_k_is_refused(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    config = write_config(tmp_path)
-    main(["predict", "--config", str(config), *cache_args(tmp_path, shard=0, num_shards=2)])
-    with pytest.raises(DataError, match=r"made for other top_k \(4 != 5 now\)"):
-        main(["predict", "--config", str(config), *cache_args(tmp_path, shard=1, num_shards=2, top_k=5)])
 
 
 def fit_one_epoch_from_cache(config, tmp_path, **cache):
