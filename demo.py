@@ -169,7 +169,8 @@ def run_side_by_side(jobs: list[tuple[Pipeline, Step]], slots: Optional[int] = N
                 if process.returncode != 0:
                     raise DemoError(f"{step.name} failed (exit {process.returncode}):\n{tail(Path(log.name))}")
                 seconds = round(time.perf_counter() - began, 1)
-                (pipeline.run_dir(step) / "done.json").write_text(json.dumps({"seconds": seconds}))
+                done = {"seconds": seconds, "machine": machine(), "threads": int(threads)}
+                (pipeline.run_dir(step) / "done.json").write_text(json.dumps(done))
                 print(f"{step.name}: finished in {seconds:.0f} s", flush=True)
             time.sleep(0.2)
     finally:

@@ -49,8 +49,9 @@ class EpochShuffle(DistributedSampler):
     n-th index of the one global order, so n processes with batch B see exactly the batches one
     process sees with batch n x B (Lightning leaves a DistributedSampler as it is). ``generator``
     (reseeded with the order) also drives the DataLoader's worker seeds. With ``crops`` R > 1 it
-    yields virtual indices ``i * R + r`` of a cached-crop dataset, image i starting at crop (epoch * m + i) % R
-    when each sample takes m consecutive crops (so the m crops of successive epochs do not repeat while m * epochs <= R).
+    yields virtual indices ``i * R + r`` of a cached-crop dataset, image i starting at crop (epoch * m + i + o_i) % R
+    when each sample takes m consecutive crops (so the m crops of successive epochs do not repeat while m * epochs <= R);
+    the offsets o_i are 0 for seed 0 and drawn per image from any other seed, so seeds differ in crop order too.
     """
 
     def __init__(
@@ -65,6 +66,8 @@ class EpochShuffle(DistributedSampler):
     ):
         super().__init__(range(length), num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=False)
         self.crops, self.per_sample = crops, per_sample
+        draw = torch.Generator().manual_seed(seed * SEED_STRIDE - 1) if crops > 1 and seed else None
+        self.offsets = torch.randint(crops, (length,), generator=draw) if draw is not None else None
         self.start = 0  # this rank's samples of the epoch already trained on (set by ResumableLoader)
         self.generator = torch.Generator()
         self.set_epoch(epoch)
@@ -79,7 +82,8 @@ class EpochShuffle(DistributedSampler):
     def __iter__(self) -> Iterator[int]:
         order = torch.randperm(len(self.dataset), generator=torch.Generator().manual_seed(self._epoch_seed()))
         if self.crops > 1:
-            order = order * self.crops + (order + self.epoch * self.per_sample) % self.crops
+            first = order + self.epoch * self.per_sample + (self.offsets[order] if self.offsets is not None else 0)
+            order = order * self.crops + first % self.crops
         order = order.tolist()
         order += order[: self.total_size - len(order)]  # equal shares: wrap around like DistributedSampler
         return iter(order[self.rank : self.total_size : self.num_replicas][self.start :])

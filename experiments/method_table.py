@@ -180,13 +180,16 @@ class Table:
     # The table
     # ----------------------------------------------------------------------------------------------
     def last_values(self, pipeline: Pipeline, step: Step) -> Optional[dict]:
-        """A finished run's last-epoch metrics (top-1, agreement, ECE in %; NLL), or None if it has not finished."""
+        """A finished run's last-epoch metrics (top-1, agreement, ECE in %; NLL), its val top-1 per epoch and its
+        ``done.json`` (time, machine), or None if it has not finished."""
         folder = pipeline.run_dir(step)
         if not (folder / "done.json").is_file():
             return None
         scalars = zoo.read_scalar_tags(folder, list(TAGS.values()))
         values = {key: (scalars[tag][-1] if scalars[tag] else None) for key, tag in TAGS.items()}
-        return {k: (100 * v if v is not None and k != "nll" else v) for k, v in values.items()}
+        values = {k: (100 * v if v is not None and k != "nll" else v) for k, v in values.items()}
+        curve = [round(100 * v, 3) for v in scalars[TAGS["top1"]]]
+        return {**values, "val_top1_per_epoch": curve, **json.loads((folder / "done.json").read_text())}
 
     def summarize(self, seconds: Optional[float] = None) -> dict:
         per_row = {}
@@ -201,18 +204,21 @@ class Table:
         choosing = [row for row in ROWS if row.choice]
         scores = {row.key: self.held_out_scores(row) for row in choosing}  # read once: the table and the choice
         selection = {key: {f"{v:g}": top1 for v, top1 in found.items()} for key, found in scores.items()}
+        chosen = {r.key: self.chosen(r, scores[r.key]) for r in choosing if len(scores[r.key]) == len(r.choice[1])}
+        runs = [  # every finished run, as data: what ran and what it scored
+            {"row": row.key, "seed": seed, "configs": [str(c.relative_to(ROOT)) for c in (*row.configs, BUDGET)],
+             "args": list(self.row_step(row, chosen).args), **found}
+            for row in ROWS for seed, found in per_row[row.key].items()
+        ]  # fmt: skip
         result = {
             "machine": machine(),
             "precision": self.precision or self.precision_used(),
             "held_out_images": self.held_out,
             "selection": selection,  # per row with a choice: held-out top-1 of each value
-            "chosen": {
-                row.key: self.chosen(row, scores[row.key])
-                for row in choosing
-                if len(scores[row.key]) == len(row.choice[1])
-            },
+            "chosen": chosen,
             "zoo": self.zoo_rows(),
             "rows": rows,
+            "runs": runs,
             "patient": self.patient_pair(),
             "seconds": seconds,
         }
@@ -333,8 +339,9 @@ def markdown(result: dict) -> str:
         "cross-entropy on the mean of probabilities + the released discriminator, no labels; Hinton KD, DKD, DIST: "
         "their loss on the mean teacher logits + the hard-label cross-entropy (weight 1), no discriminator. Top-1, "
         "agreement with the ensemble's top-1, NLL and ECE (15 bins) on the 10,000 test images at the last epoch, "
-        "mean ± 95 % t-interval over seeds; MEAL V2's lead paired by seed (same init, same batches)."
-        + "".join(choices),
+        "mean ± 95 % t-interval over seeds; MEAL V2's lead paired by seed. A seed sets the batch order and each "
+        "image's order of stored crops; every seed starts from the zoo's one init, so the intervals cover training "
+        "noise only." + "".join(choices),
         "",
     ]
     rows = [

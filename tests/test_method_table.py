@@ -76,6 +76,9 @@ def test_summary_pairs_every_row_with_meal_v2_by_seed(tmp_path):
     assert rows["meal_v2"]["agreement"]["mean"] == pytest.approx(97.0, abs=1e-4) and rows["meal_v2"]["nll"][
         "mean"
     ] == pytest.approx(0.2)
+    run = next(r for r in result["runs"] if (r["row"], r["seed"]) == ("baseline", 1))  # every run, as data
+    assert run["val_top1_per_epoch"] == pytest.approx([90.0, 93.6], abs=1e-3) and run["seconds"] == 1.0
+    assert run["configs"][0] == "configs/fashion_mnist/baseline_resnet8_hard_labels.yaml" and len(result["runs"]) == 6
     text = (tmp_path / "table.md").read_text()
     assert "| hard labels (baseline) | 3 | 93.37 ± " in text and "| +0.13 ± " in text and "| 2/3 |" in text
     assert "Weight decay: 5e-4 for the hard-label baseline" in text

@@ -562,3 +562,14 @@ def test_training_reads_the_cache_once_per_batch(tmp_path, monkeypatch):
     one_by_one = [replay[i] for i in range(0, 72, 3)]
     torch.testing.assert_close(batches[1][2], torch.stack([item[2] for item in one_by_one[8:16]]))
     torch.testing.assert_close(batches[1][3], torch.stack([item[3] for item in one_by_one[8:16]]))
+
+
+def test_seeds_differ_in_each_images_crop_order_and_seed_zero_starts_at_image_plus_epoch():
+    from datamodules.base import EpochShuffle
+
+    def first_crop(seed: int, epoch: int) -> dict[int, int]:
+        return {v // 8: v % 8 for v in EpochShuffle(100, seed, epoch, crops=8)}
+
+    assert first_crop(0, 2) == {i: (i + 2) % 8 for i in range(100)}
+    assert len({tuple(first_crop(seed, 0).values()) for seed in (0, 1, 2)}) == 3
+    assert first_crop(1, 3) == {i: (r + 3) % 8 for i, r in first_crop(1, 0).items()}  # a seed rotates on by epoch
