@@ -198,10 +198,12 @@ def zoo_evaluation(pipeline: Pipeline) -> dict[str, Optional[float]]:
     folder = pipeline.run_dir(STEPS[0])
     teachers = [m for m in zoo.MODELS if m.role == "teacher"]
     tags = {m.label: f"val/teacher{k}_top1" for k, m in enumerate(teachers)}
-    tags["teacher ensemble (mean of probabilities)"] = "val/ensemble_top1"
-    tags["student init (hard labels)"] = "val/top1"
-    values = {label: zoo.read_scalars(folder, tag) for label, tag in tags.items()}
-    return {label: 100 * v[-1] if v else None for label, v in values.items()}
+    tags |= {ENSEMBLE: "val/ensemble_top1", INIT: "val/top1"}
+    values = zoo.read_scalar_tags(folder, list(tags.values()))  # the event files read once
+    return {label: 100 * values[tag][-1] if values[tag] else None for label, tag in tags.items()}
+
+
+ENSEMBLE, INIT = "teacher ensemble (mean of probabilities)", "student init (hard labels)"  # rows of the zoo
 
 
 # --------------------------------------------------------------------------------------------------
@@ -331,7 +333,7 @@ def plot_confusion(counts, names: list[str], label: str, path: Path) -> None:
 def gaps(by_run: dict[str, Optional[float]]) -> dict:
     """MEAL V2 against the baseline and the init, and the share of the init -> ensemble gap it closes."""
     meal, baseline = by_run.get("MEAL V2 student"), by_run.get("baseline: init + hard labels")
-    init, ensemble = by_run.get("student init (hard labels)"), by_run.get("teacher ensemble (mean of probabilities)")
+    init, ensemble = by_run.get(INIT), by_run.get(ENSEMBLE)
     if None in (meal, baseline, init, ensemble):
         return {}
     return {

@@ -7,7 +7,8 @@ A zoo entry is a folder in timm's export format plus a manifest:
 MEAL V2 configs load it like any user's weights: ``checkpoint: zoo/fashion_mnist/<name>/model.safetensors``.
 Beside the models, ``zoo/fashion_mnist/soft_labels/`` holds the teachers' ensemble on stored crops of every
 training image (a soft-label cache made by ``cli.py predict``, every class stored) with its own manifest;
-the MEAL V2 recipe trains from it through the ordinary ``data.soft_labels`` option.
+the MEAL V2 recipe trains from it through the ordinary ``data.soft_labels`` option. ``soft_labels_mixed/`` is
+its consistent-teaching twin (each stored crop mixed with another image's, labelled on the mix).
 
     python demo.py --rebuild-zoo     # train every zoo config, then export (see README for the time)
 """
@@ -49,7 +50,12 @@ MODELS = [
 ]
 SOFT_LABELS = "soft_labels"  # zoo folder of the ensemble's soft-label cache
 SOFT_LABEL_RECIPE = "configs/fashion_mnist/resnet8_from_resnet20+wrn_16_2.yaml"  # names the cache folder and its crops
-SOFT_LABEL_ARGS = ("--trainer.precision=32-true", "--trainer.logger.init_args.name=zoo_soft_labels")
+MIXED = "soft_labels_mixed"  # the consistent-teaching cache, named by the function-matching overlay
+CACHE_CONFIGS = {
+    SOFT_LABELS: (SOFT_LABEL_RECIPE,),
+    MIXED: (SOFT_LABEL_RECIPE, "configs/fashion_mnist/methods/function_matching.yaml"),
+}
+SOFT_LABEL_ARGS = ("--trainer.precision=32-true",)
 
 
 def weights_path(zoo_dir: Path, name: str) -> Path:
@@ -80,13 +86,14 @@ def verify(zoo_dir: Path = ZOO_DIR) -> list[dict]:
                 f"!= {manifest['sha256'][:12]}): restore them with git or run `python demo.py --rebuild-zoo`."
             )
         manifests.append(manifest)
-    verify_soft_labels(zoo_dir)
+    for name in CACHE_CONFIGS:
+        verify_soft_labels(zoo_dir, name)
     return manifests
 
 
-def verify_soft_labels(zoo_dir: Path = ZOO_DIR) -> dict:
-    """The shipped soft-label cache's files match the sha256 of its manifest; returns the manifest."""
-    folder = zoo_dir / SOFT_LABELS
+def verify_soft_labels(zoo_dir: Path = ZOO_DIR, name: str = SOFT_LABELS) -> dict:
+    """A shipped soft-label cache's files match the sha256 of its manifest; returns the manifest."""
+    folder = zoo_dir / name
     if not (folder / "manifest.json").is_file():
         raise ZooError(
             f"Zoo soft labels '{folder}' are missing or unfinished: run `python demo.py --rebuild-zoo` "
@@ -164,7 +171,8 @@ def rebuild(
                 json.dumps({"seconds": seconds, "command": shlex.join(cli_command("fit", config, *extra_args))})
             )
         manifests.append(export(model, folder, zoo_dir, json.loads(done.read_text()), data_dir))
-    manifests.append(make_soft_labels(zoo_dir, work_dir, extra_args, data_dir, remake=retrained))
+    for name in CACHE_CONFIGS:
+        manifests.append(make_soft_labels(zoo_dir, work_dir, extra_args, data_dir, remake=retrained, name=name))
     return manifests
 
 
@@ -174,26 +182,31 @@ def make_soft_labels(
     extra_args: tuple[str, ...] = (),
     data_dir: Optional[str] = None,
     remake: bool = False,
+    name: str = SOFT_LABELS,
 ) -> dict:
-    """Run the soft-label ``predict`` over every training image with the zoo's teachers, then write its manifest."""
-    folder = zoo_dir / SOFT_LABELS
+    """Run the soft-label ``predict`` of cache ``name`` over every training image with the zoo's teachers, then
+    write its manifest."""
+    folder = zoo_dir / name
     if remake and folder.is_dir():
         shutil.rmtree(folder)  # labels of the teachers just replaced
     if (folder / "manifest.json").is_file():
-        print(f"zoo: {SOFT_LABELS}: made earlier ({folder}), kept", flush=True)
-        return verify_soft_labels(zoo_dir)
+        print(f"zoo: {name}: made earlier ({folder}), kept", flush=True)
+        return verify_soft_labels(zoo_dir, name)
     work_dir.mkdir(parents=True, exist_ok=True)
     link(zoo_dir, work_dir)
-    # The MEAL V2 recipe's teachers label its stored crops into the zoo's cache folder.
-    command = cli_command("predict", (ROOT / SOFT_LABEL_RECIPE,), *SOFT_LABEL_ARGS, *extra_args)
-    print(f"zoo: {SOFT_LABELS}: {shlex.join(command)}", flush=True)
+    # The MEAL V2 recipe's teachers label its stored crops (or, with its overlay, mixed crops) into the zoo's folder.
+    args = (*SOFT_LABEL_ARGS, f"--trainer.logger.init_args.name=zoo_{name}", *extra_args)
+    command = cli_command("predict", tuple(ROOT / c for c in CACHE_CONFIGS[name]), *args)
+    print(f"zoo: {name}: {shlex.join(command)}", flush=True)
     data = [f"--data.init_args.data_dir={data_dir}"] if data_dir else []
     started = time.perf_counter()
     subprocess.run(runnable(command) + data, cwd=work_dir, check=True)
-    return write_soft_labels_manifest(folder, shlex.join(command), round(time.perf_counter() - started, 1))
+    return write_soft_labels_manifest(folder, shlex.join(command), round(time.perf_counter() - started, 1), name=name)
 
 
-def write_soft_labels_manifest(folder: Path, command: str, seconds: float, note: Optional[str] = None) -> dict:
+def write_soft_labels_manifest(
+    folder: Path, command: str, seconds: float, note: Optional[str] = None, name: str = SOFT_LABELS
+) -> dict:
     """What the cache holds, how it was made (``note``: how it ran, if not alone), and the sha256 of each file."""
     meta = json.loads((folder / "meta.json").read_text())
     files = {
@@ -201,11 +214,14 @@ def write_soft_labels_manifest(folder: Path, command: str, seconds: float, note:
         for path in sorted(folder.iterdir())
         if path.name != "manifest.json" and not path.name.startswith(".")  # not the cache's folder marker
     }
+    mixed = (
+        ", each crop mixed with another image's stored crop (its partner and weight stored)" if name == MIXED else ""
+    )
     manifest = {
-        "name": SOFT_LABELS,
+        "name": name,
         "role": "soft_labels",
         "what": "the zoo teachers' ensemble on stored random crops of every training image: mean of the teachers' "
-        "probabilities and mean of their logits, every class kept (fp16), with each crop's box and flip",
+        f"probabilities and mean of their logits, every class kept (fp16), with each crop's box and flip{mixed}",
         "images": meta["images"],
         "crops": meta["crops"],
         "top_k": meta["top_k"],
@@ -213,7 +229,8 @@ def write_soft_labels_manifest(folder: Path, command: str, seconds: float, note:
         "ensemble_val_top1": meta.get("ensemble_val_top1"),
         "fingerprint": meta["fingerprint"],
         "command": command,
-        "config": SOFT_LABEL_RECIPE,
+        "config": " + ".join(CACHE_CONFIGS[name]),
+        **({"mixup_alpha": meta["mixup_alpha"]} if meta.get("mixup_alpha") else {}),
         "precision": "32-true",
         "wall_seconds": seconds,
         **({"wall_note": note} if note else {}),
@@ -224,7 +241,7 @@ def write_soft_labels_manifest(folder: Path, command: str, seconds: float, note:
     }
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     print(
-        f"zoo: {SOFT_LABELS}: {meta['images']} images x {meta['crops']} crops, {manifest['bytes'] / 1e6:.1f} MB "
+        f"zoo: {name}: {meta['images']} images x {meta['crops']} crops, {manifest['bytes'] / 1e6:.1f} MB "
         f"in {seconds:.0f} s",
         flush=True,
     )

@@ -77,6 +77,7 @@ class SoftLabelWriter(BasePredictionWriter):
             values=values.half().cpu().numpy(),
             logits=logits.half().cpu().numpy(),
             indices=indices.cpu().numpy().astype(store.arrays["indices"].dtype),
+            **{name: prediction[name].cpu().numpy() for name in ("partners", "lambdas") if name in prediction},
         )
         self._images += len(prediction["index"])
         self._since_commit += len(prediction["index"])

@@ -343,7 +343,13 @@ class ClassificationDataModule(L.LightningDataModule):
         cache = self.soft_labels
         render = functools.partial(self.render, size=cache.teacher_image_size)  # the teachers' resolution, if their own
         dataset = CropsToCache(
-            self.cache_images()[0], self._pending, cache.crops, global_seed(), self.sample_box, render
+            self.cache_images()[0],
+            self._pending,
+            cache.crops,
+            global_seed(),
+            self.sample_box,
+            render,
+            cache.mixup_alpha,
         )
         return DataLoader(dataset, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers)
 

@@ -10,6 +10,10 @@ Layout of a cache folder (numpy memory-maps, one row per training image):
     indices.npy   uint8/int16/int32 [N, R, k]  those classes
     crc.npy       uint32  [N]         CRC-32 of an image's rows, seeded by the cache's meta.json: checked on every read
     done.npy      uint8   [N]         1 once an image's crops are written (resume / shards)
+  and, in a cache for consistent teaching (``mixup_alpha`` set: function matching, Beyer et al. 2022):
+    partners.npy  int32   [N, R, 2]   the (image, stored crop) each crop is mixed with
+    lambdas.npy   float32 [N, R]      the crop's weight in the mix, ~ Beta(alpha, alpha), drawn when the cache is made
+  where the stored labels are the ensemble's on the mixed image, which training replays exactly.
 With top_k = classes the replayed step is the online step on the same crop (up to fp16 storage). With
 top_k < classes two things differ: the probability mass outside the top k is spread evenly over the
 other classes ("marginal smoothing"), and the discriminator's teacher rows hold the mean logits of the
@@ -42,6 +46,7 @@ from storage.run_folder import foreign_files
 
 ROWS = ("boxes", "flips", "values", "logits", "indices")  # an image's stored crops
 FILES = (*ROWS, "crc", "done")
+MIX_ROWS = ("partners", "lambdas")  # beside ROWS in a cache for consistent teaching
 FORMAT = 3  # 2: mean teacher logits stored beside the probabilities; 3: a CRC per image
 SEED_STRIDE = 1_000_003  # a prime: seed * SEED_STRIDE + i gives each (seed, epoch or image) its own stream
 REMAKE = "delete the folder and make it again with `python cli.py predict`"
@@ -57,6 +62,9 @@ class SoftLabelCache:
         a batch of B images holds B x crops_per_sample crops, and decoding costs fall that many times.
     teacher_image_size: the teachers see each stored crop at this resolution when the cache is made (boxes
         are relative, so the student replays the same crop at its own size); None = the data's image_size.
+    mixup_alpha: consistent teaching: each stored crop is mixed with a stored crop of another image, weight
+        lambda ~ Beta(alpha, alpha) (1: uniform, as big_vision's function-matching configs draw it), and the
+        teachers label the mixed image, which training replays; None: plain crops.
     """
 
     dir: str
@@ -66,10 +74,12 @@ class SoftLabelCache:
     num_shards: int = 1
     crops_per_sample: int = 1
     teacher_image_size: Optional[int] = None
+    mixup_alpha: Optional[float] = None
 
     def __post_init__(self):
         require_positive(crops=self.crops, top_k=self.top_k, num_shards=self.num_shards)
         require_positive(crops_per_sample=self.crops_per_sample, teacher_image_size=self.teacher_image_size)
+        require_positive(mixup_alpha=self.mixup_alpha)
         if not 0 <= self.shard < self.num_shards:
             raise ConfigError(
                 f"soft_labels.shard is {self.shard}: it must be 0 .. num_shards - 1 ({self.num_shards - 1})."
@@ -82,16 +92,21 @@ class SoftLabelStore:
     def __init__(self, folder: Path, meta: dict, mode: str):
         self.folder = folder
         self.meta = meta
-        self.arrays = {name: _load_array(folder / f"{name}.npy", mode) for name in FILES}
+        self.rows = ROWS + (MIX_ROWS if meta.get("mixup_alpha") else ())
+        self.arrays = {name: _load_array(folder / f"{name}.npy", mode) for name in (*self.rows, "crc", "done")}
         n, r, k = meta["images"], meta["crops"], meta["top_k"]
         expected = {"boxes": (n, r, 4), "flips": (n, r), "values": (n, r, k), "logits": (n, r, k), "indices": (n, r, k)}
+        expected |= {"partners": (n, r, 2), "lambdas": (n, r)} if meta.get("mixup_alpha") else {}
         for name, shape in {**expected, "crc": (n,), "done": (n,)}.items():
             if self.arrays[name].shape != shape:
                 raise DataError(
                     f"Soft-label cache '{folder}': {name}.npy has shape {self.arrays[name].shape}, meta.json says "
                     f"{shape}: the cache is damaged; {REMAKE}."
                 )
-        self.seed = zlib.crc32(json.dumps({k: meta.get(k) for k in SEALED}, sort_keys=True).encode())
+        sealed = {k: meta.get(k) for k in SEALED} | (
+            {"mixup_alpha": meta["mixup_alpha"]} if meta.get("mixup_alpha") else {}
+        )
+        self.seed = zlib.crc32(json.dumps(sealed, sort_keys=True).encode())
         self._uncommitted: list[np.ndarray] = []  # image indices written but not yet flushed and marked done
 
     @classmethod
@@ -112,10 +127,11 @@ class SoftLabelStore:
             "source": source,
             "teacher_image_size": config.teacher_image_size,
             "fingerprint": fingerprint,
+            **({"mixup_alpha": config.mixup_alpha} if config.mixup_alpha else {}),
         }
         if (folder / "meta.json").is_file():
             check_fingerprint(folder, _read_meta(folder), meta, "predict into another dir")
-            _allocate(folder)  # a resume after a full disk was freed
+            _allocate(folder, [*ROWS, *(MIX_ROWS if config.mixup_alpha else ()), "crc", "done"])  # after a full disk
             return cls(folder, meta, "r+")
         folder.mkdir(parents=True, exist_ok=True)
         if theirs := foreign_files(folder, CACHE_MARKER):  # never a file this project did not write
@@ -132,6 +148,7 @@ class SoftLabelStore:
             ("values", (n, r, k), np.float16),
             ("logits", (n, r, k), np.float16),
             ("indices", (n, r, k), index_dtype),
+            *((("partners", (n, r, 2), np.int32), ("lambdas", (n, r), np.float32)) if config.mixup_alpha else ()),
             ("crc", (n,), np.uint32),
             ("done", (n,), np.uint8),
         )
@@ -147,7 +164,7 @@ class SoftLabelStore:
                 np.lib.format.open_memmap(folder / f"{name}.npy", mode="w+", dtype=dtype, shape=shape).flush()
             except OSError as error:
                 raise _no_room(folder, name, error) from None
-        _allocate(folder)
+        _allocate(folder, [name for name, _, _ in layout])
         atomic_write_text(folder / "meta.json", json.dumps(meta))
         return cls(folder, meta, "r+")
 
@@ -160,6 +177,7 @@ class SoftLabelStore:
             )
         meta = _read_meta(folder)
         expected = {"format": FORMAT, "images": num_images, "classes": num_classes, "fingerprint": fingerprint}
+        expected["mixup_alpha"] = config.mixup_alpha
         check_fingerprint(
             folder,
             meta,
@@ -182,11 +200,12 @@ class SoftLabelStore:
 
     def write(self, image_indices: np.ndarray, **rows: np.ndarray) -> None:
         """Rows of boxes, flips, values, logits and indices for these images, and their CRCs; ``commit`` marks them done."""
-        rows = {name: np.asarray(rows[name]).astype(self.arrays[name].dtype, copy=False) for name in ROWS}
-        for name in ROWS:
+        rows = {name: np.asarray(rows[name]).astype(self.arrays[name].dtype, copy=False) for name in self.rows}
+        for name in self.rows:
             self.arrays[name][image_indices] = rows[name]
         self.arrays["crc"][image_indices] = [
-            self.row_crc(int(index), {name: rows[name][j] for name in ROWS}) for j, index in enumerate(image_indices)
+            self.row_crc(int(index), {name: rows[name][j] for name in self.rows})
+            for j, index in enumerate(image_indices)
         ]
         self._uncommitted.append(np.asarray(image_indices))
 
@@ -195,7 +214,7 @@ class SoftLabelStore:
         leaves them unmarked, to be made again). One flush per block of images, not per batch. Returns the count."""
         if not self._uncommitted:
             return 0
-        for name in (*ROWS, "crc"):
+        for name in (*self.rows, "crc"):
             self.arrays[name].flush()
         written = np.concatenate(self._uncommitted)
         self.arrays["done"][written] = 1
@@ -206,17 +225,17 @@ class SoftLabelStore:
     def row_crc(self, index: int, rows: dict[str, np.ndarray]) -> int:
         """CRC-32 of image ``index``'s rows, seeded by what the cache was made for (so rows of another cache fail)."""
         crc = zlib.crc32(index.to_bytes(8, "little"), self.seed)
-        for name in ROWS:
+        for name in self.rows:
             crc = zlib.crc32(np.ascontiguousarray(rows[name]).tobytes(), crc)
         return crc
 
     def checked_rows(self, indices: np.ndarray) -> dict[str, np.ndarray]:
         """The stored rows of these images ([B, R, ...] each), refused in one line naming the first image that fails
         its CRC or whose targets are not finite probabilities. One read per array for the whole batch."""
-        rows = {name: self.arrays[name][indices] for name in ROWS}  # fancy indexing copies out of the memory map
+        rows = {name: self.arrays[name][indices] for name in self.rows}  # fancy indexing copies out of the memory map
         stored_crcs = self.arrays["crc"][indices]
         for j, index in enumerate(indices.tolist()):
-            if self.row_crc(index, {name: rows[name][j] for name in ROWS}) != int(stored_crcs[j]):
+            if self.row_crc(index, {name: rows[name][j] for name in self.rows}) != int(stored_crcs[j]):
                 self._refuse(index, "its rows fail their CRC (changed, zeroed or copied from another cache)")
         values = rows["values"].astype(np.float32)
         total = values.sum(-1)
@@ -237,16 +256,16 @@ class SoftLabelStore:
         raise DataError(f"Soft-label cache '{self.folder}': image {index}: {problem}; {REMAKE}.")
 
     def bytes_per_image(self) -> int:
-        return sum(self.arrays[name][0].nbytes for name in FILES)
+        return sum(array[0].nbytes for array in self.arrays.values())
 
 
 CACHE_MARKER = ".meal_v2_cache"  # written into a folder before a new cache's files: only such folders receive them
 SEALED = ("format", "images", "crops", "top_k", "classes", "source", "teacher_image_size", "fingerprint")
 
 
-def _allocate(folder: Path) -> None:
+def _allocate(folder: Path, names: list[str]) -> None:
     """Reserve every array's blocks now: a full disk is then this one-line error, not a SIGBUS while writing."""
-    for name in FILES:
+    for name in names:
         path = folder / f"{name}.npy"
         try:
             with open(path, "r+b") as handle:
@@ -293,6 +312,7 @@ PARTS = {  # meta / fingerprint key -> what the user is told differs
     "crop": "crop settings",
     "top_k": "top_k",
     "teacher_image_size": "teacher resolution",
+    "mixup_alpha": "mixing (mixup_alpha of consistent teaching)",
 }
 
 
@@ -378,33 +398,53 @@ def pixel_box(relative: np.ndarray, height: int, width: int) -> tuple[int, int, 
 
 
 class CropsToCache(Dataset):
-    """For each pending image: its R random crops (seeded by image index), rendered for the teachers."""
+    """For each pending image: its R random crops (seeded by image index), rendered for the teachers; with
+    ``mixup_alpha``, each mixed with a stored crop of another image (drawn from the same seed)."""
 
-    def __init__(self, raw: Dataset, pending: np.ndarray, crops: int, seed: int, sample_box, render):
+    def __init__(self, raw: Dataset, pending: np.ndarray, crops: int, seed: int, sample_box, render, mixup_alpha=None):
         self.raw, self.pending, self.crops, self.seed = raw, pending, crops, seed
-        self.sample_box, self.render = sample_box, render
+        self.sample_box, self.render, self.mixup_alpha = sample_box, render, mixup_alpha
 
     def __len__(self) -> int:
         return len(self.pending)
 
+    def stored_crops(self, index: int) -> tuple[torch.Tensor, list[tuple], list[bool]]:
+        """Image ``index``, its R pixel boxes and flips: the same draws whichever image asks."""
+        image, _ = self.raw[index]
+        generator = torch.Generator().manual_seed(self.seed * SEED_STRIDE + index)
+        boxes, flips = [], []
+        for _ in range(self.crops):
+            boxes.append(self.sample_box(generator, *image.shape[-2:]))
+            flips.append(bool(torch.randint(0, 2, (), generator=generator)))
+        return image, boxes, flips
+
     def __getitem__(self, position: int) -> dict:
         index = int(self.pending[position])
-        image, _ = self.raw[index]
-        height, width = image.shape[-2:]
-        generator = torch.Generator().manual_seed(self.seed * SEED_STRIDE + index)
-        boxes, flips, images = [], [], []
-        for _ in range(self.crops):
-            box = self.sample_box(generator, height, width)
-            flip = bool(torch.randint(0, 2, (), generator=generator))
-            boxes.append(relative_box(box, height, width))
-            flips.append(flip)
-            images.append(self.render(image, box, flip))
-        return {
+        image, boxes, flips = self.stored_crops(index)
+        images = torch.stack([self.render(image, box, flip) for box, flip in zip(boxes, flips, strict=True)])
+        item = {
             "index": index,
-            "images": torch.stack(images),
-            "boxes": torch.tensor(boxes),
+            "boxes": torch.tensor([relative_box(box, *image.shape[-2:]) for box in boxes]),
             "flips": torch.tensor(flips),
         }
+        if self.mixup_alpha:
+            draw = np.random.default_rng([self.seed, index])
+            others = draw.integers(len(self.raw) - 1, size=self.crops)
+            partners = np.stack([others + (others >= index), draw.integers(self.crops, size=self.crops)], axis=1)
+            lambdas = draw.beta(self.mixup_alpha, self.mixup_alpha, size=self.crops).astype(np.float32)
+            views = []
+            for j, r in partners.tolist():
+                other, other_boxes, other_flips = self.stored_crops(j)
+                views.append(self.render(other, other_boxes[r], other_flips[r]))
+            images = mix(images, torch.stack(views), torch.from_numpy(lambdas))
+            item |= {"partners": torch.from_numpy(partners.astype(np.int32)), "lambdas": torch.from_numpy(lambdas)}
+        return {**item, "images": images}
+
+
+def mix(images: torch.Tensor, partners: torch.Tensor, lambdas: torch.Tensor) -> torch.Tensor:
+    """lambda * image + (1 - lambda) * partner, per image (the model's inputs, normalized: mixing commutes with it)."""
+    weight = lambdas.to(images.dtype).view(-1, *([1] * (images.dim() - 1)))
+    return weight * images + (1 - weight) * partners
 
 
 class CachedCrops(Dataset):
@@ -432,6 +472,11 @@ class CachedCrops(Dataset):
             raise DataError(
                 f"soft_labels.crops_per_sample must be 1..{self.crops} (the crops stored per image), got {per_sample}."
             )
+        if rows is not None and "partners" in store.rows:
+            raise DataError(
+                f"Soft-label cache '{store.folder}' mixes crops of any training image, held-out ones included: train "
+                "from it on all training images (data.init_args.val_size 0), or hold images out with a plain cache."
+            )
 
     def __len__(self) -> int:
         return (len(self.rows) if self.rows is not None else len(self.raw)) * self.crops
@@ -446,28 +491,39 @@ class CachedCrops(Dataset):
         indices = np.asarray(self.rows, dtype=np.int64)[images] if self.rows is not None else images
         rows = self.store.checked_rows(indices)
         crops = (first[:, None] + np.arange(self.per_sample)) % self.crops  # [B, m]
-        chosen = {name: rows[name][np.arange(len(indices))[:, None], crops] for name in ROWS}
+        chosen = {name: rows[name][np.arange(len(indices))[:, None], crops] for name in self.store.rows}
         stored = {name: torch.from_numpy(chosen[name]) for name in ("values", "logits", "indices")}
         soft = decode_soft_labels(stored["values"], stored["indices"], self.classes)
         logits = decode_teacher_logits(stored["logits"], stored["indices"], self.classes)
-        views, labels = [], []
-        for j, index in enumerate(indices.tolist()):
-            image, label = self.raw[index]
-            labels.append(label)
-            views += [
-                self.render(image, pixel_box(box, *image.shape[-2:]), bool(flip))
-                for box, flip in zip(chosen["boxes"][j], chosen["flips"][j], strict=True)
-            ]
-        if self.finish is not None:
-            views = list(self.finish(torch.stack(views)))
+        views, labels = self.views(np.repeat(indices, self.per_sample), chosen["boxes"], chosen["flips"])
+        if "partners" in chosen:  # consistent teaching: the mixed image the teachers labelled, its larger part's label
+            partners = chosen["partners"].reshape(-1, 2).astype(np.int64)
+            theirs = self.store.checked_rows(partners[:, 0])
+            picked = np.arange(len(partners)), partners[:, 1]
+            other_views, other_labels = self.views(partners[:, 0], theirs["boxes"][picked], theirs["flips"][picked])
+            lambdas = torch.from_numpy(chosen["lambdas"].reshape(-1))
+            views = mix(views, other_views, lambdas)
+            labels = torch.where(lambdas >= 0.5, labels, other_labels)
         items = []
-        for j, label in enumerate(labels):
-            mine = views[j * self.per_sample : (j + 1) * self.per_sample]
+        for j in range(len(indices)):
             if self.per_sample == 1:
-                items.append((mine[0], label, soft[j, 0], logits[j, 0]))
+                items.append((views[j], int(labels[j]), soft[j, 0], logits[j, 0]))
             else:
-                items.append((torch.stack(mine), torch.full((self.per_sample,), label), soft[j], logits[j]))
+                mine = slice(j * self.per_sample, (j + 1) * self.per_sample)
+                items.append((views[mine], labels[mine], soft[j], logits[j]))
         return items
+
+    def views(self, images: np.ndarray, boxes: np.ndarray, flips: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Crop k of a batch: image ``images[k]`` at relative box ``boxes[k]`` with ``flips[k]``, as the model sees
+        it, and its label (boxes and flips may come as [B, m, ...] for B x m crops)."""
+        boxes, flips = boxes.reshape(len(images), 4), flips.reshape(len(images))
+        views, labels = [], []
+        for index, box, flip in zip(images.tolist(), boxes, flips, strict=True):
+            image, label = self.raw[index]
+            views.append(self.render(image, pixel_box(box, *image.shape[-2:]), bool(flip)))
+            labels.append(label)
+        views = torch.stack(views)
+        return (self.finish(views) if self.finish is not None else views), torch.as_tensor(labels)
 
 
 def concat_crops(items: list) -> list[torch.Tensor]:

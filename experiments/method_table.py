@@ -35,7 +35,7 @@ from demo import CONFIGS, MEAL_CONFIG, Pipeline, Step, interval  # noqa: E402
 from lightning_modules.hardware import machine  # noqa: E402
 
 BASELINE_CONFIG = CONFIGS / "baseline_resnet8_hard_labels.yaml"
-METHODS, ABLATIONS = CONFIGS / "methods", CONFIGS / "ablations"
+METHODS, ABLATIONS, BASELINES = CONFIGS / "methods", CONFIGS / "ablations", CONFIGS / "baselines"
 PATIENT = CONFIGS / "schedules" / "patient_30_epochs.yaml"
 BUDGET = CONFIGS / "schedules" / "table_7_epochs.yaml"  # every row but the patient pair
 OBJECTIVE = "--model.init_args.objective.init_args"  # where a chosen argument goes
@@ -59,23 +59,27 @@ class Row:
 
 
 def find_rows() -> list[Row]:
-    """Every config whose header names it a row: the two recipes, then the overlays on MEAL V2's recipe in methods/
-    and ablations/. A new method's overlay is a new row."""
+    """Every config whose header names it a row: the two recipes, the overlays on the baseline's in baselines/, then
+    those on MEAL V2's in methods/ and ablations/. A new method's overlay is a new row."""
     rows = []
-    for path in [BASELINE_CONFIG, MEAL_CONFIG, *sorted(METHODS.glob("*.yaml")), *sorted(ABLATIONS.glob("*.yaml"))]:
+    overlays = [*sorted(BASELINES.glob("*.yaml")), *sorted(METHODS.glob("*.yaml")), *sorted(ABLATIONS.glob("*.yaml"))]
+    for path in [BASELINE_CONFIG, MEAL_CONFIG, *overlays]:
         if not (found := HEADER.search(path.read_text())):
             continue
         key = {BASELINE_CONFIG: "baseline", MEAL_CONFIG: "meal_v2"}.get(path)
         key = key or ("ablation_" if path.parent == ABLATIONS else "") + path.stem
         choice = (found["arg"], tuple(float(v) for v in found["values"].split(","))) if found["arg"] else None
-        configs = (path,) if path in (BASELINE_CONFIG, MEAL_CONFIG) else (MEAL_CONFIG, path)
+        recipe = BASELINE_CONFIG if path.parent == BASELINES else MEAL_CONFIG
+        configs = (path,) if path in (BASELINE_CONFIG, MEAL_CONFIG) else (recipe, path)
         rows.append(Row(key, found["label"].strip(), configs, int(found["seeds"]), choice))
     return rows
 
 
 ROWS = find_rows()
 REFERENCE = "meal_v2"  # the row every other is paired with
-PAIR = ("baseline", "meal_v2")  # the patient schedule's two runs
+PAIR = ("baseline", "meal_v2")  # run first, over all their seeds
+PATIENT_ROWS = ("baseline", "meal_v2", "function_matching", "meal_v2_consistent")  # also over 30 epochs
+PATIENT_SEEDS = 3
 
 
 @dataclass
@@ -129,7 +133,7 @@ class Table:
         return max(row.choice[1], key=lambda v: (scores[v], -row.choice[1].index(v)))
 
     def row_step(self, row: Row, chosen: Optional[dict[str, float]] = None) -> Step:
-        args = (f"{OBJECTIVE}.{row.choice[0]}={chosen[row.key]}",) if row.choice and chosen else ()
+        args = (f"{OBJECTIVE}.{row.choice[0]}={chosen[row.key]}",) if row.choice and row.key in (chosen or {}) else ()
         return Step(row.key, row.label, (*row.configs, BUDGET), args=args)
 
     def jobs(self, chosen: dict[str, float]) -> list[tuple[Pipeline, Step]]:
@@ -150,7 +154,13 @@ class Table:
 
     def patient_steps(self) -> list[Step]:
         rows = {row.key: row for row in ROWS}
-        return [Step(f"patient_{key}", f"{rows[key].label}, 30 epochs", (*rows[key].configs, PATIENT)) for key in PAIR]
+        return [Step(f"patient_{k}", f"{rows[k].label}, 30 epochs", (*rows[k].configs, PATIENT)) for k in PATIENT_ROWS]
+
+    def patient_jobs(self, selected: bool = False) -> list[tuple[Pipeline, Step]]:
+        """The patient rows (``selected``: those among ``rows``), seed by seed (seed 0 of all first)."""
+        steps = [s for s in self.patient_steps() if not selected or s.name.removeprefix("patient_") in self.rows]
+        seeds = range(min(PATIENT_SEEDS, self.seeds))
+        return [(self.pipeline(f"patient_seed{seed}", seed), step) for seed in seeds for step in steps]
 
     def run(self) -> dict:
         started = time.perf_counter()
@@ -159,7 +169,7 @@ class Table:
         self.precision = zoo_pipeline.precision
         selection = self.pipeline("selection")
         parts = [selection, *(self.pipeline(f"seed{s}", s) for s in range(self.seeds))]
-        for pipeline in parts + ([self.pipeline("patient")] if self.patient else []):
+        for pipeline in parts + ([job[0] for job in self.patient_jobs(selected=True)] if self.patient else []):
             pipeline.prepare()
         choosing = [row for row in self.selected() if row.choice]
         demo.run_side_by_side(
@@ -172,7 +182,7 @@ class Table:
             )
         jobs = self.jobs(chosen)
         if self.patient:
-            jobs += [(self.pipeline("patient"), step) for step in self.patient_steps()]
+            jobs += self.patient_jobs(selected=True)
         demo.run_side_by_side(jobs)
         return self.summarize(round(time.perf_counter() - started, 1))
 
@@ -219,7 +229,7 @@ class Table:
             "zoo": self.zoo_rows(),
             "rows": rows,
             "runs": runs,
-            "patient": self.patient_pair(),
+            "patient": self.patient_rows(),
             "seconds": seconds,
         }
         self.out.mkdir(parents=True, exist_ok=True)
@@ -239,35 +249,26 @@ class Table:
 
     def zoo_rows(self) -> dict:
         """The zoo's teachers, ensemble and init on the test images (the validate step: one evaluation)."""
-        folder = self.pipeline("zoo").run_dir(demo.STEPS[0])
-        tags = {
-            "teacher: ResNet-20": "val/teacher0_top1",
-            "teacher: WRN-16-2": "val/teacher1_top1",
-            "teacher ensemble": "val/ensemble_top1",
-            "student init": "val/top1",
-        }
-        scalars = zoo.read_scalar_tags(folder, [*tags.values(), *TAGS.values()])
-        result = {label: 100 * scalars[tag][-1] for label, tag in tags.items() if scalars[tag]}
-        init = {key: scalars[tag][-1] for key, tag in TAGS.items() if scalars[tag]}
-        if init:
-            result["student init, detail"] = {k: (v if k == "nll" else 100 * v) for k, v in init.items()}
+        pipeline = self.pipeline("zoo")
+        result = {k: v for k, v in demo.zoo_evaluation(pipeline).items() if v is not None}
+        if init := self.last_values(pipeline, demo.STEPS[0]):  # the init's row beside the table's rows
+            result["student init, detail"] = {key: init[key] for key in TAGS}
         return result
 
-    def patient_pair(self) -> dict:
-        """Val top-1 per epoch of the 30-epoch pair (seed 0), and how far each fits its own training crops."""
-        pipeline = self.pipeline("patient")
-        curves = {}
-        for step in self.patient_steps():
+    def patient_rows(self) -> dict:
+        """Per patient row and seed: val top-1 per epoch, and how far the run fits its own training crops."""
+        rows = {}
+        for pipeline, step in self.patient_jobs():
+            if not (pipeline.run_dir(step) / "done.json").is_file():
+                continue
             scalars = zoo.read_scalar_tags(pipeline.run_dir(step), ["val/top1", "train/top1", "train/agreement"])
-            if scalars["val/top1"]:
-                curves[step.name] = {"val_top1": [100 * v for v in scalars["val/top1"]]}
-                for tag in ("train/top1", "train/agreement"):
-                    if scalars[tag]:
-                        curves[step.name][f"last_{tag.replace('/', '_')}"] = 100 * scalars[tag][-1]
-        return curves
+            run = {"val_top1": [100 * v for v in scalars["val/top1"]]}
+            run |= {f"last_{tag.replace('/', '_')}": 100 * scalars[tag][-1] for tag in scalars if scalars[tag]}
+            rows.setdefault(step.name, {})[str(pipeline.seed)] = run
+        return rows
 
     def plot(self, result: dict) -> Optional[Path]:
-        curves = result["patient"]
+        curves = {name: seeds["0"]["val_top1"] for name, seeds in result["patient"].items() if "0" in seeds}
         if not curves:
             return None
         import matplotlib
@@ -275,18 +276,17 @@ class Table:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        labels = {f"patient_{PAIR[0]}": "hard labels (baseline)", f"patient_{PAIR[1]}": "MEAL V2"}
+        labels = {f"patient_{row.key}": row.label for row in ROWS}
         figure, axis = plt.subplots(figsize=(8, 5))
-        for name, curve in curves.items():
-            values = curve["val_top1"]
+        for name, values in curves.items():
             axis.plot(range(1, len(values) + 1), values, marker="o", markersize=3, label=labels.get(name, name))
-        for label, style in (("teacher ensemble", "--"), ("student init", ":")):
+        for label, style in ((demo.ENSEMBLE, "--"), (demo.INIT, ":")):
             if label in result["zoo"]:
                 value = result["zoo"][label]
                 axis.axhline(value, color="grey", linestyle=style, linewidth=1, label=f"{label} ({value:.2f})")
         axis.set_xlabel("epoch (cosine schedule over 30 epochs, from the zoo's ResNet-8 init)")
         axis.set_ylabel("val top-1 on the 10,000 test images (%)")
-        axis.set_title("Fashion-MNIST, seed 0: does patience widen MEAL V2's margin?")
+        axis.set_title("Fashion-MNIST, seed 0: what does patience give each row?")
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
         figure.tight_layout()
@@ -337,7 +337,9 @@ def markdown(result: dict) -> str:
         "single-teacher ablation runs its teacher online on fresh crops of the same augmentation). Weight decay: "
         "5e-4 for the hard-label baseline (its recipe's), 0 for every distillation row (MEAL V2's). MEAL V2 rows: soft "
         "cross-entropy on the mean of probabilities + the released discriminator, no labels; Hinton KD, DKD, DIST: "
-        "their loss on the mean teacher logits + the hard-label cross-entropy (weight 1), no discriminator. Top-1, "
+        "their loss on the mean teacher logits + the hard-label cross-entropy (weight 1), no discriminator. Function "
+        "matching (no labels, no discriminator) and MEAL V2 with consistent teaching replay the zoo's mixed crops "
+        "(each a mixup of two images' stored crops, lambda ~ Beta(1, 1)) with the ensemble's labels on the mix. Top-1, "
         "agreement with the ensemble's top-1, NLL and ECE (15 bins) on the 10,000 test images at the last epoch, "
         "mean ± 95 % t-interval over seeds; MEAL V2's lead paired by seed. A seed sets the batch order and each "
         "image's order of stored crops; every seed starts from the zoo's one init, so the intervals cover training "
@@ -352,8 +354,7 @@ def markdown(result: dict) -> str:
     ]  # fmt: skip
     header = "row | seeds | top-1 (%) | MEAL V2 − row (points) | MEAL V2 ahead | agreement (%) | NLL | ECE (%)"
     lines += table_lines(header, rows)
-    zoo_rows = {k: v for k, v in result["zoo"].items() if not isinstance(v, dict)}
-    if zoo_rows:
+    if zoo_rows := {k: v for k, v in result["zoo"].items() if not isinstance(v, dict)}:
         lines += ["", "The zoo on the same images: " + ", ".join(f"{k} {v:.2f} %" for k, v in zoo_rows.items()) + "."]
     if result["patient"]:
         lines.append("")
@@ -362,22 +363,24 @@ def markdown(result: dict) -> str:
 
 
 def patient_line(result: dict) -> str:
-    curves = result["patient"]
-    last = {name: curve["val_top1"][-1] for name, curve in curves.items()}
-    parts = [
-        f"{name.removeprefix('patient_')} {value:.2f} % after {len(curves[name]['val_top1'])} epochs"
-        + (
-            f" (own training crops {curves[name]['last_train_top1']:.2f} %)"
-            if "last_train_top1" in curves[name]
-            else ""
-        )
-        for name, value in last.items()
-    ]
-    line = "Patient schedule (seed 0, 30 epochs, cosine): " + ", ".join(parts)
-    base, meal = (last.get(f"patient_{key}") for key in PAIR)
-    init, ensemble = result["zoo"].get("student init"), result["zoo"].get("teacher ensemble")
-    if None not in (base, meal, init, ensemble):
-        line += f"; MEAL V2 − baseline {meal - base:+.2f}, init -> ensemble gap closed {100 * (meal - init) / (ensemble - init):.0f} %"
+    """Each patient row's last-epoch top-1 and share of the init -> ensemble gap closed, mean and 95 % interval over
+    seeds, and MEAL V2's lead over the baseline paired by seed."""
+    init, ensemble = result["zoo"].get(demo.INIT), result["zoo"].get(demo.ENSEMBLE)
+    parts, last = [], {}
+    for name, seeds in result["patient"].items():
+        last[name] = {seed: run["val_top1"][-1] for seed, run in seeds.items()}
+        epochs = len(next(iter(seeds.values()))["val_top1"])
+        part = f"{name.removeprefix('patient_')} {cell(interval(list(last[name].values())))} % after {epochs} epochs"
+        if None not in (init, ensemble):
+            closed = [100 * (v - init) / (ensemble - init) for v in last[name].values()]
+            part += f", gap closed {cell(interval(closed), '{:.0f}')} %"
+        if "0" in seeds and "last_train_top1" in seeds["0"]:
+            part += f" (seed 0's own training crops {seeds['0']['last_train_top1']:.2f} %)"
+        parts.append(part)
+    line = "Patient schedule (30 epochs, cosine; seeds as run): " + "; ".join(parts)
+    base, meal = (last.get(f"patient_{key}", {}) for key in PAIR)
+    if common := sorted(set(base) & set(meal)):
+        line += f"; MEAL V2 − baseline {cell(interval([meal[s] - base[s] for s in common]), signed=True)}"
     return line + "."
 
 

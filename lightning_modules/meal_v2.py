@@ -321,7 +321,7 @@ class MealV2(NetworkModule):
         # B crops per teacher call, as in a training batch: B x R at once leaves the CPU caches (docs/speed.md)
         teacher_logits = torch.cat([self.teachers(part) for part in crops.flatten(0, 1).split(len(crops))], dim=1)
         return {
-            **{k: batch[k] for k in ("index", "boxes", "flips")},
+            **{k: v for k, v in batch.items() if k != "images"},  # index, boxes, flips (and a mixed crop's partner)
             "probabilities": ensemble_soft_targets(teacher_logits).view(*crops.shape[:2], -1),
             "logits": teacher_logits.float().mean(dim=0).view(*crops.shape[:2], -1),
         }

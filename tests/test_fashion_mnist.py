@@ -117,22 +117,25 @@ def test_rebuilt_zoo_has_weights_config_and_a_manifest_that_matches(tiny_zoo):
 
 
 @pytest.mark.slow
-def test_rebuilt_zoo_ships_the_ensembles_soft_labels_for_every_training_image(tiny_zoo):
+@pytest.mark.parametrize("name", list(zoo.CACHE_CONFIGS))
+def test_rebuilt_zoo_ships_the_ensembles_soft_labels_for_every_training_image(tiny_zoo, name):
     zoo_dir, _ = tiny_zoo
-    manifest = zoo.verify_soft_labels(zoo_dir)
-    meta = json.loads((zoo_dir / "soft_labels" / "meta.json").read_text())
+    manifest = zoo.verify_soft_labels(zoo_dir, name)
+    meta = json.loads((zoo_dir / name / "meta.json").read_text())
     assert (manifest["images"], manifest["crops"], manifest["top_k"], manifest["classes"]) == (64, 7, 10, 10)
     assert manifest["fingerprint"] == meta["fingerprint"] and meta["ensemble_val_top1"]["images"] == 32
+    configs = " ".join(f"--config {config}" for config in zoo.CACHE_CONFIGS[name])
     assert manifest["command"] == " ".join(
         [
-            "python cli.py predict --config configs/fashion_mnist/resnet8_from_resnet20+wrn_16_2.yaml",
-            "--trainer.precision=32-true --trainer.logger.init_args.name=zoo_soft_labels",
+            f"python cli.py predict {configs}",
+            f"--trainer.precision=32-true --trainer.logger.init_args.name=zoo_{name}",
             *demo.SMOKE_ARGS,
             "--trainer.enable_progress_bar=false",
         ]
     )
-    assert set(manifest["files"]) == {f"{name}.npy" for name in FILES} | {"meta.json"}
-    assert manifest["bytes"] == sum((zoo_dir / "soft_labels" / name).stat().st_size for name in manifest["files"])
+    mixed = {"partners.npy", "lambdas.npy"} if name == zoo.MIXED else set()
+    assert set(manifest["files"]) == {f"{name}.npy" for name in FILES} | {"meta.json"} | mixed
+    assert manifest["bytes"] == sum((zoo_dir / name / file).stat().st_size for file in manifest["files"])
 
 
 @pytest.mark.slow
@@ -144,6 +147,7 @@ def test_rebuilding_over_an_existing_zoo_reexports_it_and_keeps_its_soft_labels(
     result = subprocess.run(command, cwd=zoo_dir.parent, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "trained earlier" in result.stdout and "soft_labels: made earlier" in result.stdout
+    assert "soft_labels_mixed: made earlier" in result.stdout
     assert zoo.verify(zoo_dir) and zoo.verify_soft_labels(zoo_dir) == before
 
 
@@ -276,15 +280,15 @@ def test_committed_zoo_matches_its_manifests_and_loads_through_the_recipe(tmp_pa
     assert cli.model.student.state_dict()["fc.weight"].dtype == torch.float32
 
 
-def test_committed_soft_labels_match_their_manifest_and_the_zoo_teachers(monkeypatch, tmp_path):
-    manifest = zoo.verify_soft_labels()  # sha256 of every shipped file
-    meta = json.loads((zoo.ZOO_DIR / "soft_labels" / "meta.json").read_text())
+@pytest.mark.parametrize("name", list(zoo.CACHE_CONFIGS))
+def test_committed_soft_labels_match_their_manifest_and_the_zoo_teachers(monkeypatch, tmp_path, name):
+    manifest = zoo.verify_soft_labels(name=name)  # sha256 of every shipped file
+    meta = json.loads((zoo.ZOO_DIR / name / "meta.json").read_text())
     assert manifest["fingerprint"] == meta["fingerprint"] and meta["format"] == FORMAT
     assert (meta["images"], meta["top_k"], meta["classes"]) == (60000, 10, 10)  # every image, every class
     monkeypatch.chdir(ROOT)
-    cli = main(
-        ["--config", str(demo.MEAL_CONFIG), f"--data.init_args.data_dir={write_fashion_mnist(tmp_path)}"], run=False
-    )
+    configs = [a for config in zoo.CACHE_CONFIGS[name] for a in ("--config", config)]
+    cli = main([*configs, f"--data.init_args.data_dir={write_fashion_mnist(tmp_path)}"], run=False)
     assert cli.model.hparams.soft_targets == "cached" and cli.datamodule.soft_labels.crops == meta["crops"]
     teachers = [
         {"name": t["name"], "sha256": weights_digest(m.model)}
@@ -292,7 +296,8 @@ def test_committed_soft_labels_match_their_manifest_and_the_zoo_teachers(monkeyp
     ]
     assert meta["fingerprint"]["teachers"] == teachers
     assert meta["fingerprint"]["crop"] == cli.datamodule.crop_settings()
-    store = SoftLabelStore(zoo.ZOO_DIR / "soft_labels", meta, "r")
+    assert meta.get("mixup_alpha") == cli.datamodule.soft_labels.mixup_alpha
+    store = SoftLabelStore(zoo.ZOO_DIR / name, meta, "r")
     for start in range(0, meta["images"], 4096):  # every row passes its CRC and holds probabilities
         store.checked_rows(np.arange(start, min(start + 4096, meta["images"])))
 

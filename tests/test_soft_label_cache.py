@@ -573,3 +573,53 @@ def test_seeds_differ_in_each_images_crop_order_and_seed_zero_starts_at_image_pl
     assert first_crop(0, 2) == {i: (i + 2) % 8 for i in range(100)}
     assert len({tuple(first_crop(seed, 0).values()) for seed in (0, 1, 2)}) == 3
     assert first_crop(1, 3) == {i: (r + 3) % 8 for i, r in first_crop(1, 0).items()}  # a seed rotates on by epoch
+
+
+def test_a_mixed_cache_replays_the_very_image_its_teachers_labelled(tmp_path, monkeypatch):
+    """Consistent teaching: each stored crop is mixed with another image's stored crop; training replays the mix the
+    ensemble labelled, so the cached step equals the online step on it (every class stored)."""
+    monkeypatch.chdir(tmp_path)
+    config = write_config(tmp_path, cutmix_prob=0.0)
+    cli = main(["predict", "--config", str(config), *cache_args(tmp_path, top_k=10, mixup_alpha=1.0)])
+    data, module, store = cli.datamodule, cli.model, cli.datamodule.soft_label_store
+    partners, lambdas = np.array(store.arrays["partners"]), np.array(store.arrays["lambdas"])
+    assert (partners[..., 0] != np.arange(96)[:, None]).all() and ((0 < lambdas) & (lambdas < 1)).all()
+    replay = CachedCrops(data.raw_train_set(), store, data.render)
+    images, labels, soft, logits = (
+        torch.stack([torch.as_tensor(replay[i][j]) for i in range(0, 288, 17)]) for j in range(4)
+    )
+    plain = CachedCrops.views(replay, np.array([5]), store.arrays["boxes"][5, 1], store.arrays["flips"][5, 1])[0][0]
+    assert not torch.allclose(replay[5 * 3 + 1][0], plain, atol=1e-3)  # a mix, not the image's own crop
+    with torch.no_grad():
+        online = module.distillation_losses(images, labels)
+        cached = module.distillation_losses(images, labels, cached=(soft, logits))
+    for name in ("kd", "discriminator", "loss"):
+        torch.testing.assert_close(cached[name], online[name], atol=2e-3, rtol=1e-3)
+    fit = ["fit", "--config", str(config), "--model.init_args.soft_targets=cached", "--trainer.max_epochs=1"]
+    assert main([*fit, *cache_args(tmp_path, top_k=10, mixup_alpha=1.0)]).trainer.global_step == 4
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [((), r"made for other mixing \(mixup_alpha of consistent teaching\) \(1.0 != null now\)"),
+     (("--data.init_args.val_size=16",), "mixes crops of any training image, held-out ones included")],
+    ids=["plain run", "held-out images"],
+)  # fmt: skip
+def test_a_mixed_cache_serves_only_runs_that_ask_for_it_on_all_training_images(tmp_path, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    config = write_config(tmp_path, cutmix_prob=0.0)
+    main(["predict", "--config", str(config), *cache_args(tmp_path, mixup_alpha=1.0)])
+    mixed = ("--data.init_args.soft_labels.mixup_alpha=1.0",) if args else ()
+    with pytest.raises(DataError, match=message) as info:
+        main(
+            [
+                "fit",
+                "--config",
+                str(config),
+                *cache_args(tmp_path),
+                "--model.init_args.soft_targets=cached",
+                *mixed,
+                *args,
+            ]
+        )
+    assert "\n" not in str(info.value)
