@@ -1,14 +1,15 @@
-"""Does MEAL V2 work? It, beside the hard-label baseline, Hinton KD, DKD and DIST, and the paper's ablations, on the
-embedded default (``make ablations``).
+"""Does MEAL V2 work? It, beside the hard-label baselines, the other distillation methods, consistent teaching and
+the paper's ablations, on the embedded default (``make ablations``).
 
-Every row gets the same budget: the zoo's ResNet-8 init, 7 epochs (``schedules/table_7_epochs.yaml``), cosine from lr 0.01, batch 128, the same
-ensemble and, where the run is cached, the same stored crops; each run's last epoch on the 10,000 test images, no
-selection on them. A row is any config with a ``# method table: <label>; <n> seeds`` header (the two recipes, the
-overlays in methods/ and ablations/); a header's ``; choose <argument> from <values>`` has that objective argument
-chosen first on held-out training images (``--held-out`` of the 60,000, ``data.val_size``), as Hinton KD's temperature. Runs go side by side as in the demo; finished
-runs are skipped and an interrupted one resumes. The table gives each row's mean with a 95 % t-interval over
-seeds and, paired by seed, MEAL V2's lead over it; a 30-epoch baseline / MEAL V2 pair asks whether patience widens
-the margin.
+Every row gets the same budget: the zoo's ResNet-8 init, 7 epochs (``schedules/table_7_epochs.yaml``), cosine from lr
+0.01, batch 128, the same ensemble and, where the run is cached, the same stored crops (plain or mixed); each run's
+last epoch on the 10,000 test images, no selection on them. A row is any config with a ``# method table: <label>; <n>
+seeds`` header (the two recipes, the overlays in baselines/, methods/ and ablations/); a header's ``; choose
+<argument> from <values>`` has that objective argument chosen first on held-out training images (``--held-out`` of
+the 60,000, ``data.val_size``). Runs go side by side as in the demo; finished runs are skipped and an interrupted one
+resumes. The table gives each row's mean with a 95 % t-interval over seeds and, paired by seed, MEAL V2's lead over
+it; the patient rows (baseline, MEAL V2, function matching, MEAL V2 with consistent teaching) run 30 epochs over 3
+seeds and report the share of the init -> ensemble gap each closes. ``table.json`` holds every finished run.
 
     python experiments/method_table.py             # everything (results/method_table/): see README for the time
     python experiments/method_table.py --summary   # only the table and the plot from the runs done so far

@@ -590,6 +590,8 @@ def test_a_mixed_cache_replays_the_very_image_its_teachers_labelled(tmp_path, mo
     )
     plain = CachedCrops.views(replay, np.array([5]), store.arrays["boxes"][5, 1], store.arrays["flips"][5, 1])[0][0]
     assert not torch.allclose(replay[5 * 3 + 1][0], plain, atol=1e-3)  # a mix, not the image's own crop
+    pair = CachedCrops(data.raw_train_set(), store, data.render, per_sample=2)[5 * 3 + 1]  # crops 1 and 2 of image 5
+    torch.testing.assert_close(pair[0], torch.stack([replay[5 * 3 + 1][0], replay[5 * 3 + 2][0]]))
     with torch.no_grad():
         online = module.distillation_losses(images, labels)
         cached = module.distillation_losses(images, labels, cached=(soft, logits))
