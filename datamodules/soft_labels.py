@@ -47,6 +47,13 @@ from storage.run_folder import foreign_files
 ROWS = ("boxes", "flips", "values", "logits", "indices")  # an image's stored crops
 FILES = (*ROWS, "crc", "done")
 MIX_ROWS = ("partners", "lambdas")  # beside ROWS in a cache for consistent teaching
+
+
+def stored_rows(meta: dict) -> tuple[str, ...]:
+    """The arrays that hold a cache's per-crop rows: ROWS, and MIX_ROWS where its crops are mixed."""
+    return ROWS + (MIX_ROWS if meta.get("mixup_alpha") else ())
+
+
 FORMAT = 3  # 2: mean teacher logits stored beside the probabilities; 3: a CRC per image
 SEED_STRIDE = 1_000_003  # a prime: seed * SEED_STRIDE + i gives each (seed, epoch or image) its own stream
 REMAKE = "delete the folder and make it again with `python cli.py predict`"
@@ -92,7 +99,7 @@ class SoftLabelStore:
     def __init__(self, folder: Path, meta: dict, mode: str):
         self.folder = folder
         self.meta = meta
-        self.rows = ROWS + (MIX_ROWS if meta.get("mixup_alpha") else ())
+        self.rows = stored_rows(meta)
         self.arrays = {name: _load_array(folder / f"{name}.npy", mode) for name in (*self.rows, "crc", "done")}
         n, r, k = meta["images"], meta["crops"], meta["top_k"]
         expected = {"boxes": (n, r, 4), "flips": (n, r), "values": (n, r, k), "logits": (n, r, k), "indices": (n, r, k)}
@@ -131,7 +138,7 @@ class SoftLabelStore:
         }
         if (folder / "meta.json").is_file():
             check_fingerprint(folder, _read_meta(folder), meta, "predict into another dir")
-            _allocate(folder, [*ROWS, *(MIX_ROWS if config.mixup_alpha else ()), "crc", "done"])  # after a full disk
+            _allocate(folder, [*stored_rows(meta), "crc", "done"])  # a resume after a full disk was freed
             return cls(folder, meta, "r+")
         folder.mkdir(parents=True, exist_ok=True)
         if theirs := foreign_files(folder, CACHE_MARKER):  # never a file this project did not write
@@ -177,7 +184,7 @@ class SoftLabelStore:
             )
         meta = _read_meta(folder)
         expected = {"format": FORMAT, "images": num_images, "classes": num_classes, "fingerprint": fingerprint}
-        expected["mixup_alpha"] = config.mixup_alpha
+        expected |= {"mixup_alpha": config.mixup_alpha}  # a plain run refuses a mixed cache, and the reverse
         check_fingerprint(
             folder,
             meta,
