@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import dataclasses
+import inspect
 import io
 import os
 import sys
+from dataclasses import MISSING
 from pathlib import Path
 from unittest import mock
 
 import errors
 from console import table_lines
+from datamodules.soft_labels import SoftLabelCache
 from lightning_modules.objectives import DistillationObjective
 
 ROOT = Path(__file__).resolve().parent
@@ -89,7 +93,18 @@ def config_page() -> str:
     for args in HELP:
         text = project_groups(help_text(args)) if args == ["--help"] else help_text(args)
         parts += [f"## `python cli.py fit {' '.join(args)}`", "", "```text", text.rstrip(), "```", ""]
-    return "\n".join(parts)
+    # The soft-label cache's fields, which --help folds into one option (a YAML mapping under data.init_args).
+    fields = [[f"`{f.name}`", f"`{f.type}`", "required" if f.default is MISSING else f"`{f.default}`"]
+              for f in dataclasses.fields(SoftLabelCache)]  # fmt: skip
+    parts += [
+        "## `data.init_args.soft_labels` (`SoftLabelCache`)",
+        "",
+        "```text",
+        inspect.getdoc(SoftLabelCache),
+        "```",
+        "",
+    ]
+    return "\n".join([*parts, *table_lines("field | type | default", fields, left=3), ""])
 
 
 def message(node: ast.expr) -> str:

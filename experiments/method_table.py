@@ -40,6 +40,13 @@ METHODS, ABLATIONS, BASELINES = CONFIGS / "methods", CONFIGS / "ablations", CONF
 PATIENT = CONFIGS / "schedules" / "patient_30_epochs.yaml"
 BUDGET = CONFIGS / "schedules" / "table_7_epochs.yaml"  # every row but the patient pair
 OBJECTIVE = "--model.init_args.objective.init_args"  # where a chosen argument goes
+PUBLISHED, PUBLISHED_PLOT, README = (
+    ROOT / "docs" / "method_table.json",
+    ROOT / "docs" / "method_table.png",
+    ROOT / "README.md",
+)
+BEGIN = "<!-- generated from docs/method_table.json by: python experiments/method_table.py --summary --publish -->"
+END = "<!-- end of the generated table -->"
 TAGS = {"top1": "val/top1", "agreement": "val/agreement", "nll": "val/loss", "ece": "val/ece"}
 # A config's header line that makes it a row, e.g. "# method table: Hinton KD; 5 seeds; choose temperature from 1, 2, 4"
 HEADER = re.compile(
@@ -115,18 +122,18 @@ class Table:
             for v in values
         ]
 
-    def held_out_scores(self, row: Row) -> dict[float, float]:
-        """Last-epoch top-1 (%) on the held-out images of each value of the row's choice run so far."""
+    def held_out_runs(self, row: Row) -> dict[float, dict]:
+        """The finished held-out runs of the row's choice, by value: their last values (top-1 on the held-out images)."""
         pipeline = self.pipeline("selection")
         found = {
             v: self.last_values(pipeline, step)
             for v, step in zip(row.choice[1], self.selection_steps(row), strict=True)
         }
-        return {v: values["top1"] for v, values in found.items() if values is not None}
+        return {v: values for v, values in found.items() if values is not None}
 
     def chosen(self, row: Row, scores: Optional[dict[float, float]] = None) -> float:
         """The value with the best last-epoch top-1 on the held-out images (ties: the first listed)."""
-        scores = self.held_out_scores(row) if scores is None else scores
+        scores = {v: run["top1"] for v, run in self.held_out_runs(row).items()} if scores is None else scores
         if len(scores) < len(row.choice[1]):
             raise demo.DemoError(
                 f"{row.key}: the held-out runs of {row.choice[0]} are not all finished: run them first."
@@ -213,16 +220,22 @@ class Table:
             per_row[row.key] = by_seed
         rows = [table_row(row, per_row[row.key], per_row[REFERENCE]) for row in ROWS if per_row[row.key]]
         choosing = [row for row in ROWS if row.choice]
-        scores = {row.key: self.held_out_scores(row) for row in choosing}  # read once: the table and the choice
+        held_out = {row.key: self.held_out_runs(row) for row in choosing}  # read once: the table and the choice
+        scores = {key: {v: run["top1"] for v, run in found.items()} for key, found in held_out.items()}
         selection = {key: {f"{v:g}": top1 for v, top1 in found.items()} for key, found in scores.items()}
         chosen = {r.key: self.chosen(r, scores[r.key]) for r in choosing if len(scores[r.key]) == len(r.choice[1])}
         runs = [  # every finished run, as data: what ran and what it scored
             {"row": row.key, "seed": seed, "configs": [str(c.relative_to(ROOT)) for c in (*row.configs, BUDGET)],
              "args": list(self.row_step(row, chosen).args), **found}
             for row in ROWS for seed, found in per_row[row.key].items()
+        ] + [
+            {"row": row.key, "seed": 0, "held_out": True, "configs": [str(c.relative_to(ROOT)) for c in step.configs],
+             "args": list(step.args), **held_out[row.key][v]}
+            for row in choosing for v, step in zip(row.choice[1], self.selection_steps(row), strict=True) if v in held_out[row.key]
         ]  # fmt: skip
+        machines = sorted({run["machine"] for run in runs if "machine" in run}) or [machine()]
         result = {
-            "machine": machine(),
+            "machine": " + ".join(machines),  # where the runs ran
             "precision": self.precision or self.precision_used(),
             "held_out_images": self.held_out,
             "selection": selection,  # per row with a choice: held-out top-1 of each value
@@ -263,38 +276,54 @@ class Table:
             if not (pipeline.run_dir(step) / "done.json").is_file():
                 continue
             scalars = zoo.read_scalar_tags(pipeline.run_dir(step), ["val/top1", "train/top1", "train/agreement"])
-            run = {"val_top1": [100 * v for v in scalars["val/top1"]]}
+            done = json.loads((pipeline.run_dir(step) / "done.json").read_text())
+            run = {"val_top1": [100 * v for v in scalars["val/top1"]], "seconds": done.get("seconds")}
             run |= {f"last_{tag.replace('/', '_')}": 100 * scalars[tag][-1] for tag in scalars if scalars[tag]}
             rows.setdefault(step.name, {})[str(pipeline.seed)] = run
         return rows
 
-    def plot(self, result: dict) -> Optional[Path]:
-        curves = {name: seeds["0"]["val_top1"] for name, seeds in result["patient"].items() if "0" in seeds}
-        if not curves:
-            return None
-        import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+def plot(result: dict, path: Path) -> Optional[Path]:
+    """The patient rows' val top-1 per epoch: the mean over the seeds run, shaded from the lowest to the highest."""
+    if not result["patient"]:
+        return None
+    import matplotlib
 
-        labels = {f"patient_{row.key}": row.label for row in ROWS}
-        figure, axis = plt.subplots(figsize=(8, 5))
-        for name, values in curves.items():
-            axis.plot(range(1, len(values) + 1), values, marker="o", markersize=3, label=labels.get(name, name))
-        for label, style in ((demo.ENSEMBLE, "--"), (demo.INIT, ":")):
-            if label in result["zoo"]:
-                value = result["zoo"][label]
-                axis.axhline(value, color="grey", linestyle=style, linewidth=1, label=f"{label} ({value:.2f})")
-        axis.set_xlabel("epoch (cosine schedule over 30 epochs, from the zoo's ResNet-8 init)")
-        axis.set_ylabel("val top-1 on the 10,000 test images (%)")
-        axis.set_title("Fashion-MNIST, seed 0: what does patience give each row?")
-        axis.grid(alpha=0.3)
-        axis.legend(fontsize=8)
-        figure.tight_layout()
-        path = self.out / "patient_val_top1.png"
-        figure.savefig(path, dpi=120)
-        plt.close(figure)
-        return path
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    labels = {f"patient_{row.key}": row.label for row in ROWS}
+    figure, axis = plt.subplots(figsize=(8, 5))
+    for name, seeds in result["patient"].items():
+        curves = np.array([run["val_top1"] for run in seeds.values()])
+        epochs = range(1, curves.shape[1] + 1)
+        label = f"{labels.get(name, name)} ({len(curves)} seed{'s' if len(curves) > 1 else ''})"
+        (line,) = axis.plot(epochs, curves.mean(0), marker="o", markersize=3, label=label)
+        if len(curves) > 1:
+            axis.fill_between(epochs, curves.min(0), curves.max(0), color=line.get_color(), alpha=0.2)
+    for label, style in ((demo.ENSEMBLE, "--"), (demo.INIT, ":")):
+        if label in result["zoo"]:
+            value = result["zoo"][label]
+            axis.axhline(value, color="grey", linestyle=style, linewidth=1, label=f"{label} ({value:.2f})")
+    axis.set_xlabel("epoch (cosine schedule over 30 epochs, from the zoo's ResNet-8 init)")
+    axis.set_ylabel("val top-1 on the 10,000 test images (%)")
+    axis.set_title("Fashion-MNIST: mean over seeds (band: lowest to highest seed)")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def publish(result: dict) -> None:
+    """The committed evidence from one result: docs/method_table.json, the README's table and the plot."""
+    PUBLISHED.write_text(json.dumps(result, indent=2) + "\n")
+    plot(result, PUBLISHED_PLOT)
+    readme = README.read_text()
+    start, end = readme.index(BEGIN) + len(BEGIN), readme.index(END)
+    README.write_text(readme[:start] + "\n" + markdown(result) + readme[end:])
 
 
 def table_row(row: Row, by_seed: dict[int, dict], reference: dict[int, dict]) -> dict:
@@ -331,9 +360,7 @@ def markdown(result: dict) -> str:
         if scores
     ]
     lines = [
-        f"Fashion-MNIST, {result['machine']}, precision {result['precision']}"
-        + (f", {result['seconds'] / 60:.0f} min" if result.get("seconds") else "")
-        + ". Every row trains the zoo's ResNet-8 init for 7 epochs (the random-init ablation: from scratch): SGD, "
+        f"Fashion-MNIST, {result['machine']}, precision {result['precision']}; {run_time(result)}. Every row trains the zoo's ResNet-8 init for 7 epochs (the random-init ablation: from scratch): SGD, "
         "momentum 0.9, cosine from lr 0.01, batch 128, the ensemble's soft labels on the same stored crops (the "
         "single-teacher ablation runs its teacher online on fresh crops of the same augmentation). Weight decay: "
         "5e-4 for the hard-label baseline (its recipe's), 0 for every distillation row (MEAL V2's). MEAL V2 rows: soft "
@@ -358,30 +385,75 @@ def markdown(result: dict) -> str:
     if zoo_rows := {k: v for k, v in result["zoo"].items() if not isinstance(v, dict)}:
         lines += ["", "The zoo on the same images: " + ", ".join(f"{k} {v:.2f} %" for k, v in zoo_rows.items()) + "."]
     if result["patient"]:
-        lines.append("")
-        lines.append(patient_line(result))
+        lines += ["", patient_line(result)]
+    if said := verdict(result):
+        lines += ["", said]
     return "\n".join(lines) + "\n"
+
+
+def run_time(result: dict) -> str:
+    """How many runs the result holds and their time, summed over runs (each on its own thread(s))."""
+    patient = [run for seeds in result["patient"].values() for run in seeds.values()]
+    seconds = sum(run["seconds"] or 0 for run in [*result["runs"], *patient])
+    threads = sorted({run.get("threads", 1) for run in result["runs"]})
+    held_out = sum(run.get("held_out", False) for run in result["runs"])
+    return (
+        f"{len(result['runs'])} runs of 7 epochs ({held_out} of them on held-out images for the choices) and "
+        f"{len(patient)} of 30, {seconds / 3600:.1f} h summed over runs "
+        f"({'/'.join(map(str, threads))} thread(s) each, as many side by side as there are cores)"
+    )
+
+
+def verdict(result: dict) -> str:
+    """The table in words no stronger than its intervals: the rows MEAL V2 ends above, below, or not told apart
+    from (its paired 95 % interval above 0, below 0, or across it), and those with one seed, so no interval."""
+    groups: dict[str, list[str]] = {}
+    for row in result["rows"]:
+        if not (lead := row.get("meal_v2_lead")):
+            continue
+        mean, half = lead["mean"], lead["half_width"]
+        where = (
+            "one seed so far, no interval"
+            if half is None
+            else "above"
+            if mean - half > 0
+            else "below"
+            if mean + half < 0
+            else "not told apart from"
+        )
+        ahead = f", ahead in {lead['ahead']}/{lead['n']} seeds" if half is not None else ""
+        groups.setdefault(where, []).append(f"{row['label']} ({cell(lead, signed=True)}{ahead})")
+    order = ("above", "not told apart from", "below", "one seed so far, no interval")
+    said = [f"{where}: {'; '.join(groups[where])}" for where in order if where in groups]
+    return (
+        "**MEAL V2 against each row** (MEAL V2 − row, points, 95 % interval paired by seed): " + ". ".join(said) + "."
+        if said
+        else ""
+    )
 
 
 def patient_line(result: dict) -> str:
     """Each patient row's last-epoch top-1 and share of the init -> ensemble gap closed, mean and 95 % interval over
     seeds, and MEAL V2's lead over the baseline paired by seed."""
     init, ensemble = result["zoo"].get(demo.INIT), result["zoo"].get(demo.ENSEMBLE)
-    parts, last = [], {}
+    parts, last, labels = [], {}, {f"patient_{row.key}": row.label for row in ROWS}
     for name, seeds in result["patient"].items():
         last[name] = {seed: run["val_top1"][-1] for seed, run in seeds.items()}
         epochs = len(next(iter(seeds.values()))["val_top1"])
-        part = f"{name.removeprefix('patient_')} {cell(interval(list(last[name].values())))} % after {epochs} epochs"
+        n = len(last[name])
+        label = labels.get(name, name)
+        part = f"{label} {cell(interval(list(last[name].values())))} % after {epochs} epochs ({n} seed{'s' * (n > 1)})"
         if None not in (init, ensemble):
             closed = [100 * (v - init) / (ensemble - init) for v in last[name].values()]
             part += f", gap closed {cell(interval(closed), '{:.0f}')} %"
         if "0" in seeds and "last_train_top1" in seeds["0"]:
-            part += f" (seed 0's own training crops {seeds['0']['last_train_top1']:.2f} %)"
+            part += f", seed 0 fits {seeds['0']['last_train_top1']:.2f} % of its own training crops"
         parts.append(part)
-    line = "Patient schedule (30 epochs, cosine; seeds as run): " + "; ".join(parts)
+    line = "**Patient schedule** (30 epochs, cosine; mean ± 95 % t-interval over seeds): " + "; ".join(parts)
     base, meal = (last.get(f"patient_{key}", {}) for key in PAIR)
     if common := sorted(set(base) & set(meal)):
-        line += f"; MEAL V2 − baseline {cell(interval([meal[s] - base[s] for s in common]), signed=True)}"
+        lead = interval([meal[s] - base[s] for s in common])
+        line += f"; MEAL V2 − baseline {cell(lead, signed=True)} points paired over {len(common)} seed(s)"
     return line + "."
 
 
@@ -396,6 +468,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     parser.add_argument("--no-patient", action="store_true", help="leave out the 30-epoch pair")
     parser.add_argument("--rows", nargs="+", choices=[r.key for r in ROWS], default=[r.key for r in ROWS])
     parser.add_argument("--summary", action="store_true", help="only the table from the runs done so far")
+    parser.add_argument("--publish", action="store_true", help="write docs/method_table.json, its plot, README's table")
     parser.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)  # tiny runs, for the tests
     args = parser.parse_args(argv)
     table = Table(
@@ -413,7 +486,9 @@ def main(argv: Optional[list[str]] = None) -> dict:
         result = table.summarize() if args.summary else table.run()
     except (zoo.ZooError, demo.DemoError) as error:
         raise SystemExit(f"error: {error}") from None
-    table.plot(result)
+    plot(result, table.out / "patient_val_top1.png")
+    if args.publish:
+        publish(result)
     return result
 
 

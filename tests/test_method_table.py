@@ -12,7 +12,7 @@ from torch.utils.tensorboard import SummaryWriter
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
 
 import method_table  # noqa: E402
-from method_table import ROWS, Table, interval  # noqa: E402
+from method_table import ROWS, Table, interval, markdown  # noqa: E402
 
 
 def write_run(folder: Path, top1: list[float], done: bool = True, **last) -> None:
@@ -114,6 +114,40 @@ def test_patient_rows_report_the_gap_closed_and_the_margin_over_seeds_and_are_pl
             write_run(pipeline.run_dir(step), [0.92, finals[step.name][pipeline.seed]], **{"train/top1": 0.95})
     result = method_table.main(["--summary", "--out", str(tmp_path)])
     line = method_table.patient_line(result)
-    assert "meal_v2 94.05 ± 0.64 % after 2 epochs, gap closed 40 ± 28 % (seed 0's own training crops 95.00 %)" in line
-    assert "MEAL V2 − baseline +0.60 ± 1.27" in line  # gap: (94.05 - 93.15) / (95.40 - 93.15); margin paired by seed
+    assert "MEAL V2 94.05 ± 0.64 % after 2 epochs (2 seeds), gap closed 40 ± 28 %, seed 0 fits 95.00 %" in line
+    assert "MEAL V2 − baseline +0.60 ± 1.27 points paired over 2 seed(s)" in line  # gap: (94.05 - 93.15) / 2.25
     assert set(result["patient"]) == set(finals) and (tmp_path / "patient_val_top1.png").stat().st_size > 1000
+
+
+def test_words_say_no_more_than_the_intervals():
+    rows = [
+        {"label": "A", "meal_v2_lead": {"mean": 0.2, "half_width": 0.1, "n": 5, "ahead": 5}},
+        {"label": "B", "meal_v2_lead": {"mean": 0.2, "half_width": 0.3, "n": 5, "ahead": 3}},
+        {"label": "C", "meal_v2_lead": {"mean": -0.5, "half_width": 0.1, "n": 3, "ahead": 0}},
+        {"label": "D", "meal_v2_lead": {"mean": 0.6, "half_width": None, "n": 1, "ahead": 1}},
+    ]
+    said = method_table.verdict({"rows": rows})
+    assert "above: A (+0.20 ± 0.10, ahead in 5/5 seeds)." in said
+    assert "not told apart from: B (+0.20 ± 0.30, ahead in 3/5 seeds)." in said
+    assert "below: C (-0.50 ± 0.10, ahead in 0/3 seeds)." in said and "no interval: D (+0.60)." in said
+
+
+def test_the_readme_table_and_plot_are_generated_from_the_committed_runs(tmp_path, monkeypatch):
+    committed = json.loads(method_table.PUBLISHED.read_text())
+    readme = method_table.README.read_text()
+    assert f"{method_table.BEGIN}\n{method_table.markdown(committed)}{method_table.END}" in readme
+    assert committed["runs"] and all(
+        {"row", "seed", "configs", "val_top1_per_epoch", "seconds"} <= set(r) for r in committed["runs"]
+    )
+    # `--summary --publish` writes the three from the runs, and leaves the rest of the README as it was.
+    for name, path in (("PUBLISHED", "t.json"), ("PUBLISHED_PLOT", "t.png"), ("README", "README.md")):
+        monkeypatch.setattr(method_table, name, tmp_path / path)
+    (tmp_path / "README.md").write_text(f"intro\n{method_table.BEGIN}\nold\n{method_table.END}\nrest\n")
+    table, meal = Table(tmp_path / "runs"), ROWS[1]
+    write_run(table.pipeline("seed0", 0).run_dir(table.row_step(meal)), [0.93])
+    write_run(table.pipeline("patient_seed0", 0).run_dir(table.patient_steps()[1]), [0.92, 0.94])
+    result = method_table.main(["--summary", "--publish", "--out", str(tmp_path / "runs")])  # as the README prints it
+    assert json.loads((tmp_path / "t.json").read_text()) == json.loads(json.dumps(result))
+    assert (tmp_path / "t.png").stat().st_size > 1000 and "| MEAL V2 | 1 | 93.00 |" in markdown(result)
+    generated = f"{method_table.BEGIN}\n{method_table.markdown(result)}{method_table.END}"
+    assert (tmp_path / "README.md").read_text() == f"intro\n{generated}\nrest\n"
