@@ -260,7 +260,13 @@ def report(pipeline: Pipeline, verified: list[dict], seconds: Optional[float] = 
     result["per_class"] = per_class(exports, pipeline.data_dir, pipeline.out / "confusion_matrix.png")
     (pipeline.out / "results.json").write_text(json.dumps(result, indent=2))
     (pipeline.out / "results.md").write_text(markdown_table(result) + "\n" + per_class_table(result["per_class"]))
-    plot(curves, evaluation, pipeline.out / "val_top1.png")
+    plot(
+        {label: [values] for label, values in curves.items()},
+        evaluation,
+        pipeline.out / "val_top1.png",
+        "Fashion-MNIST: MEAL V2 vs hard labels from the same init",
+        "epoch of training on from the zoo's student init",
+    )
     print(markdown_table(result), flush=True)
     return result
 
@@ -441,23 +447,32 @@ def interval(values: list[float]) -> dict:
     return {"n": n, "mean": mean, "half_width": T_975[min(n - 1, len(T_975)) - 1] * sd / math.sqrt(n)}
 
 
-def plot(curves: dict[str, list[float]], evaluation: dict[str, Optional[float]], path: Path) -> None:
+def plot(
+    curves: dict[str, list[list[float]]], lines: dict[str, Optional[float]], path: Path, title: str, xlabel: str
+) -> None:
+    """Val top-1 per epoch: each curve's mean over its seeds (shaded from the lowest to the highest seed where there
+    are several) and grey lines at the reference points (the zoo's evaluation)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import numpy as np
 
     figure, axis = plt.subplots(figsize=(8, 5))
-    for label, values in curves.items():
-        if values:
-            axis.plot(range(1, len(values) + 1), values, marker="o", label=label)
-    for (label, value), style in zip(evaluation.items(), (":", "-.", "--", "-"), strict=False):
+    for label, seeds in curves.items():
+        if seeds and seeds[0]:
+            values = np.array(seeds)
+            epochs = range(1, values.shape[1] + 1)
+            (line,) = axis.plot(epochs, values.mean(0), marker="o", markersize=3, label=label)
+            if len(values) > 1:
+                axis.fill_between(epochs, values.min(0), values.max(0), color=line.get_color(), alpha=0.2)
+    for (label, value), style in zip(lines.items(), (":", "-.", "--", "-"), strict=False):
         if value is not None:
             axis.axhline(value, color="grey", linestyle=style, linewidth=1, label=f"{label} ({value:.2f})")
-    axis.set_xlabel("epoch of training on from the zoo's student init")
+    axis.set_xlabel(xlabel)
     axis.xaxis.get_major_locator().set_params(integer=True)
     axis.set_ylabel("val top-1 (%)")
-    axis.set_title("Fashion-MNIST: MEAL V2 vs hard labels from the same init")
+    axis.set_title(title)
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
     figure.tight_layout()
