@@ -123,7 +123,7 @@ class Table:
         ]
 
     def held_out_runs(self, row: Row) -> dict[float, dict]:
-        """The finished held-out runs of the row's choice, by value: their last values (top-1 on the held-out images)."""
+        """The finished held-out runs of the row's choice by value: their last values (top-1 on held-out images)."""
         pipeline = self.pipeline("selection")
         found = {
             v: self.last_values(pipeline, step)
@@ -335,15 +335,18 @@ def cell(stat: Optional[dict], form: str = "{:.2f}", signed: bool = False) -> st
 def markdown(result: dict) -> str:
     rows = {row.key: row for row in ROWS}
     choices = [
-        f" {rows[key].label}'s {rows[key].choice[0]} chosen on {result['held_out_images']:,} held-out training images ("
+        f" {rows[key].label}'s {rows[key].choice[0]}: "
+        + (f"{result['chosen'][key]:g}, chosen" if key in result["chosen"] else "not chosen yet")
+        + f" by last-epoch top-1 on {result['held_out_images']:,} held-out training images ("
         + ", ".join(f"{v}: {top1:.2f}" for v, top1 in scores.items())
         + ")."
         for key, scores in result["selection"].items()
         if scores
     ]
     lines = [
-        f"Fashion-MNIST, {result['machine']}, precision {result['precision']}; {run_time(result)}. Every row trains the zoo's ResNet-8 init for 7 epochs (the random-init ablation: from scratch): SGD, "
-        "momentum 0.9, cosine from lr 0.01, batch 128, the ensemble's soft labels on the same stored crops (the "
+        f"Fashion-MNIST, {result['machine']}, precision {result['precision']}; {run_time(result)}. Every row trains "
+        "the zoo's ResNet-8 init for 7 epochs (the random-init ablation: from scratch): SGD, momentum 0.9, cosine "
+        "from lr 0.01, batch 128, the ensemble's soft labels on the same stored crops (the "
         "single-teacher ablation runs its teacher online on fresh crops of the same augmentation). Weight decay: "
         "5e-4 for the hard-label baseline (its recipe's), 0 for every distillation row (MEAL V2's). MEAL V2 rows: soft "
         "cross-entropy on the mean of probabilities + the released discriminator, no labels; Hinton KD, DKD, DIST: "
