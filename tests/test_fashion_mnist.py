@@ -334,7 +334,6 @@ def test_method_table_chooses_on_held_out_images_then_trains_its_rows_end_to_end
             "1",
             "--held-out",
             "16",
-            "--no-patient",
             "--rows",
             "meal_v2",
             "hinton_kd",

@@ -151,3 +151,17 @@ def test_the_readme_table_and_plot_are_generated_from_the_committed_runs(tmp_pat
     assert (tmp_path / "t.png").stat().st_size > 1000 and "| MEAL V2 | 1 | 93.00 |" in markdown(result)
     generated = f"{method_table.BEGIN}\n{method_table.markdown(result)}{method_table.END}"
     assert (tmp_path / "README.md").read_text() == f"intro\n{generated}\nrest\n"
+
+
+def test_the_patient_rows_are_a_command_of_their_own(tmp_path, monkeypatch):
+    started = []
+    monkeypatch.setattr(method_table.demo, "run_side_by_side", lambda jobs: started.append([s.name for _, s in jobs]))
+    monkeypatch.setattr(method_table.Pipeline, "prepare", lambda self: setattr(self, "precision", "32-true"))
+    monkeypatch.setattr(Table, "chosen", lambda self, row, scores=None: row.choice[1][0])
+    Table(tmp_path, seeds=3).run()  # the 7-epoch table: the choices, then the rows; no 30-epoch run
+    assert started[0][0] == "zoo_evaluation" and any(name.startswith("hinton_kd_temperature") for name in started[0])
+    assert "meal_v2" in started[1] and not any(name.startswith("patient_") for run in started for name in run)
+    started.clear()
+    Table(tmp_path, seeds=3, patient=True).run()  # --patient: the zoo's evaluation and the four rows over 3 seeds
+    (names,) = started
+    assert names == ["zoo_evaluation", *[f"patient_{key}" for key in method_table.PATIENT_ROWS] * 3]
