@@ -415,7 +415,7 @@ def verdict(result: dict) -> str:
         ahead = f", ahead in {lead['ahead']}/{lead['n']} seeds" if half is not None else ""
         groups.setdefault(where, []).append(f"{row['label']} ({cell(lead, signed=True)}{ahead})")
     order = ("above", "not told apart from", "below", "one seed so far, no interval")
-    said = [f"{where}: {'; '.join(groups[where])}" for where in order if where in groups]
+    said = [f"{where.capitalize()}: {'; '.join(groups[where])}" for where in order if where in groups]
     return (
         "**MEAL V2 against each row** (MEAL V2 − row, points, 95 % interval paired by seed): " + ". ".join(said) + "."
         if said

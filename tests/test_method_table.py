@@ -127,9 +127,9 @@ def test_words_say_no_more_than_the_intervals():
         {"label": "D", "meal_v2_lead": {"mean": 0.6, "half_width": None, "n": 1, "ahead": 1}},
     ]
     said = method_table.verdict({"rows": rows})
-    assert "above: A (+0.20 ± 0.10, ahead in 5/5 seeds)." in said
-    assert "not told apart from: B (+0.20 ± 0.30, ahead in 3/5 seeds)." in said
-    assert "below: C (-0.50 ± 0.10, ahead in 0/3 seeds)." in said and "no interval: D (+0.60)." in said
+    assert "Above: A (+0.20 ± 0.10, ahead in 5/5 seeds)." in said
+    assert "Not told apart from: B (+0.20 ± 0.30, ahead in 3/5 seeds)." in said
+    assert "Below: C (-0.50 ± 0.10, ahead in 0/3 seeds)." in said and "no interval: D (+0.60)." in said
 
 
 def test_the_readme_table_and_plot_are_generated_from_the_committed_runs(tmp_path, monkeypatch):
