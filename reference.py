@@ -13,7 +13,6 @@ import inspect
 import io
 import os
 import sys
-from dataclasses import MISSING
 from pathlib import Path
 from unittest import mock
 
@@ -94,7 +93,7 @@ def config_page() -> str:
         text = project_groups(help_text(args)) if args == ["--help"] else help_text(args)
         parts += [f"## `python cli.py fit {' '.join(args)}`", "", "```text", text.rstrip(), "```", ""]
     # The soft-label cache's fields, which --help folds into one option (a YAML mapping under data.init_args).
-    fields = [[f"`{f.name}`", f"`{f.type}`", "required" if f.default is MISSING else f"`{f.default}`"]
+    fields = [[f"`{f.name}`", f"`{f.type}`", "required" if f.default is dataclasses.MISSING else f"`{f.default}`"]
               for f in dataclasses.fields(SoftLabelCache)]  # fmt: skip
     parts += [
         "## `data.init_args.soft_labels` (`SoftLabelCache`)",

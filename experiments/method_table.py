@@ -23,7 +23,6 @@ import argparse
 import json
 import re
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -175,7 +174,6 @@ class Table:
     def run(self) -> dict:
         """The 7-epoch table, each declared choice made first on held-out images; with ``patient``, the 30-epoch
         rows instead. Either way the zoo's evaluation (the init and the ensemble the gap is measured between)."""
-        started = time.perf_counter()
         zoo_pipeline = self.pipeline("zoo")
         zoo_pipeline.prepare()
         self.precision = zoo_pipeline.precision
@@ -184,7 +182,7 @@ class Table:
             for pipeline in {job[0].out: job[0] for job in jobs}.values():
                 pipeline.prepare()
             demo.run_side_by_side([(zoo_pipeline, demo.STEPS[0]), *jobs])
-            return self.summarize(round(time.perf_counter() - started, 1))
+            return self.summarize()
         selection = self.pipeline("selection")
         for pipeline in [selection, *(self.pipeline(f"seed{s}", s) for s in range(self.seeds))]:
             pipeline.prepare()
@@ -198,7 +196,7 @@ class Table:
                 f"{row.label}: {row.choice[0]}={chosen[row.key]:g} chosen on {self.held_out} held-out training images"
             )
         demo.run_side_by_side(self.jobs(chosen))
-        return self.summarize(round(time.perf_counter() - started, 1))
+        return self.summarize()
 
     # ----------------------------------------------------------------------------------------------
     # The table
@@ -215,7 +213,7 @@ class Table:
         curve = [round(100 * v, 3) for v in scalars[TAGS["top1"]]]
         return {**values, "val_top1_per_epoch": curve, **json.loads((folder / "done.json").read_text())}
 
-    def summarize(self, seconds: Optional[float] = None) -> dict:
+    def summarize(self) -> dict:
         per_row = {}
         for row in ROWS:
             by_seed = {}
@@ -250,7 +248,6 @@ class Table:
             "rows": rows,
             "runs": runs,
             "patient": self.patient_rows(),
-            "seconds": seconds,
         }
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "table.json").write_text(json.dumps(result, indent=2))
@@ -403,15 +400,12 @@ def verdict(result: dict) -> str:
         if not (lead := row.get("meal_v2_lead")):
             continue
         mean, half = lead["mean"], lead["half_width"]
-        where = (
-            "one seed so far, no interval"
-            if half is None
-            else "above"
-            if mean - half > 0
-            else "below"
-            if mean + half < 0
-            else "not told apart from"
-        )
+        if half is None:
+            where = "one seed so far, no interval"
+        elif mean - half > 0:
+            where = "above"
+        else:
+            where = "below" if mean + half < 0 else "not told apart from"
         ahead = f", ahead in {lead['ahead']}/{lead['n']} seeds" if half is not None else ""
         groups.setdefault(where, []).append(f"{row['label']} ({cell(lead, signed=True)}{ahead})")
     order = ("above", "not told apart from", "below", "one seed so far, no interval")
