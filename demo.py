@@ -358,9 +358,6 @@ def markdown_table(result: dict) -> str:
         "",
     ]
 
-    def number(value, form="{:.2f}", missing="") -> str:
-        return form.format(value) if value is not None else missing
-
     header = "run | epochs | val top-1 (%) | agreement with the ensemble (%) | NLL | ECE (%) | params | wall (s)"
     rows = [
         [row["run"], number(row["epochs"], "{}"), number(row["val_top1"], missing="n/a"), number(row.get("agreement")),
@@ -373,8 +370,8 @@ def markdown_table(result: dict) -> str:
         closed = f"{100 * result['gap_closed']:.0f}%" if result["gap_closed"] is not None else "n/a"
         lines += [
             "",
-            f"MEAL V2 - baseline: {result['meal_minus_baseline']:+.2f} points; MEAL V2 - init: "
-            f"{result['meal_minus_init']:+.2f}; share of the init -> ensemble gap closed: {closed}.",
+            f"MEAL V2 - baseline: {number(result['meal_minus_baseline'], signed=True)} points; MEAL V2 - init: "
+            f"{number(result['meal_minus_init'], signed=True)}; share of the init -> ensemble gap closed: {closed}.",
         ]
     lines += [
         "",
@@ -418,10 +415,9 @@ def summarize(results_dir: Path) -> dict:
     ]
     table = []
     for row in rows + list(paired.values()):
-        form = "{:+.2f}" if "(points)" in row["run"] else "{:.2f}"
-        per_seed = ", ".join(f"s{seed} " + form.format(v) for seed, v in row["by_seed"].items())
-        half = f"{row['half_width']:.2f}" if row["half_width"] is not None else ""
-        table.append([row["run"], row["n"], form.format(row["mean"]), half, per_seed])
+        signed = "(points)" in row["run"]
+        per_seed = ", ".join(f"s{seed} {number(v, signed=signed)}" for seed, v in row["by_seed"].items())
+        table.append([row["run"], row["n"], number(row["mean"], signed=signed), number(row["half_width"]), per_seed])
     lines += table_lines("run | seeds | mean | ± 95 % | per seed", table)
     (results_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     (results_dir / "summary.md").write_text("\n".join(lines) + "\n")
@@ -445,6 +441,14 @@ def interval(values: list[float]) -> dict:
         return {"n": n, "mean": mean, "half_width": None}
     sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
     return {"n": n, "mean": mean, "half_width": T_975[min(n - 1, len(T_975)) - 1] * sd / math.sqrt(n)}
+
+
+def number(value: Optional[float], form: str = "{:.2f}", signed: bool = False, missing: str = "") -> str:
+    """``value`` as ``form`` writes it, with its sign where ``signed`` (none where it rounds to 0), or ``missing``."""
+    if value is None:
+        return missing
+    text = (form.replace("{:", "{:+") if signed else form).format(value)
+    return text.lstrip("+-") if float(text) == 0 else text
 
 
 def plot(

@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 import demo  # noqa: E402
 import zoo  # noqa: E402
 from console import table_lines  # noqa: E402
-from demo import CONFIGS, MEAL_CONFIG, Pipeline, Step, interval  # noqa: E402
+from demo import CONFIGS, MEAL_CONFIG, Pipeline, Step, interval, number  # noqa: E402
 from lightning_modules.hardware import machine  # noqa: E402
 
 BASELINE_CONFIG = CONFIGS / "baseline_resnet8_hard_labels.yaml"
@@ -331,8 +331,8 @@ def table_row(row: Row, by_seed: dict[int, dict], reference: dict[int, dict]) ->
 def cell(stat: Optional[dict], form: str = "{:.2f}", signed: bool = False) -> str:
     if stat is None:
         return ""
-    mean = (form.replace("{:", "{:+") if signed else form).format(stat["mean"])
-    return mean if stat["half_width"] is None else f"{mean} ± {form.format(stat['half_width'])}"
+    mean = number(stat["mean"], form, signed)
+    return mean if stat["half_width"] is None else f"{mean} ± {number(stat['half_width'], form)}"
 
 
 def markdown(result: dict) -> str:

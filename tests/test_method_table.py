@@ -125,10 +125,11 @@ def test_words_say_no_more_than_the_intervals():
         {"label": "B", "meal_v2_lead": {"mean": 0.2, "half_width": 0.3, "n": 5, "ahead": 3}},
         {"label": "C", "meal_v2_lead": {"mean": -0.5, "half_width": 0.1, "n": 3, "ahead": 0}},
         {"label": "D", "meal_v2_lead": {"mean": 0.6, "half_width": None, "n": 1, "ahead": 1}},
+        {"label": "E", "meal_v2_lead": {"mean": -0.001, "half_width": 0.4, "n": 3, "ahead": 1}},
     ]
     said = method_table.verdict({"rows": rows})
     assert "Above: A (+0.20 ± 0.10, ahead in 5/5 seeds)." in said
-    assert "Not told apart from: B (+0.20 ± 0.30, ahead in 3/5 seeds)." in said
+    assert "Not told apart from: B (+0.20 ± 0.30, ahead in 3/5 seeds); E (0.00 ± 0.40, ahead in 1/3 seeds)." in said
     assert "Below: C (-0.50 ± 0.10, ahead in 0/3 seeds)." in said and "no interval: D (+0.60)." in said
 
 
