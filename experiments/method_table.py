@@ -8,8 +8,9 @@ seeds`` header (the two recipes, the overlays in baselines/, methods/ and ablati
 <argument> from <values>`` has that objective argument chosen first on held-out training images (``--held-out`` of
 the 60,000, ``data.val_size``). Runs go side by side as in the demo; finished runs are skipped and an interrupted one
 resumes. The table gives each row's mean with a 95 % t-interval over seeds and, paired by seed, MEAL V2's lead over
-it. The patient rows (baseline, MEAL V2, function matching, MEAL V2 with consistent teaching) are a command of their
-own: 30 epochs over 3 seeds, reporting the share of the init -> ensemble gap each closes. ``table.json`` holds every
+it. The patient rows (baseline, MEAL V2, function matching, MEAL V2 with consistent teaching, and MEAL V2 with a
+ResNet-20 student from its own init) are a command of their own: 30 epochs over 3 seeds, reporting the share of the
+init -> ensemble gap each closes. ``table.json`` holds every
 finished run of both.
 
     python experiments/method_table.py             # the 7-epoch table (results/method_table/): see README for the time
@@ -88,6 +89,8 @@ ROWS = find_rows()
 REFERENCE = "meal_v2"  # the row every other is paired with
 PAIR = ("baseline", "meal_v2")  # run first, over all their seeds
 PATIENT_ROWS = ("baseline", "meal_v2", "function_matching", "meal_v2_consistent")  # also over 30 epochs
+# The capacity row: MEAL V2 with the wider student from its own init, whose gap is measured from that init
+WIDER = ("meal_v2_resnet20", "MEAL V2, ResNet-20 student", CONFIGS / "students" / "resnet20.yaml", "teacher: ResNet-20")
 PATIENT_SEEDS = 3
 
 
@@ -101,7 +104,7 @@ class Table:
     precision: Optional[str] = None
     smoke: bool = False
     patient: bool = False  # the 30-epoch rows instead of the 7-epoch table
-    rows: tuple[str, ...] = tuple(row.key for row in ROWS)  # which rows to run (keys)
+    rows: tuple[str, ...] = (*(row.key for row in ROWS), WIDER[0])  # which rows to run (keys)
 
     def selected(self) -> list[Row]:
         return [row for row in ROWS if row.key in self.rows]
@@ -163,7 +166,8 @@ class Table:
 
     def patient_steps(self) -> list[Step]:
         rows = {row.key: row for row in ROWS}
-        return [Step(f"patient_{k}", f"{rows[k].label}, 30 epochs", (*rows[k].configs, PATIENT)) for k in PATIENT_ROWS]
+        steps = [Step(f"patient_{k}", f"{rows[k].label}, 30 epochs", (*rows[k].configs, PATIENT)) for k in PATIENT_ROWS]
+        return steps + [Step(f"patient_{WIDER[0]}", f"{WIDER[1]}, 30 epochs", (MEAL_CONFIG, WIDER[2], PATIENT))]
 
     def patient_jobs(self, selected: bool = False) -> list[tuple[Pipeline, Step]]:
         """The patient rows (``selected``: those among ``rows``), seed by seed (seed 0 of all first)."""
@@ -290,9 +294,8 @@ def plot(result: dict, path: Path) -> None:
     """The patient rows' val top-1 on the test images per epoch, mean over the seeds run (none run: no plot)."""
     if not result["patient"]:
         return
-    labels = {f"patient_{row.key}": row.label for row in ROWS}
     curves = {
-        f"{labels.get(name, name)} ({len(seeds)} seed{'s' * (len(seeds) > 1)})": [
+        f"{patient_label(name)} ({len(seeds)} seed{'s' * (len(seeds) > 1)})": [
             run["val_top1"] for run in seeds.values()
         ]
         for name, seeds in result["patient"].items()
@@ -417,22 +420,27 @@ def verdict(result: dict) -> str:
     )
 
 
+def patient_label(name: str) -> str:
+    """A patient run's row label (its run name if no row has it)."""
+    return {f"patient_{row.key}": row.label for row in ROWS}.get(name, WIDER[1] if name.endswith(WIDER[0]) else name)
+
+
 def patient_line(result: dict) -> str:
     """Each patient row's last-epoch top-1 and share of the init -> ensemble gap closed, mean and 95 % interval over
     seeds, and MEAL V2's lead over the baseline paired by seed."""
-    init, ensemble = result["zoo"].get(demo.INIT), result["zoo"].get(demo.ENSEMBLE)
-    parts, last, labels = [], {}, {f"patient_{row.key}": row.label for row in ROWS}
+    parts, last, ensemble = [], {}, result["zoo"].get(demo.ENSEMBLE)
     for name, seeds in result["patient"].items():
         last[name] = {seed: run["val_top1"][-1] for seed, run in seeds.items()}
         epochs = len(next(iter(seeds.values()))["val_top1"])
         n = len(last[name])
-        label = labels.get(name, name)
+        label = patient_label(name)
         part = f"{label} {cell(interval(list(last[name].values())))} % after {epochs} epochs ({n} seed{'s' * (n > 1)})"
+        init = result["zoo"].get(WIDER[3] if name == f"patient_{WIDER[0]}" else demo.INIT)
         if None not in (init, ensemble):
             closed = [100 * (v - init) / (ensemble - init) for v in last[name].values()]
             part += f", gap closed {cell(interval(closed), '{:.0f}')} %"
-        if "0" in seeds and "last_train_top1" in seeds["0"]:
-            part += f", seed 0 fits {seeds['0']['last_train_top1']:.2f} % of its own training crops"
+        if fits := [run["last_train_top1"] for run in seeds.values() if "last_train_top1" in run]:
+            part += f", fits {cell(interval(fits))} % of its own training crops"
         parts.append(part)
     line = "**Patient schedule** (30 epochs, cosine; mean ± 95 % t-interval over seeds): " + "; ".join(parts)
     base, meal = (last.get(f"patient_{key}", {}) for key in PAIR)
@@ -451,7 +459,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     parser.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST IDX files")
     parser.add_argument("--precision", default=None, help="Trainer precision (default: as the demo picks it)")
     parser.add_argument("--patient", action="store_true", help="the 30-epoch rows (of --rows) instead of the table")
-    parser.add_argument("--rows", nargs="+", choices=[r.key for r in ROWS], default=[r.key for r in ROWS])
+    parser.add_argument("--rows", nargs="+", choices=Table.rows, default=Table.rows)
     parser.add_argument("--summary", action="store_true", help="only the table from the runs done so far")
     parser.add_argument("--publish", action="store_true", help="write docs/method_table.json, its plot, README's table")
     parser.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)  # tiny runs, for the tests

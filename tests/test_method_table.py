@@ -100,22 +100,26 @@ def test_every_config_with_a_method_table_header_is_a_row_naming_configs_that_ex
     for row in ROWS:
         assert all(path.is_file() for path in row.configs), row.key
     assert all(path.is_file() for step in Table(Path("unused")).patient_steps() for path in step.configs)
-    assert {f"patient_{key}" for key in method_table.PATIENT_ROWS} == {s.name for s in Table(Path("x")).patient_steps()}
+    names = {f"patient_{key}" for key in (*method_table.PATIENT_ROWS, method_table.WIDER[0])}
+    assert names == {s.name for s in Table(Path("x")).patient_steps()}
     assert method_table.PATIENT.is_file()
 
 
 def test_patient_rows_report_the_gap_closed_and_the_margin_over_seeds_and_are_plotted(tmp_path):
     table = Table(tmp_path)
     zoo_run = table.pipeline("zoo").run_dir(method_table.demo.STEPS[0])
-    write_run(zoo_run, [0.9315], done=False, **{"val/ensemble_top1": 0.954})
+    write_run(zoo_run, [0.9315], done=False, **{"val/ensemble_top1": 0.954, "val/teacher0_top1": 0.949})
     finals = {"patient_baseline": (0.935, 0.934), "patient_meal_v2": (0.94, 0.941)}  # seeds 0 and 1
+    finals["patient_meal_v2_resnet20"] = (0.952, 0.951)  # the wider student, from ResNet-20's 94.9 %
     for pipeline, step in table.patient_jobs():
         if step.name in finals and pipeline.seed < 2:
-            write_run(pipeline.run_dir(step), [0.92, finals[step.name][pipeline.seed]], **{"train/top1": 0.95})
+            fit = {"train/top1": 0.95 + pipeline.seed / 100}  # seeds 0 and 1 fit 95 and 96 % of their crops
+            write_run(pipeline.run_dir(step), [0.92, finals[step.name][pipeline.seed]], **fit)
     result = method_table.main(["--summary", "--out", str(tmp_path)])
     line = method_table.patient_line(result)
-    assert "MEAL V2 94.05 ± 0.64 % after 2 epochs (2 seeds), gap closed 40 ± 28 %, seed 0 fits 95.00 %" in line
+    assert "MEAL V2 94.05 ± 0.64 % after 2 epochs (2 seeds), gap closed 40 ± 28 %, fits 95.50 ± 6.35 %" in line
     assert "MEAL V2 − baseline +0.60 ± 1.27 points paired over 2 seed(s)" in line  # gap: (94.05 - 93.15) / 2.25
+    assert "ResNet-20 student 95.15 ± 0.64 % after 2 epochs (2 seeds), gap closed 50 ± 127 %" in line  # its own init
     assert set(result["patient"]) == set(finals) and (tmp_path / "patient_val_top1.png").stat().st_size > 1000
 
 
@@ -163,6 +167,7 @@ def test_the_patient_rows_are_a_command_of_their_own(tmp_path, monkeypatch):
     assert started[0][0] == "zoo_evaluation" and any(name.startswith("hinton_kd_temperature") for name in started[0])
     assert "meal_v2" in started[1] and not any(name.startswith("patient_") for run in started for name in run)
     started.clear()
-    Table(tmp_path, seeds=3, patient=True).run()  # --patient: the zoo's evaluation and the four rows over 3 seeds
+    Table(tmp_path, seeds=3, patient=True).run()  # --patient: the zoo's evaluation and the five rows over 3 seeds
     (names,) = started
-    assert names == ["zoo_evaluation", *[f"patient_{key}" for key in method_table.PATIENT_ROWS] * 3]
+    rows = [*method_table.PATIENT_ROWS, method_table.WIDER[0]]
+    assert names == ["zoo_evaluation", *[f"patient_{key}" for key in rows] * 3]
