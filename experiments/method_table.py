@@ -301,8 +301,10 @@ def plot(result: dict, path: Path) -> None:
         for name, seeds in result["patient"].items()
     }
     lines = {label: result["zoo"].get(label) for label in (demo.INIT, demo.ENSEMBLE)}
+    if f"patient_{WIDER[0]}" in result["patient"]:
+        lines[f"ResNet-20 student's init ({WIDER[3]})"] = result["zoo"].get(WIDER[3])
     title = "Fashion-MNIST, 30 epochs: mean over seeds (band: lowest to highest seed)"
-    demo.plot(curves, lines, path, title, "epoch (cosine over 30 epochs, from the zoo's ResNet-8 init)")
+    demo.plot(curves, lines, path, title, "epoch (cosine over 30 epochs, from each student's init in the zoo)")
 
 
 def publish(result: dict) -> None:
