@@ -443,8 +443,11 @@ def patient_line(result: dict) -> str:
             part += f", gap closed {cell(interval(closed), '{:.0f}')} %"
         if fits := [run["last_train_top1"] for run in seeds.values() if "last_train_top1" in run]:
             part += f", fits {cell(interval(fits))} % of its own training crops"
+        if agrees := [run["last_train_agreement"] for run in seeds.values() if "last_train_agreement" in run]:
+            part += f" and agrees with the ensemble on {cell(interval(agrees))} %"
         parts.append(part)
-    line = "**Patient schedule** (30 epochs, cosine; mean ± 95 % t-interval over seeds): " + "; ".join(parts)
+    line = "**Patient schedule** (30 epochs, cosine; mean ± 95 % t-interval over seeds; a mixed crop's label is its "
+    line += "larger part's): " + "; ".join(parts)
     base, meal = (last.get(f"patient_{key}", {}) for key in PAIR)
     if common := sorted(set(base) & set(meal)):
         lead = interval([meal[s] - base[s] for s in common])
