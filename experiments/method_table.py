@@ -10,8 +10,7 @@ the 60,000, ``data.val_size``). Runs go side by side as in the demo; finished ru
 resumes. The table gives each row's mean with a 95 % t-interval over seeds and, paired by seed, MEAL V2's lead over
 it. The patient rows (baseline, MEAL V2, function matching, MEAL V2 with consistent teaching, and MEAL V2 with a
 ResNet-20 student from its own init) are a command of their own: 30 epochs over 3 seeds, reporting the share of the
-init -> ensemble gap each closes. ``table.json`` holds every
-finished run of both.
+init -> ensemble gap each closes. ``table.json`` holds every finished run of both.
 
     python experiments/method_table.py             # the 7-epoch table (results/method_table/): see README for the time
     python experiments/method_table.py --patient   # the 30-epoch rows, into the same results
@@ -89,8 +88,9 @@ ROWS = find_rows()
 REFERENCE = "meal_v2"  # the row every other is paired with
 PAIR = ("baseline", "meal_v2")  # run first, over all their seeds
 PATIENT_ROWS = ("baseline", "meal_v2", "function_matching", "meal_v2_consistent")  # also over 30 epochs
-# The capacity row: MEAL V2 with the wider student from its own init, whose gap is measured from that init
-WIDER = ("meal_v2_resnet20", "MEAL V2, ResNet-20 student", CONFIGS / "students" / "resnet20.yaml", "teacher: ResNet-20")
+# The capacity row, over 30 epochs only: MEAL V2 with a wider student, its gap measured from that student's own init
+WIDER = Row("meal_v2_resnet20", "MEAL V2, ResNet-20 student", (MEAL_CONFIG, CONFIGS / "students" / "resnet20.yaml"), 3)
+WIDER_INIT = "teacher: ResNet-20"  # the zoo's row of its init
 PATIENT_SEEDS = 3
 
 
@@ -104,7 +104,7 @@ class Table:
     precision: Optional[str] = None
     smoke: bool = False
     patient: bool = False  # the 30-epoch rows instead of the 7-epoch table
-    rows: tuple[str, ...] = (*(row.key for row in ROWS), WIDER[0])  # which rows to run (keys)
+    rows: tuple[str, ...] = (*(row.key for row in ROWS), WIDER.key)  # which rows to run (keys)
 
     def selected(self) -> list[Row]:
         return [row for row in ROWS if row.key in self.rows]
@@ -165,9 +165,8 @@ class Table:
         return [(self.pipeline(f"seed{seed}", seed), self.row_step(row, chosen)) for row, seed in order]
 
     def patient_steps(self) -> list[Step]:
-        rows = {row.key: row for row in ROWS}
-        steps = [Step(f"patient_{k}", f"{rows[k].label}, 30 epochs", (*rows[k].configs, PATIENT)) for k in PATIENT_ROWS]
-        return steps + [Step(f"patient_{WIDER[0]}", f"{WIDER[1]}, 30 epochs", (MEAL_CONFIG, WIDER[2], PATIENT))]
+        rows = [*({row.key: row for row in ROWS}[key] for key in PATIENT_ROWS), WIDER]
+        return [Step(f"patient_{row.key}", f"{row.label}, 30 epochs", (*row.configs, PATIENT)) for row in rows]
 
     def patient_jobs(self, selected: bool = False) -> list[tuple[Pipeline, Step]]:
         """The patient rows (``selected``: those among ``rows``), seed by seed (seed 0 of all first)."""
@@ -301,8 +300,8 @@ def plot(result: dict, path: Path) -> None:
         for name, seeds in result["patient"].items()
     }
     lines = {label: result["zoo"].get(label) for label in (demo.INIT, demo.ENSEMBLE)}
-    if f"patient_{WIDER[0]}" in result["patient"]:
-        lines[f"ResNet-20 student's init ({WIDER[3]})"] = result["zoo"].get(WIDER[3])
+    if f"patient_{WIDER.key}" in result["patient"]:
+        lines[f"ResNet-20 student's init ({WIDER_INIT})"] = result["zoo"].get(WIDER_INIT)
     title = "Fashion-MNIST, 30 epochs: mean over seeds (band: lowest to highest seed)"
     demo.plot(curves, lines, path, title, "epoch (cosine over 30 epochs, from each student's init in the zoo)")
 
@@ -424,7 +423,7 @@ def verdict(result: dict) -> str:
 
 def patient_label(name: str) -> str:
     """A patient run's row label (its run name if no row has it)."""
-    return {f"patient_{row.key}": row.label for row in ROWS}.get(name, WIDER[1] if name.endswith(WIDER[0]) else name)
+    return {f"patient_{row.key}": row.label for row in (*ROWS, WIDER)}.get(name, name)
 
 
 def patient_line(result: dict) -> str:
@@ -437,7 +436,7 @@ def patient_line(result: dict) -> str:
         n = len(last[name])
         label = patient_label(name)
         part = f"{label} {cell(interval(list(last[name].values())))} % after {epochs} epochs ({n} seed{'s' * (n > 1)})"
-        init = result["zoo"].get(WIDER[3] if name == f"patient_{WIDER[0]}" else demo.INIT)
+        init = result["zoo"].get(WIDER_INIT if name == f"patient_{WIDER.key}" else demo.INIT)
         if None not in (init, ensemble):
             closed = [100 * (v - init) / (ensemble - init) for v in last[name].values()]
             part += f", gap closed {cell(interval(closed), '{:.0f}')} %"

@@ -100,7 +100,7 @@ def test_every_config_with_a_method_table_header_is_a_row_naming_configs_that_ex
     for row in ROWS:
         assert all(path.is_file() for path in row.configs), row.key
     assert all(path.is_file() for step in Table(Path("unused")).patient_steps() for path in step.configs)
-    names = {f"patient_{key}" for key in (*method_table.PATIENT_ROWS, method_table.WIDER[0])}
+    names = {f"patient_{key}" for key in (*method_table.PATIENT_ROWS, method_table.WIDER.key)}
     assert names == {s.name for s in Table(Path("x")).patient_steps()}
     assert method_table.PATIENT.is_file()
 
@@ -170,5 +170,5 @@ def test_the_patient_rows_are_a_command_of_their_own(tmp_path, monkeypatch):
     started.clear()
     Table(tmp_path, seeds=3, patient=True).run()  # --patient: the zoo's evaluation and the five rows over 3 seeds
     (names,) = started
-    rows = [*method_table.PATIENT_ROWS, method_table.WIDER[0]]
+    rows = [*method_table.PATIENT_ROWS, method_table.WIDER.key]
     assert names == ["zoo_evaluation", *[f"patient_{key}" for key in rows] * 3]
