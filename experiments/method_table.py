@@ -428,7 +428,7 @@ def patient_label(name: str) -> str:
 
 def patient_line(result: dict) -> str:
     """Each patient row's last-epoch top-1 and share of the init -> ensemble gap closed, mean and 95 % interval over
-    seeds, and MEAL V2's lead over the baseline paired by seed."""
+    seeds, and MEAL V2's lead over each other ResNet-8 row paired by seed."""
     parts, last, ensemble = [], {}, result["zoo"].get(demo.ENSEMBLE)
     for name, seeds in result["patient"].items():
         last[name] = {seed: run["val_top1"][-1] for seed, run in seeds.items()}
@@ -447,10 +447,15 @@ def patient_line(result: dict) -> str:
         parts.append(part)
     line = "**Patient schedule** (30 epochs, cosine; mean ± 95 % t-interval over seeds; a mixed crop's label is its "
     line += "larger part's): " + "; ".join(parts)
-    base, meal = (last.get(f"patient_{key}", {}) for key in PAIR)
-    if common := sorted(set(base) & set(meal)):
-        lead = interval([meal[s] - base[s] for s in common])
-        line += f"; MEAL V2 − baseline {cell(lead, signed=True)} points paired over {len(common)} seed(s)"
+    meal, leads = last.get(f"patient_{REFERENCE}", {}), []
+    for name, other in last.items():  # the wider student is not paired: it starts from another init
+        if name not in (f"patient_{REFERENCE}", f"patient_{WIDER.key}") and (common := sorted(set(meal) & set(other))):
+            lead = interval([meal[s] - other[s] for s in common])
+            leads.append(
+                f"{patient_label(name)} {cell(lead, signed=True)} ({len(common)} seed{'s' * (len(common) > 1)})"
+            )
+    if leads:
+        line += "; MEAL V2 − row, points paired by seed: " + ", ".join(leads)
     return line + "."
 
 
