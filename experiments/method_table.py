@@ -90,7 +90,7 @@ PAIR = ("baseline", "meal_v2")  # run first, over all their seeds
 PATIENT_ROWS = ("baseline", "meal_v2", "function_matching", "meal_v2_consistent")  # also over 30 epochs
 # The capacity row, over 30 epochs only: MEAL V2 with a wider student, its gap measured from that student's own init
 WIDER = Row("meal_v2_resnet20", "MEAL V2, ResNet-20 student", (MEAL_CONFIG, CONFIGS / "students" / "resnet20.yaml"), 3)
-WIDER_INIT = "teacher: ResNet-20"  # the zoo's row of its init
+OWN_INIT = {f"patient_{WIDER.key}": "teacher: ResNet-20"}  # patient runs from another init: the zoo row it is
 PATIENT_SEEDS = 3
 
 
@@ -294,14 +294,12 @@ def plot(result: dict, path: Path) -> None:
     if not result["patient"]:
         return
     curves = {
-        f"{patient_label(name)} ({len(seeds)} seed{'s' * (len(seeds) > 1)})": [
-            run["val_top1"] for run in seeds.values()
-        ]
+        f"{patient_label(name)} ({seed_count(len(seeds))})": [run["val_top1"] for run in seeds.values()]
         for name, seeds in result["patient"].items()
     }
     lines = {label: result["zoo"].get(label) for label in (demo.INIT, demo.ENSEMBLE)}
-    if f"patient_{WIDER.key}" in result["patient"]:
-        lines[f"ResNet-20 student's init ({WIDER_INIT})"] = result["zoo"].get(WIDER_INIT)
+    for name in OWN_INIT.keys() & result["patient"].keys():  # a student's own init, where it has one
+        lines[f"{patient_label(name)}: its init ({OWN_INIT[name]})"] = result["zoo"].get(OWN_INIT[name])
     title = "Fashion-MNIST, 30 epochs: mean over seeds (band: lowest to highest seed)"
     demo.plot(curves, lines, path, title, "epoch (cosine over 30 epochs, from each student's init in the zoo)")
 
@@ -421,6 +419,10 @@ def verdict(result: dict) -> str:
     )
 
 
+def seed_count(n: int) -> str:
+    return f"{n} seed{'s' * (n > 1)}"
+
+
 def patient_label(name: str) -> str:
     """A patient run's row label (its run name if no row has it)."""
     return {f"patient_{row.key}": row.label for row in (*ROWS, WIDER)}.get(name, name)
@@ -433,10 +435,9 @@ def patient_line(result: dict) -> str:
     for name, seeds in result["patient"].items():
         last[name] = {seed: run["val_top1"][-1] for seed, run in seeds.items()}
         epochs = len(next(iter(seeds.values()))["val_top1"])
-        n = len(last[name])
-        label = patient_label(name)
-        part = f"{label} {cell(interval(list(last[name].values())))} % after {epochs} epochs ({n} seed{'s' * (n > 1)})"
-        init = result["zoo"].get(WIDER_INIT if name == f"patient_{WIDER.key}" else demo.INIT)
+        top1 = cell(interval(list(last[name].values())))
+        part = f"{patient_label(name)} {top1} % after {epochs} epochs ({seed_count(len(seeds))})"
+        init = result["zoo"].get(OWN_INIT.get(name, demo.INIT))
         if None not in (init, ensemble):
             closed = [100 * (v - init) / (ensemble - init) for v in last[name].values()]
             part += f", gap closed {cell(interval(closed), '{:.0f}')} %"
@@ -448,12 +449,10 @@ def patient_line(result: dict) -> str:
     line = "**Patient schedule** (30 epochs, cosine; mean ± 95 % t-interval over seeds; a mixed crop's label is its "
     line += "larger part's): " + "; ".join(parts)
     meal, leads = last.get(f"patient_{REFERENCE}", {}), []
-    for name, other in last.items():  # the wider student is not paired: it starts from another init
-        if name not in (f"patient_{REFERENCE}", f"patient_{WIDER.key}") and (common := sorted(set(meal) & set(other))):
+    for name, other in last.items():  # a row from another init is not paired with MEAL V2
+        if name not in (f"patient_{REFERENCE}", *OWN_INIT) and (common := sorted(set(meal) & set(other))):
             lead = interval([meal[s] - other[s] for s in common])
-            leads.append(
-                f"{patient_label(name)} {cell(lead, signed=True)} ({len(common)} seed{'s' * (len(common) > 1)})"
-            )
+            leads.append(f"{patient_label(name)} {cell(lead, signed=True)} ({seed_count(len(common))})")
     if leads:
         line += "; MEAL V2 − row, points paired by seed: " + ", ".join(leads)
     return line + "."
