@@ -158,10 +158,11 @@ def run_side_by_side(jobs: list[tuple[Pipeline, Step]], slots: Optional[int] = N
                 pipeline, step = pending.popleft()
                 (pipeline.out / "logs").mkdir(parents=True, exist_ok=True)
                 log = open(pipeline.out / "logs" / f"{step.name}.log", "w")  # noqa: SIM115 (closed when it ends)
+                earlier = zoo.logged_seconds(pipeline.run_dir(step))  # a resumed run's earlier starts, as logged
                 process = subprocess.Popen(pipeline.command(step), cwd=pipeline.out, env=environment, stderr=log)
-                running[process] = (pipeline, step, log, time.perf_counter())
+                running[process] = (pipeline, step, log, time.perf_counter() - earlier, earlier)
                 print(f"{step.name}: {step.subcommand} on {threads} thread(s), log {log.name}", flush=True)
-            for process, (pipeline, step, log, began) in list(running.items()):
+            for process, (pipeline, step, log, began, earlier) in list(running.items()):
                 if process.poll() is None:
                     continue
                 log.close()
@@ -170,6 +171,7 @@ def run_side_by_side(jobs: list[tuple[Pipeline, Step]], slots: Optional[int] = N
                     raise DemoError(f"{step.name} failed (exit {process.returncode}):\n{tail(Path(log.name))}")
                 seconds = round(time.perf_counter() - began, 1)
                 done = {"seconds": seconds, "machine": machine(), "threads": int(threads)}
+                done |= {"earlier_starts_seconds": round(earlier, 1)} if earlier else {}
                 (pipeline.run_dir(step) / "done.json").write_text(json.dumps(done))
                 print(f"{step.name}: finished in {seconds:.0f} s", flush=True)
             time.sleep(0.2)
@@ -177,7 +179,7 @@ def run_side_by_side(jobs: list[tuple[Pipeline, Step]], slots: Optional[int] = N
         signal.signal(signal.SIGTERM, previous)
         for process in running:
             process.terminate()
-        for process, (_, _, log, _) in running.items():
+        for process, (_, _, log, *_) in running.items():
             process.wait()
             log.close()
 

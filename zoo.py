@@ -371,6 +371,18 @@ def read_scalar_tags(run_dir: Path, tags: list[str]) -> dict[str, list[float]]:
     return result
 
 
+def logged_seconds(run_dir: Path) -> float:
+    """Wall time a run's TensorBoard event files span, each from its first event to its last: the time of a
+    resumed run's earlier starts, read before it starts again (their set-up before the logger is not counted)."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    total = 0.0
+    for file in run_dir.glob("events.out.tfevents.*"):
+        times = [event.wall_time for event in EventFileLoader(str(file)).Load()]
+        total += times[-1] - times[0] if times else 0.0
+    return total
+
+
 def versions() -> dict:
     import lightning
     import timm

@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -357,6 +358,19 @@ def test_a_results_folder_holds_one_precisions_runs(tmp_path):
     with pytest.raises(demo.DemoError, match="holds runs made in bf16-mixed, not 32-true: give another --out"):
         demo.Pipeline(tmp_path / "out", precision="32-true").prepare()
     assert demo.default_results("32-true") != demo.default_results("bf16-mixed")  # each precision its own folder
+
+
+def test_a_resumed_runs_time_includes_its_earlier_starts(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    pipeline = demo.Pipeline(tmp_path / "out")
+    step = demo.STEPS[1]
+    with SummaryWriter(pipeline.run_dir(step)) as earlier:  # an earlier start that logged for 100 s, then was killed
+        earlier.add_scalar("val/top1", 0.9, global_step=1, walltime=time.time() + 100)
+    pipeline.command = lambda _: [sys.executable, "-c", "pass"]  # the resumed start: ends at once
+    demo.run_side_by_side([(pipeline, step)])
+    done = json.loads((pipeline.run_dir(step) / "done.json").read_text())
+    assert 100 <= done["seconds"] < 160 and done["earlier_starts_seconds"] == pytest.approx(100, abs=1)
 
 
 def test_make_demo_passes_its_precision_to_the_demo():

@@ -66,6 +66,8 @@ def test_summary_pairs_every_row_with_meal_v2_by_seed(tmp_path):
                 [0.9, tops[seed]],
                 **{"val/agreement": 0.97, "val/loss": 0.2, "val/ece": 0.01},
             )
+    resumed = table.pipeline("seed2", 2).run_dir(table.row_step(ROWS[0])) / "done.json"
+    resumed.write_text(json.dumps({"seconds": 3600.0, "earlier_starts_seconds": 1000.0}))
     result = method_table.main(["--summary", "--out", str(tmp_path), "--seeds", "3"])  # as the README prints it
     rows = {row["key"]: row for row in result["rows"]}
     assert set(rows) == {"meal_v2", "baseline"}
@@ -82,6 +84,7 @@ def test_summary_pairs_every_row_with_meal_v2_by_seed(tmp_path):
     text = (tmp_path / "table.md").read_text()
     assert "| hard labels (baseline) | 3 | 93.37 ± " in text and "| +0.13 ± " in text and "| 2/3 |" in text
     assert "Weight decay: 5e-4 for the hard-label baseline" in text
+    assert "1.0 h summed over runs" in text and "1 resumed after an interruption" in text
 
 
 def test_an_unfinished_run_is_left_out_of_the_table(tmp_path):
