@@ -444,6 +444,7 @@ def patient_line(result: dict) -> str:
         if None not in (init, ensemble):
             closed = [100 * (v - init) / (ensemble - init) for v in last[name].values()]
             part += f", gap closed {cell(interval(closed), '{:.0f}')} %"
+            part += f" (from its own init, {OWN_INIT[name]} {init:.2f} %)" if name in OWN_INIT else ""
         if fits := [run["last_train_top1"] for run in seeds.values() if "last_train_top1" in run]:
             part += f", fits {cell(interval(fits))} % of its own training crops"
         if agrees := [run["last_train_agreement"] for run in seeds.values() if "last_train_agreement" in run]:
