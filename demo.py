@@ -158,7 +158,7 @@ def run_side_by_side(jobs: list[tuple[Pipeline, Step]], slots: Optional[int] = N
                 pipeline, step = pending.popleft()
                 (pipeline.out / "logs").mkdir(parents=True, exist_ok=True)
                 log = open(pipeline.out / "logs" / f"{step.name}.log", "w")  # noqa: SIM115 (closed when it ends)
-                earlier = zoo.logged_seconds(pipeline.run_dir(step))  # a resumed run's earlier starts, as logged
+                earlier = zoo.logged_seconds(pipeline.run_dir(step))  # its earlier starts (resumed or begun again)
                 process = subprocess.Popen(pipeline.command(step), cwd=pipeline.out, env=environment, stderr=log)
                 running[process] = (pipeline, step, log, time.perf_counter() - earlier, earlier)
                 print(f"{step.name}: {step.subcommand} on {threads} thread(s), log {log.name}", flush=True)
