@@ -283,8 +283,7 @@ class Table:
                 continue
             scalars = zoo.read_scalar_tags(pipeline.run_dir(step), ["val/top1", "train/top1", "train/agreement"])
             done = json.loads((pipeline.run_dir(step) / "done.json").read_text())
-            run = {"val_top1": [100 * v for v in scalars["val/top1"]], "seconds": done.get("seconds")}
-            run |= {key: done[key] for key in ["earlier_starts_seconds"] if key in done}
+            run = {"val_top1": [100 * v for v in scalars["val/top1"]], **done}  # time, machine, as a table run's
             run |= {f"last_{tag.replace('/', '_')}": 100 * scalars[tag][-1] for tag in scalars if scalars[tag]}
             rows.setdefault(step.name, {})[str(pipeline.seed)] = run
         return rows
@@ -385,10 +384,11 @@ def markdown(result: dict) -> str:
 def run_time(result: dict) -> str:
     """How many runs the result holds and their time, summed over runs (each on its own thread(s))."""
     patient = [run for seeds in result["patient"].values() for run in seeds.values()]
-    seconds = sum(run["seconds"] or 0 for run in [*result["runs"], *patient])
-    threads = sorted({run.get("threads", 1) for run in result["runs"]})
+    every = [*result["runs"], *patient]
+    seconds = sum(run["seconds"] or 0 for run in every)
+    threads = sorted({run.get("threads", 1) for run in every})
     held_out = sum(run.get("held_out", False) for run in result["runs"])
-    resumed = sum("earlier_starts_seconds" in run for run in [*result["runs"], *patient])
+    resumed = sum("earlier_starts_seconds" in run for run in every)
     return (
         f"{len(result['runs'])} runs of 7 epochs ({held_out} of them on held-out images for the choices) and "
         f"{len(patient)} of 30, {seconds / 3600:.1f} h summed over runs "
